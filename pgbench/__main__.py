@@ -1,0 +1,5 @@
+import sys
+
+from pgbench.cli import main
+
+sys.exit(main())

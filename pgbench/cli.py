@@ -1,0 +1,149 @@
+"""Command line: `pgbench <verb> key=value ...`; `pgbench <verb> --help` lists every key."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pgbench import __version__
+from pgbench.config import Config, help_rows, parse_overrides, resolve
+from pgbench.errors import ConfigError, DataError, PgbenchError
+
+EVAL_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "eval"}
+
+
+@dataclass(frozen=True)
+class Verb:
+    summary: str
+    handler: Callable[[dict[str, str]], int]
+    allowed: set[str] | None  # top-level keys and sections the verb accepts (None = all)
+
+
+def _metrics_table(before: dict[str, float], after: dict[str, float]) -> str:
+    lines = [f"{'test metric':<12}{'before':>10}{'after':>10}{'change':>10}"]
+    for name in sorted(after):
+        old, new = before.get(name, float("nan")), after[name]
+        lines.append(f"{name:<12}{old:>10.2f}{new:>10.2f}{new - old:>+10.2f}")
+    return "\n".join(lines)
+
+
+def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
+    """Overrides, or for `resume=<dir>` the run's saved configuration."""
+    if "resume" not in overrides:
+        return overrides
+    run_dir = Path(overrides["resume"])
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise DataError(f"resume={run_dir}: no pgbench run there ({saved} is missing)")
+    extra = sorted(set(overrides) - {"resume"})
+    if extra:
+        raise ConfigError(
+            f"resume={run_dir} continues with its saved config.json; drop {', '.join(extra)}"
+        )
+    return json.loads(saved.read_text()) | {"resume": str(run_dir), "output_dir": str(run_dir)}
+
+
+def run(overrides: dict[str, str]) -> int:
+    """Train one policy with one estimator, tracked in MLflow."""
+    from pgbench.tracking import check_reachable
+    from pgbench.trainer import default_output_dir, prepare_run_dir, train
+
+    config = resolve(_run_values(overrides))
+    check_reachable(config.tracking.uri)
+    if not config.resume:
+        config.output_dir = config.output_dir or default_output_dir(config)
+        prepare_run_dir(config)
+    summary = train(config)
+    print(f"\nrun {summary['run_id']} in {summary['output_dir']} ({summary['steps']} steps)")
+    print(_metrics_table(summary["eval_before"], summary["eval_after"]))
+    return 0
+
+
+def evaluate_policy(overrides: dict[str, str]) -> int:
+    """Score a policy (tiny, a run directory, or a model path) on the task's test split."""
+    from pgbench.evaluate import evaluate
+    from pgbench.policy import load_policy, pick_device, resolve_model
+    from pgbench.tracking import write_json
+
+    config: Config = resolve(overrides, EVAL_KEYS)
+    out = Path(config.output_dir or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
+    test = config.task.splits().test
+    source = resolve_model(config.model, config.task, config.cache_dir)
+    policy = load_policy(source, config.lora, pick_device(config.device))
+    metrics, _ = evaluate(
+        policy, config.task, test, config.eval.max_new_tokens, config.eval.batch_size
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "eval.json", metrics | {"model_path": source, "examples": len(test)})
+    for name, value in sorted(metrics.items()):
+        print(f"{name:<8}{value:>8.2f}")
+    print(f"wrote {out / 'eval.json'}")
+    return 0
+
+
+VERBS: dict[str, Verb] = {
+    "run": Verb("train one policy with one estimator", run, None),
+    "eval": Verb("score a policy on a test split (chrF, BLEU)", evaluate_policy, EVAL_KEYS),
+}
+
+
+def usage() -> str:
+    verbs = "\n".join(f"  {name:<8}{verb.summary}" for name, verb in VERBS.items())
+    return (
+        f"pgbench {__version__}: compare policy-gradient estimators for language models\n\n"
+        f"usage: pgbench <verb> [key=value ...]\n\nverbs:\n{verbs}\n\n"
+        "`pgbench <verb> --help` lists every key with its type and default."
+    )
+
+
+def verb_help(name: str, overrides: dict[str, str]) -> str:
+    """Help of one verb: every key it accepts, for the selected task and estimator."""
+    verb = VERBS[name]
+    rows = help_rows(overrides.get("task", "fr_en"), overrides.get("estimator", "rloo"))
+    rows = [r for r in rows if verb.allowed is None or r[0].split(".")[0] in verb.allowed]
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"usage: pgbench {name} [key=value ...]\n\n{verb.summary}.\n\nkeys (type, default):"]
+    for key, type_name, default, text in rows:
+        lines.append(f"  {key:<{width}}{text}  [{type_name}, default {default}]")
+    lines.append(
+        "\nTask and estimator keys depend on the selection: "
+        "`pgbench run estimator=reinforce --help` shows estimator.baseline."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pgbench` console script; returns the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if args[0] == "--version":
+        print(__version__)
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in VERBS:
+        print(f"pgbench: unknown verb {name!r}; valid: {', '.join(VERBS)}", file=sys.stderr)
+        return 2
+    try:
+        wants_help = any(a in ("-h", "--help") for a in rest)
+        overrides = parse_overrides([a for a in rest if a not in ("-h", "--help")])
+        if wants_help:
+            print(verb_help(name, overrides))
+            return 0
+        return VERBS[name].handler(overrides)
+    except PgbenchError as err:
+        print(f"pgbench {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pgbench {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

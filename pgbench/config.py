@@ -1,0 +1,218 @@
+"""The run configuration: typed dataclasses, one default per knob, `key=value` overrides.
+
+`resolve(parse_overrides(["estimator=rloo", "trainer.lr=1e-5"]))` returns a checked `Config`.
+The `task.*` and `estimator.*` sections are the selected component's own dataclass, so
+`estimator.baseline` exists only with `estimator=reinforce`. Shared knobs (sampling, KL,
+loss aggregation, optimiser) have one default here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pgbench import estimators, tasks
+from pgbench.errors import ConfigError
+from pgbench.estimators import Estimator
+from pgbench.fields import build, describe, field_keys, knob
+from pgbench.losses import Aggregation, KLEstimator
+from pgbench.tasks import Task
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = knob(60, "optimiser steps (one rollout batch each)", ge=1)
+    lr: float = knob(3e-5, "AdamW learning rate", gt=0.0)
+    prompts_per_step: int = knob(8, "prompts P per rollout batch", ge=1)
+    warmup_ratio: float = knob(0.1, "fraction of steps with linear warm-up", ge=0.0, le=1.0)
+    grad_clip: float = knob(1.0, "max global gradient norm (0 = no clipping)", ge=0.0)
+    weight_decay: float = knob(0.0, "AdamW weight decay", ge=0.0)
+    micro_batch_size: int = knob(32, "sequences per forward/backward pass", ge=1)
+
+
+@dataclass
+class RolloutConfig:
+    samples_per_prompt: int = knob(4, "completions K sampled per prompt (every estimator)", ge=1)
+    max_new_tokens: int = knob(32, "max tokens per completion", ge=1)
+    temperature: float = knob(1.0, "sampling temperature", gt=0.0)
+
+
+@dataclass
+class KLConfig:
+    coef: float = knob(0.05, "weight beta of KL(policy || reference); 0 = no reference", ge=0.0)
+    estimator: KLEstimator = knob("k1", "per-token KL estimator (k1 = log ratio, k3 = Schulman)")
+    placement: Literal["reward", "loss"] = knob(
+        "reward", "subtract beta*KL from the reward, or add it to the loss"
+    )
+
+
+@dataclass
+class LossConfig:
+    aggregation: Aggregation = knob("token_mean", "how per-token losses become one number")
+
+
+@dataclass
+class LoraConfig:
+    r: int = knob(0, "LoRA rank (0 = full fine-tuning)", ge=0)
+    alpha: int = knob(16, "LoRA alpha", ge=1)
+    dropout: float = knob(0.0, "LoRA dropout", ge=0.0, le=1.0)
+    target_modules: str = knob("all-linear", "peft target modules (comma-separated or all-linear)")
+
+
+@dataclass
+class EvalConfig:
+    every: int = knob(20, "evaluate on the valid split every N steps (0 = only at the end)", ge=0)
+    size: int = knob(200, "valid-split examples per evaluation", ge=1)
+    batch_size: int = knob(64, "prompts per greedy-decoding batch", ge=1)
+    max_new_tokens: int = knob(48, "max tokens per greedy completion", ge=1)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = knob(20, "save a resumable checkpoint every N steps (0 = only at the end)", ge=0)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = knob("sqlite:///mlflow.db", "MLflow tracking URI (sqlite file, http server, ...)")
+    experiment: str = knob("", "MLflow experiment (empty = the task name)")
+
+
+SECTIONS: dict[str, type] = {
+    "trainer": TrainerConfig,
+    "rollout": RolloutConfig,
+    "kl": KLConfig,
+    "loss": LossConfig,
+    "lora": LoraConfig,
+    "eval": EvalConfig,
+    "checkpoint": CheckpointConfig,
+    "tracking": TrackingConfig,
+}
+
+
+@dataclass
+class TopLevel:
+    task: str = knob("fr_en", "task to train on: " + ", ".join(tasks.REGISTRY.names()))
+    estimator: str = knob("rloo", "estimator: " + ", ".join(estimators.REGISTRY.names()))
+    model: str = knob("tiny", "tiny (built locally), a Hugging Face model id, or a local path")
+    seed: int = knob(0, "seed of sampling, data order and initialisation")
+    output_dir: str = knob("", "run directory (empty = runs/<task>-<estimator>-s<seed>-<time>)")
+    resume: str = knob("", "run directory to resume from its last checkpoint")
+    cache_dir: str = knob("~/.cache/pgbench", "where the tiny policy is cached")
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", "torch device (auto = cuda if present)")
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of a run."""
+
+    task: Task
+    estimator: Estimator
+    model: str = "tiny"
+    seed: int = 0
+    output_dir: str = ""
+    resume: str = ""
+    cache_dir: str = "~/.cache/pgbench"
+    device: str = "auto"
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.task.name
+
+    def to_flat(self) -> dict[str, Any]:
+        """Every key with its value, as `key=value` overrides would name them."""
+        flat: dict[str, Any] = {"task": self.task.name, "estimator": self.estimator.name}
+        for name in ("model", "seed", "output_dir", "resume", "cache_dir", "device"):
+            flat[name] = getattr(self, name)
+        sections = {"task": self.task, "estimator": self.estimator}
+        sections |= {name: getattr(self, name) for name in SECTIONS}
+        for section, obj in sections.items():
+            for key, f in field_keys(type(obj)).items():
+                flat[f"{section}.{key}"] = getattr(obj, f.name)
+        return flat
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`["a=1", "b.c=x"]` -> `{"a": "1", "b.c": "x"}`, rejecting malformed or repeated keys."""
+    overrides: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {arg!r} (see --help for the keys)")
+        if key in overrides:
+            raise ConfigError(f"key {key} is given twice")
+        overrides[key] = value
+    return overrides
+
+
+def all_keys(task: str = "fr_en", estimator: str = "rloo") -> list[str]:
+    """Every valid key for this task and estimator."""
+    return [row[0] for row in help_rows(task, estimator)]
+
+
+def help_rows(task: str = "fr_en", estimator: str = "rloo") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every key, with the given task's and estimator's fields."""
+    rows = describe(TopLevel, "")
+    rows += describe(tasks.REGISTRY.get_class(task), "task.")
+    rows += describe(estimators.REGISTRY.get_class(estimator), "estimator.")
+    for name, cls in SECTIONS.items():
+        rows += describe(cls, f"{name}.")
+    return rows
+
+
+def resolve(values: dict[str, Any], allowed: set[str] | None = None) -> Config:
+    """Build and check a Config from key -> value (text from the CLI, or typed values).
+
+    `allowed` restricts the top-level names and sections a verb accepts (None = all).
+    """
+    values = dict(values)
+    top = build(TopLevel, "", {k: v for k, v in values.items() if "." not in k and k in _TOP})
+    task_cls = tasks.REGISTRY.get_class(top.task)
+    estimator_cls = estimators.REGISTRY.get_class(top.estimator)
+    groups: dict[str, dict[str, Any]] = {}
+    valid = set(all_keys(top.task, top.estimator))
+    for key, value in values.items():
+        section, _, rest = key.partition(".")
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown key {key!r}{hint} (pgbench <verb> --help lists all keys)")
+        if allowed is not None and section not in allowed:
+            raise ConfigError(f"key {key!r} does not apply here; keys used: {_describe(allowed)}")
+        if rest:
+            groups.setdefault(section, {})[rest] = value
+    config = Config(
+        task=build(task_cls, "task.", groups.get("task", {})),
+        estimator=build(estimator_cls, "estimator.", groups.get("estimator", {})),
+        **{name: getattr(top, name) for name in _TOP if name not in ("task", "estimator")},
+        **{name: build(cls, f"{name}.", groups.get(name, {})) for name, cls in SECTIONS.items()},
+    )
+    _check(config)
+    return config
+
+
+_TOP = [f.name for f in dataclasses.fields(TopLevel)]
+
+
+def _describe(allowed: set[str]) -> str:
+    return ", ".join(sorted(k if k in _TOP else f"{k}.*" for k in allowed))
+
+
+def _check(config: Config) -> None:
+    """Rules that involve more than one key."""
+    needed = config.estimator.min_samples_per_prompt
+    if config.rollout.samples_per_prompt < needed:
+        raise ConfigError(
+            f"rollout.samples_per_prompt must be >= {needed} for estimator={config.estimator.name} "
+            f"(got {config.rollout.samples_per_prompt})"
+        )

@@ -1,0 +1,16 @@
+"""Held-out evaluation: greedy completions scored with the task's corpus metrics."""
+
+from __future__ import annotations
+
+from pgbench.engine import generate_greedy
+from pgbench.policy import Policy
+from pgbench.tasks import Example, Task
+
+
+def evaluate(
+    policy: Policy, task: Task, examples: list[Example], max_new_tokens: int, batch_size: int
+) -> tuple[dict[str, float], list[str]]:
+    """Corpus metrics (e.g. chrf, bleu on a 0-100 scale) and the greedy completions."""
+    prompts = [task.prompt(example, policy.tokenizer) for example in examples]
+    texts = generate_greedy(policy.model, policy.tokenizer, prompts, max_new_tokens, batch_size)
+    return task.metrics(texts, examples), texts

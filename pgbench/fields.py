@@ -1,0 +1,117 @@
+"""Typed configuration fields: help text, range checks and `key=value` parsing.
+
+Every configurable dataclass in pgbench (the run config, each task, each
+estimator) declares its fields with `knob(...)`, so one parser and one checker
+serve them all and `--help` can print every key with its type and default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from typing import Any, Literal
+
+from pgbench.errors import ConfigError
+
+
+def knob(
+    default: Any,
+    help: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    key: str | None = None,
+) -> Any:
+    """A dataclass field with a help line and optional bounds (`gt`, `ge`, `le`).
+
+    `key` names the field in `key=value` overrides when the attribute name must differ
+    (a task's `reward` setting is stored as `reward_name`, beside its `reward()` method).
+    """
+    meta = {"help": help, "gt": gt, "ge": ge, "le": le, "key": key}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def field_keys(cls: type) -> dict[str, dataclasses.Field]:
+    """The dataclass's fields by their override key."""
+    return {f.metadata.get("key") or f.name: f for f in dataclasses.fields(cls)}
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved type annotations of a dataclass's fields, by override key."""
+    hints = typing.get_type_hints(cls)
+    return {key: hints[f.name] for key, f in field_keys(cls).items()}
+
+
+def type_name(tp: Any) -> str:
+    """Human-readable name of a field type, e.g. `int` or `{k1|k3}`."""
+    if typing.get_origin(tp) is Literal:
+        return "{" + "|".join(str(a) for a in typing.get_args(tp)) + "}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def parse_value(key: str, raw: str, tp: Any) -> Any:
+    """Parse the text of an override into the field's type, or raise ConfigError."""
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        if raw not in choices:
+            raise ConfigError(f"{key}={raw!r} is not valid; choose one of: {', '.join(choices)}")
+        return raw
+    if tp is bool:
+        lowered = raw.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{key}={raw!r} is not a boolean; use true or false")
+    if tp in (int, float):
+        try:
+            return tp(raw)
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r} is not a valid {tp.__name__}") from None
+    return raw
+
+
+def check_bounds(obj: Any, prefix: str) -> None:
+    """Raise ConfigError naming the key if any field of `obj` violates its declared bounds."""
+    for name, f in field_keys(type(obj)).items():
+        value = getattr(obj, f.name)
+        key = f"{prefix}{name}"
+        meta = f.metadata
+        if meta.get("gt") is not None and not value > meta["gt"]:
+            raise ConfigError(f"{key} must be > {meta['gt']} (got {value})")
+        if meta.get("ge") is not None and not value >= meta["ge"]:
+            raise ConfigError(f"{key} must be >= {meta['ge']} (got {value})")
+        if meta.get("le") is not None and not value <= meta["le"]:
+            raise ConfigError(f"{key} must be <= {meta['le']} (got {value})")
+
+
+def build(cls: type, prefix: str, values: dict[str, Any]) -> Any:
+    """Instantiate dataclass `cls` from values by override key (text is parsed), checked."""
+    types, fields = field_types(cls), field_keys(cls)
+    unknown = [key for key in values if key not in fields]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(fields), n=3)
+        hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+        valid = ", ".join(prefix + k for k in fields) or "none"
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}{hint} (valid: {valid})")
+    kwargs = {
+        fields[key].name: parse_value(f"{prefix}{key}", value, types[key])
+        if isinstance(value, str)
+        else value
+        for key, value in values.items()
+    }
+    obj = cls(**kwargs)
+    check_bounds(obj, prefix)
+    return obj
+
+
+def describe(cls: type, prefix: str, instance: Any = None) -> list[tuple[str, str, str, str]]:
+    """Rows of (key, type, default, help) for every field of `cls`."""
+    types = field_types(cls)
+    rows = []
+    for key, f in field_keys(cls).items():
+        default = getattr(instance, f.name) if instance is not None else f.default
+        rows.append((f"{prefix}{key}", type_name(types[key]), repr(default), f.metadata["help"]))
+    return rows

@@ -1,0 +1,106 @@
+"""Loading the policy (tiny, hub id or local path), LoRA wrapping, and the reference model."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from pgbench.config import LoraConfig
+from pgbench.engine import Rollout, token_logprobs_chunked
+from pgbench.errors import ConfigError, DataError
+from pgbench.tasks import Task
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def resolve_model(model: str, task: Task, cache_dir: str) -> str:
+    """Folder or hub id of the policy named by `model=`: tiny, a run dir, a path or an id."""
+    if model == "tiny":
+        from pgbench.tiny import tiny_policy_dir
+
+        return str(tiny_policy_dir(task, Path(cache_dir).expanduser()))
+    path = Path(model).expanduser()
+    if (path / "summary.json").is_file():  # a pgbench run directory: its final policy
+        final = path / "final"
+        if not final.is_dir():
+            raise DataError(f"run directory {path} has no final policy ({final} is missing)")
+        return str(final)
+    if path.exists():
+        if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+            raise DataError(f"model={model}: {path} is not a Hugging Face model folder")
+        return str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise DataError(f"model={model}: no such folder; use tiny, a hub id or a model folder")
+    return model
+
+
+@dataclass
+class Policy:
+    model: PreTrainedModel  # a peft model when LoRA is on
+    tokenizer: object
+    source: str  # directory or hub id of the starting weights
+    lora: bool
+
+
+def load_policy(source: str, lora: LoraConfig, device: torch.device) -> Policy:
+    """Load weights and tokenizer from `source`; wrap with LoRA when `lora.r > 0`."""
+    try:
+        if (Path(source) / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        raise DataError(
+            f"cannot load model {source!r} ({err}); offline, use model=tiny or a local folder"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise DataError(f"model {source!r} has no chat template; pgbench prompts through it")
+    if lora.r > 0:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        targets = lora.target_modules
+        peft_config = PeftLoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=targets if targets == "all-linear" else targets.split(","),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, peft_config)
+    model.to(device).eval()  # eval mode: no dropout noise in sampling or gradients
+    return Policy(model, tokenizer, source, lora.r > 0)
+
+
+class Reference:
+    """The frozen starting policy for the KL term: the base weights with the LoRA adapter
+    disabled (no second copy), or a frozen copy of the full model."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.copy = None
+        if not policy.lora:
+            self.copy = copy.deepcopy(policy.model).requires_grad_(False)
+
+    def logprobs(self, rollout: Rollout, chunk_rows: int, temperature: float) -> torch.Tensor:
+        """Token log-probabilities [N, Tc] of the rollout under the reference."""
+        if self.copy is not None:
+            return token_logprobs_chunked(self.copy, rollout, chunk_rows, temperature)
+        with self.policy.model.disable_adapter():
+            return token_logprobs_chunked(self.policy.model, rollout, chunk_rows, temperature)

@@ -1,0 +1,363 @@
+"""The training loop shared by every estimator.
+
+One step: sample K completions for each of P prompts -> rewards [P, K] -> (KL in reward)
+-> estimator advantages [P, K] -> policy loss (+ KL in loss), aggregated over tokens ->
+backward over micro-batches -> clip, AdamW step, cosine schedule. Every N steps: greedy
+evaluation on the valid split and an atomic checkpoint. The test split is scored before
+and after training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import resource
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+import pgbench
+from pgbench import checkpoint
+from pgbench.config import Config
+from pgbench.engine import Rollout, sample, token_logprobs, token_logprobs_chunked
+from pgbench.errors import ConfigError
+from pgbench.evaluate import evaluate
+from pgbench.losses import aggregate, kl_per_token, policy_loss
+from pgbench.policy import Policy, Reference, load_policy, pick_device, resolve_model
+from pgbench.tasks import Example
+from pgbench.tracking import MLflowTracker, Tracker, check_reachable, write_json
+
+SAMPLES_PER_EVAL = 8  # valid completions kept per evaluation in samples.csv
+
+
+def default_output_dir(config: Config) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"runs/{config.task.name}-{config.estimator.name}-s{config.seed}-{stamp}"
+
+
+def prepare_run_dir(config: Config) -> Path:
+    """Create a fresh run directory, refusing to overwrite an existing one."""
+    run_dir = Path(config.output_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(
+            f"output_dir={run_dir} already exists and is not empty; "
+            f"continue it with resume={run_dir}, or pick another output_dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of one step's sampling: resuming at any step replays the same randomness."""
+    return seed * 1_000_003 + step
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(pgbench.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except OSError:
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+@dataclass
+class LoopState:
+    """What the loop carries between steps (and into checkpoints)."""
+
+    step: int = 0
+    tokens: int = 0
+    wall_clock_s: float = 0.0
+    estimator: dict[str, Any] = field(default_factory=dict)
+    eval_before: dict[str, float] = field(default_factory=dict)
+    last_train: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains one policy with one estimator; everything else comes from the shared config."""
+
+    def __init__(self, config: Config, tracker: Tracker | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(config.output_dir)
+        self.task = config.task
+        self.splits = self.task.splits()
+        self.device = pick_device(config.device)
+        torch.manual_seed(config.seed)
+        self.policy: Policy = load_policy(
+            resolve_model(config.model, self.task, config.cache_dir), config.lora, self.device
+        )
+        self.reference = Reference(self.policy) if config.kl.coef > 0 else None
+        self.params = [p for p in self.policy.model.parameters() if p.requires_grad]
+        steps = config.trainer.steps
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.trainer.lr, weight_decay=config.trainer.weight_decay
+        )
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, round(config.trainer.warmup_ratio * steps), steps
+        )
+        self.state = LoopState()
+        run_info = self.run_dir / "run.json"
+        run_id = json.loads(run_info.read_text())["run_id"] if run_info.is_file() else ""
+        latest = checkpoint.latest(self.run_dir / "checkpoints") if config.resume else None
+        if latest is not None:
+            self._restore(latest)
+        if tracker is None:
+            check_reachable(config.tracking.uri)
+            tracker = MLflowTracker(
+                config.tracking.uri, config.experiment, run_id=run_id, run_name=self.run_dir.name
+            )
+        self.tracker = tracker
+        write_json(run_info, {"run_id": tracker.run_id, "tracking_uri": config.tracking.uri})
+
+    def _restore(self, path: Path) -> None:
+        saved = checkpoint.load(path, self.policy.model)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = LoopState(**saved["loop"])
+
+    def _save(self) -> None:
+        loop = self.state.__dict__
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loop": loop,
+        }
+        checkpoint.save(self.run_dir / "checkpoints", self.state.step, self.policy.model, state)
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _evaluate(self, examples: list[Example], prefix: str) -> dict[str, float]:
+        cfg = self.config.eval
+        metrics, texts = evaluate(
+            self.policy, self.task, examples, cfg.max_new_tokens, cfg.batch_size
+        )
+        self.tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, self.state.step)
+        self._write_samples(prefix, examples[:SAMPLES_PER_EVAL], texts[:SAMPLES_PER_EVAL])
+        return metrics
+
+    def _write_samples(self, split: str, examples: list[Example], texts: list[str]) -> None:
+        path = self.run_dir / "samples.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "split", "source", "reference", "completion"])
+            for example, text in zip(examples, texts, strict=True):
+                writer.writerow(
+                    [self.state.step, split, example.source, example.references[0], text.strip()]
+                )
+
+    # -- one training step ------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """Sample, score, estimate advantages and take one optimiser step."""
+        cfg, state = self.config, self.state
+        model, tokenizer = self.policy.model, self.policy.tokenizer
+        prompts_per_step, samples = cfg.trainer.prompts_per_step, cfg.rollout.samples_per_prompt
+        micro, temperature = cfg.trainer.micro_batch_size, cfg.rollout.temperature
+        started = time.perf_counter()
+
+        # Rollout: P prompts x K samples, rows grouped by prompt.
+        torch.manual_seed(step_seed(cfg.seed, state.step))
+        examples = random.Random(f"{cfg.seed}-{state.step}").sample(
+            self.splits.train, prompts_per_step
+        )
+        prompts = [self.task.prompt(example, tokenizer) for example in examples]
+        rollout = sample(
+            model, tokenizer, prompts, samples, cfg.rollout.max_new_tokens, temperature
+        )
+        rollout_s = time.perf_counter() - started
+        repeated = [example for example in examples for _ in range(samples)]
+        rewards = torch.tensor(self.task.reward(rollout.texts, repeated)).view(-1, samples)
+        mask = rollout.completion_mask.float()  # [N, Tc]
+
+        # Log-probs of the sampling policy (the ratio's denominator) and of the reference.
+        old_logprobs = token_logprobs_chunked(model, rollout, micro, temperature)  # [N, Tc]
+        ref_logprobs = None
+        seq_kl = torch.zeros(len(rollout.texts))
+        if self.reference is not None:
+            ref_logprobs = self.reference.logprobs(rollout, micro, temperature)
+            seq_kl = (kl_per_token(old_logprobs, ref_logprobs, cfg.kl.estimator) * mask).sum(1)
+
+        # Advantages: the only place where estimators differ.
+        shaped = rewards
+        if self.reference is not None and cfg.kl.placement == "reward":
+            shaped = rewards - cfg.kl.coef * seq_kl.view_as(rewards)
+        advantages = self.config.estimator.advantages(shaped, state.estimator).reshape(-1)  # [N]
+
+        loss_value, entropy_sum = self._update(
+            rollout, mask, old_logprobs, ref_logprobs, advantages
+        )
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.params, cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
+        )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        step_s = time.perf_counter() - started
+        state.tokens += rollout.tokens
+        state.wall_clock_s += step_s
+        return {
+            "train/reward_mean": rewards.mean().item(),
+            "train/reward_std": rewards.std().item(),
+            "train/advantage_mean": advantages.mean().item(),
+            "train/advantage_std": advantages.std().item(),
+            "train/loss": loss_value,
+            "train/kl": seq_kl.mean().item(),
+            "train/entropy": entropy_sum / max(rollout.tokens, 1),
+            "train/completion_len": mask.sum(1).mean().item(),
+            "train/grad_norm": grad_norm.item(),
+            "train/lr": lr,
+            "train/tokens": state.tokens,
+            "train/step_time_s": step_s,
+            "train/rollout_tokens_per_s": rollout.tokens / max(rollout_s, 1e-9),
+            "train/wall_clock_s": state.wall_clock_s,
+            "train/peak_memory_mb": peak_memory_mb(self.device),
+        }
+
+    def _update(
+        self,
+        rollout: Rollout,
+        mask: torch.Tensor,
+        old_logprobs: torch.Tensor,
+        ref_logprobs: torch.Tensor | None,
+        advantages: torch.Tensor,
+    ) -> tuple[float, float]:
+        """Accumulate gradients of the loss over micro-batches; returns (loss, entropy sum)."""
+        cfg = self.config
+        total_rows, total_tokens = len(rollout.texts), rollout.tokens
+        reduce = dict(
+            how=cfg.loss.aggregation,
+            batch_sequences=total_rows,
+            batch_tokens=total_tokens,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+        )
+        loss_value = entropy_sum = 0.0
+        for start in range(0, total_rows, cfg.trainer.micro_batch_size):
+            rows = slice(start, start + cfg.trainer.micro_batch_size)
+            logprobs, entropy = token_logprobs(
+                self.policy.model, rollout.rows(rows), cfg.rollout.temperature, with_entropy=True
+            )
+            per_token = policy_loss(logprobs, old_logprobs[rows], advantages[rows])
+            loss = aggregate(per_token, mask[rows], **reduce)
+            if ref_logprobs is not None and cfg.kl.placement == "loss":
+                kl = kl_per_token(logprobs, ref_logprobs[rows], cfg.kl.estimator)
+                loss = loss + cfg.kl.coef * aggregate(kl, mask[rows], **reduce)
+            loss.backward()
+            loss_value += loss.item()
+            entropy_sum += (entropy * mask[rows]).sum().item()
+        return loss_value, entropy_sum
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(
+        self, on_step_end: Callable[[int, dict[str, float]], None] | None = None
+    ) -> dict[str, Any]:
+        """Train to `trainer.steps` (from the last checkpoint if resuming); returns the summary."""
+        cfg, state = self.config, self.state
+        try:
+            if state.step == 0:
+                self._start()
+            bar = tqdm(
+                total=cfg.trainer.steps, initial=state.step, desc="train", unit="step", leave=True
+            )
+            while state.step < cfg.trainer.steps:
+                metrics = self.train_step()
+                state.step += 1
+                state.last_train = metrics
+                self.tracker.log_metrics(metrics, state.step)
+                bar.update(1)
+                bar.set_postfix(
+                    reward=f"{metrics['train/reward_mean']:.3f}",
+                    kl=f"{metrics['train/kl']:.3f}",
+                    step_s=f"{metrics['train/step_time_s']:.2f}",
+                )
+                if cfg.eval.every and state.step % cfg.eval.every == 0:
+                    self._evaluate(self.splits.valid[: cfg.eval.size], "eval")
+                if state.step == cfg.trainer.steps or (
+                    cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0
+                ):
+                    self._save()
+                if on_step_end is not None:
+                    on_step_end(state.step, metrics)
+            bar.close()
+            summary = self._finish()
+        except KeyboardInterrupt:
+            self.tracker.finish("KILLED")
+            raise
+        except BaseException:
+            self.tracker.finish("FAILED")
+            raise
+        self.tracker.finish("FINISHED")
+        return summary
+
+    def _start(self) -> None:
+        """Log the configuration and score the starting policy (test and valid splits)."""
+        cfg = self.config
+        write_json(self.run_dir / "config.json", cfg.to_flat())
+        sizes = self.splits.sizes()
+        self.tracker.log_params(
+            cfg.to_flat()
+            | {f"data.{name}_size": size for name, size in sizes.items()}
+            | {"pgbench_version": pgbench.__version__, "git_commit": git_commit()}
+            | {"model_path": self.policy.source}
+        )
+        self.tracker.log_artifact(self.run_dir / "config.json")
+        self.state.eval_before = self._evaluate(self.splits.test, "test")
+        if cfg.eval.every:
+            self._evaluate(self.splits.valid[: cfg.eval.size], "eval")
+
+    def _finish(self) -> dict[str, Any]:
+        """Score the final policy on the test split, save it and write summary.json."""
+        cfg, state = self.config, self.state
+        if cfg.eval.every and state.step % cfg.eval.every != 0:
+            self._evaluate(self.splits.valid[: cfg.eval.size], "eval")
+        eval_after = self._evaluate(self.splits.test, "test")
+        final = self.run_dir / "final"
+        self.policy.model.save_pretrained(final)
+        self.policy.tokenizer.save_pretrained(final)
+        summary = {
+            "run_id": self.tracker.run_id,
+            "tracking_uri": cfg.tracking.uri,
+            "experiment": cfg.experiment,
+            "model_path": self.policy.source,
+            "output_dir": str(self.run_dir),
+            "steps": state.step,
+            "train": state.last_train,
+            "eval_before": state.eval_before,
+            "eval_after": eval_after,
+        }
+        write_json(self.run_dir / "summary.json", summary)
+        for name in ("summary.json", "samples.csv"):
+            self.tracker.log_artifact(self.run_dir / name)
+        self.tracker.log_artifact(final, "final")
+        return summary
+
+
+def train(
+    config: Config,
+    tracker: Tracker | None = None,
+    on_step_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) training as configured; returns the contents of summary.json."""
+    return Trainer(config, tracker).run(on_step_end)
