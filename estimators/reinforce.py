@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pgbench.estimators import Estimator, register
 from torch import Tensor
 
+from pgbench.estimators import Estimator, register
 from pgbench.fields import knob
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pgbench.estimators import Estimator, register
 from torch import Tensor
+
+from pgbench.estimators import Estimator, register
 
 
 @register("rloo")

@@ -51,13 +51,10 @@ def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
 def run(overrides: dict[str, str]) -> int:
     """Train one policy with one estimator, tracked in MLflow."""
     from pgbench.tracking import check_reachable
-    from pgbench.trainer import default_output_dir, prepare_run_dir, train
+    from pgbench.trainer import train
 
     config = resolve(_run_values(overrides))
     check_reachable(config.tracking.uri)
-    if not config.resume:
-        config.output_dir = config.output_dir or default_output_dir(config)
-        prepare_run_dir(config)
     summary = train(config)
     print(f"\nrun {summary['run_id']} in {summary['output_dir']} ({summary['steps']} steps)")
     print(_metrics_table(summary["eval_before"], summary["eval_after"]))

@@ -184,6 +184,11 @@ def resolve(values: dict[str, Any], allowed: set[str] | None = None) -> Config:
     for key, value in values.items():
         section, _, rest = key.partition(".")
         if key not in valid:
+            owners = [n for n in estimators.REGISTRY.names() if key in all_keys(top.task, n)]
+            if section == "estimator" and owners:
+                raise ConfigError(
+                    f"{key} belongs to estimator={' or '.join(owners)}, not {top.estimator}"
+                )
             close = difflib.get_close_matches(key, sorted(valid), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown key {key!r}{hint} (pgbench <verb> --help lists all keys)")

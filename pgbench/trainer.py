@@ -360,4 +360,7 @@ def train(
     on_step_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) training as configured; returns the contents of summary.json."""
+    if not config.resume:
+        config.output_dir = config.output_dir or default_output_dir(config)
+        prepare_run_dir(config)
     return Trainer(config, tracker).run(on_step_end)

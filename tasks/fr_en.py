@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
+from pgbench.errors import ConfigError, DataError
+from pgbench.fields import knob
 from pgbench.tasks import Example, Splits, Task, register
 from pgbench.tasks.rewards import SENTENCE_REWARDS, corpus_metrics
 from pgbench.tasks.tsv import read_pairs, split
-
-from pgbench.errors import ConfigError, DataError
-from pgbench.fields import knob
 
 HUB_DATASET = "haoranxu/X-ALMA-Preference"
 

@@ -6,9 +6,8 @@ import gzip
 import random
 from pathlib import Path
 
-from pgbench.tasks import Example, Splits
-
 from pgbench.errors import DataError
+from pgbench.tasks import Example, Splits
 
 REFERENCE_SEPARATOR = " ||| "
 

@@ -1,11 +1,11 @@
 import gzip
 
 import pytest
-from pgbench.tasks.rewards import corpus_metrics, sentence_chrf
 from sacrebleu.metrics import BLEU, CHRF
 
 from pgbench import tasks
 from pgbench.errors import ConfigError, DataError
+from pgbench.tasks.rewards import corpus_metrics, sentence_chrf
 
 
 def test_tatoeba_split_is_deterministic_disjoint_and_sized():
