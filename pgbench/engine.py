@@ -121,17 +121,14 @@ def token_logprobs(
     attention = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     completion_len = rollout.completion_ids.shape[1]
-    logits = (
-        model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            logits_to_keep=completion_len + 1,
-            use_cache=False,
-        )
-        .logits[:, :-1]
-        .float()
-    )  # [N, Tc, V]: position t predicts completion token t
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=positions,
+        logits_to_keep=completion_len + 1,
+        use_cache=False,
+    )
+    logits = output.logits[:, :-1].float() / temperature  # [N, Tc, V]: predicts token t
     log_norm = logits.logsumexp(dim=-1)  # [N, Tc]
     chosen = logits.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
     logprobs = chosen - log_norm

@@ -1,0 +1,108 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pgbench.cli import main
+from pgbench.config import all_keys
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_every_key_with_default(capsys):
+    code, out, _ = run_cli(capsys, "run", "estimator=reinforce", "--help")
+    assert code == 0
+    for key in all_keys(estimator="reinforce"):
+        assert f"  {key} " in out
+    assert "default 'none'" in out and "default 0.05" in out
+
+
+def test_eval_help_lists_only_its_keys(capsys):
+    _, out, _ = run_cli(capsys, "eval", "--help")
+    assert "task.test_file" in out and "eval.size" in out and "trainer.lr" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "trainer.lrr=1"], "did you mean trainer.lr"),
+        (["run", "estimator=ppo2"], "registered: reinforce, rloo"),
+        (["run", "trainer.lr=-1"], "trainer.lr must be > 0.0"),
+        (["run", "tracking.uri=http://127.0.0.1:9"], "is unreachable"),
+        (["run", "tracking.uri=./mlruns"], "file store is deprecated"),
+        (["run", "resume=/nonexistent/run"], "no pgbench run there"),
+        (["eval", "trainer.lr=1e-5"], "does not apply here"),
+        (["eval", "model=/nonexistent/model"], "no such folder"),
+        (["fly"], None),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(capsys, args, message):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    if message:
+        assert message in err
+
+
+def test_existing_output_dir_needs_resume(capsys, run_overrides, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "something").write_text("x")
+    args = [f"{k}={v}" for k, v in run_overrides.items() if k != "output_dir"]
+    code, _, err = run_cli(capsys, "run", *args, f"output_dir={out}")
+    assert code == 2 and f"resume={out}" in err
+
+
+def test_run_then_eval_the_run_directory(capsys, run_overrides, tmp_path):
+    args = [f"{k}={v}" for k, v in (run_overrides | {"trainer.steps": "2"}).items()]
+    code, out, _ = run_cli(capsys, "run", *args)
+    assert code == 0 and "chrf" in out
+    summary = json.loads(open(run_overrides["output_dir"] + "/summary.json").read())
+
+    test_file = tmp_path / "test.tsv"
+    test_file.write_text("fr\ten\nJe suis là.\tI am here. ||| I'm here.\nMerci.\tThank you.\n")
+    eval_dir = tmp_path / "eval"
+    task_args = [a for a in args if a.startswith("task.")]
+    code, out, _ = run_cli(
+        capsys,
+        "eval",
+        f"model={summary['output_dir']}",
+        *task_args,
+        f"task.test_file={test_file}",
+        f"output_dir={eval_dir}",
+        "eval.max_new_tokens=12",
+    )
+    assert code == 0
+    scores = json.loads((eval_dir / "eval.json").read_text())
+    assert scores["examples"] == 2 and {"chrf", "bleu"} <= set(scores)
+
+    # the same policy on the run's own test split reproduces eval_after
+    code, _, _ = run_cli(
+        capsys,
+        "eval",
+        f"model={summary['output_dir']}",
+        *task_args,
+        f"output_dir={eval_dir}",
+        "eval.max_new_tokens=12",
+    )
+    scores = json.loads((eval_dir / "eval.json").read_text())
+    assert scores["chrf"] == pytest.approx(summary["eval_after"]["chrf"])
+
+    code, _, err = run_cli(capsys, "run", f"resume={summary['output_dir']}", "trainer.lr=1")
+    assert code == 2 and "drop trainer.lr" in err
+
+
+def test_console_entry_point_reports_errors_without_traceback():
+    done = subprocess.run(
+        [sys.executable, "-m", "pgbench", "run", "kl.coef=-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "pgbench run: error: kl.coef must be >= 0.0 (got -1.0)"
