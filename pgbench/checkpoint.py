@@ -19,17 +19,27 @@ from pgbench.errors import DataError
 KEEP = 2  # checkpoints kept on disk; older ones are removed after a successful save
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+Modules = dict[str, torch.nn.Module | None]  # e.g. {"policy": model, "value_head": None}
 
 
-def save(folder: Path, step: int, model: torch.nn.Module, state: dict[str, Any]) -> Path:
+def trainable_state(modules: Modules) -> dict[str, torch.Tensor]:
+    """Trainable parameters of every module, named `<module>.<parameter>`."""
+    return {
+        f"{name}.{n}": p.detach().contiguous()
+        for name, module in modules.items()
+        if module is not None
+        for n, p in module.named_parameters()
+        if p.requires_grad
+    }
+
+
+def save(folder: Path, step: int, modules: Modules, state: dict[str, Any]) -> Path:
     """Save weights and loop state for `step` under `folder`; returns the checkpoint path."""
     final = folder / f"step-{step:06d}"
     tmp = folder / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "weights.safetensors"))
+    save_file(trainable_state(modules), str(tmp / "weights.safetensors"))
     torch.save({**state, "step": step, "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -44,18 +54,20 @@ def latest(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load(path: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Restore weights and RNG into `model`/torch from `path`; returns the loop state."""
+def load(path: Path, modules: Modules) -> dict[str, Any]:
+    """Restore weights and RNG into `modules`/torch from `path`; returns the loop state."""
     try:
         weights = load_file(str(path / "weights.safetensors"))
         state = torch.load(path / "state.pt", weights_only=True)
     except Exception as err:  # corrupted or truncated files raise various types
         raise DataError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
-    missing = set(trainable_state(model)) - set(weights)
+    missing = set(trainable_state(modules)) - set(weights)
     if missing:
-        raise DataError(
-            f"checkpoint {path} does not match the model (missing {sorted(missing)[0]})"
-        )
-    model.load_state_dict(weights, strict=False)
+        raise DataError(f"checkpoint {path} does not match the model (missing {min(missing)})")
+    for name, module in modules.items():
+        if module is not None:
+            prefix = f"{name}."
+            own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+            module.load_state_dict(own, strict=False)
     torch.set_rng_state(state["torch_rng"])
     return state

@@ -5,16 +5,25 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pgbench import __version__
-from pgbench.config import Config, help_rows, parse_overrides, resolve
+from pgbench.config import SECTIONS, Config, TopLevel, help_rows, parse_overrides, resolve
 from pgbench.errors import ConfigError, DataError, PgbenchError
 
 EVAL_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "eval"}
+RUN_KEYS = {f.name for f in fields(TopLevel)} - {"estimators"} | set(SECTIONS) - {"variance"}
+VARIANCE_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "estimators"} | {
+    "trainer",
+    "rollout",
+    "loss",
+    "lora",
+    "tracking",
+    "variance",
+}
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ def run(overrides: dict[str, str]) -> int:
     from pgbench.tracking import check_reachable
     from pgbench.trainer import train
 
-    config = resolve(_run_values(overrides))
+    config = resolve(_run_values(overrides), RUN_KEYS)
     check_reachable(config.tracking.uri)
     summary = train(config)
     print(f"\nrun {summary['run_id']} in {summary['output_dir']} ({summary['steps']} steps)")
@@ -83,8 +92,23 @@ def evaluate_policy(overrides: dict[str, str]) -> int:
     return 0
 
 
+def variance(overrides: dict[str, str]) -> int:
+    """Gradient variance of each estimator on the same rollouts of a fixed policy."""
+    from pgbench.variance import run_variance
+
+    config = resolve(overrides, VARIANCE_KEYS)
+    config.output_dir = config.output_dir or f"runs/variance-{datetime.now():%Y%m%d-%H%M%S}"
+    table, path = run_variance(config)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {path}")
+    return 0
+
+
 VERBS: dict[str, Verb] = {
-    "run": Verb("train one policy with one estimator", run, None),
+    "run": Verb("train one policy with one estimator", run, RUN_KEYS),
+    "variance": Verb(
+        "gradient variance of each estimator on the same rollouts", variance, VARIANCE_KEYS
+    ),
     "eval": Verb("score a policy on a test split (chrF, BLEU)", evaluate_policy, EVAL_KEYS),
 }
 

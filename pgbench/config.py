@@ -80,6 +80,12 @@ class TrackingConfig:
     experiment: str = knob("", "MLflow experiment (empty = the task name)")
 
 
+@dataclass
+class VarianceConfig:
+    batches: int = knob(16, "independent rollout batches per estimator (pgbench variance)", ge=2)
+    reference_batches: int = knob(16, "extra batches averaged into the reference gradient", ge=1)
+
+
 SECTIONS: dict[str, type] = {
     "trainer": TrainerConfig,
     "rollout": RolloutConfig,
@@ -89,6 +95,7 @@ SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "checkpoint": CheckpointConfig,
     "tracking": TrackingConfig,
+    "variance": VarianceConfig,
 }
 
 
@@ -102,6 +109,9 @@ class TopLevel:
     resume: str = knob("", "run directory to resume from its last checkpoint")
     cache_dir: str = knob("~/.cache/pgbench", "where the tiny policy is cached")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "torch device (auto = cuda if present)")
+    estimators: str = knob(
+        ",".join(estimators.REGISTRY.names()), "comma-separated estimators (variance, compare)"
+    )
 
 
 @dataclass
@@ -124,6 +134,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    variance: VarianceConfig = field(default_factory=VarianceConfig)
+    estimators: str = ""
+
+    def estimator_names(self) -> list[str]:
+        """The names listed in `estimators=`."""
+        return [name.strip() for name in self.estimators.split(",") if name.strip()]
 
     @property
     def experiment(self) -> str:
@@ -132,7 +148,7 @@ class Config:
     def to_flat(self) -> dict[str, Any]:
         """Every key with its value, as `key=value` overrides would name them."""
         flat: dict[str, Any] = {"task": self.task.name, "estimator": self.estimator.name}
-        for name in ("model", "seed", "output_dir", "resume", "cache_dir", "device"):
+        for name in ("model", "seed", "output_dir", "resume", "cache_dir", "device", "estimators"):
             flat[name] = getattr(self, name)
         sections = {"task": self.task, "estimator": self.estimator}
         sections |= {name: getattr(self, name) for name in SECTIONS}
@@ -215,6 +231,8 @@ def _describe(allowed: set[str]) -> str:
 
 def _check(config: Config) -> None:
     """Rules that involve more than one key."""
+    for name in config.estimator_names():
+        estimators.REGISTRY.get_class(name)
     needed = config.estimator.min_samples_per_prompt
     if config.rollout.samples_per_prompt < needed:
         raise ConfigError(

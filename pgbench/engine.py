@@ -7,6 +7,7 @@ appends on the right); completions are right-padded after their first EOS.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -23,14 +24,15 @@ class Rollout:
     completion_mask: Tensor  # [N, Tc] 1 on generated tokens up to and including EOS
     texts: list[str]  # N decoded completions, special tokens removed
 
-    def rows(self, index: slice) -> Rollout:
-        """The rollout restricted to rows `index` (for micro-batches)."""
+    def rows(self, index: slice | Tensor) -> Rollout:
+        """The rollout restricted to rows `index`, a slice or index tensor (for micro-batches)."""
+        texts = self.texts[index] if isinstance(index, slice) else [self.texts[i] for i in index]
         return Rollout(
             self.prompt_ids[index],
             self.prompt_mask[index],
             self.completion_ids[index],
             self.completion_mask[index],
-            self.texts[index],
+            texts,
         )
 
     @property
@@ -106,16 +108,25 @@ def generate_greedy(
     return texts
 
 
+class TokenScores(NamedTuple):
+    logprobs: Tensor  # [N, Tc] log-probabilities of the completion tokens
+    entropy: Tensor | None  # [N, Tc] policy entropy at each position (detached)
+    values: Tensor | None  # [N, Tc] value-head estimate of the state before each token
+
+
 def token_logprobs(
-    model: PreTrainedModel, rollout: Rollout, temperature: float = 1.0, with_entropy: bool = False
-) -> tuple[Tensor, Tensor | None]:
+    model: PreTrainedModel,
+    rollout: Rollout,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    value_head: torch.nn.Module | None = None,
+) -> TokenScores:
     """Log-probabilities [N, Tc] of the completion tokens given the prompts (one forward pass).
 
     Logits are divided by the sampling temperature, so these are the log-probabilities of
     the distribution that was sampled. Only the logits of completion positions are computed
-    (`logits_to_keep`). Position ids
-    follow the attention mask, as in generation, so left padding does not shift them.
-    Returns (logprobs, entropy) where entropy [N, Tc] is detached, or None.
+    (`logits_to_keep`). Position ids follow the attention mask, as in generation, so left
+    padding does not shift them. With `value_head`, it is applied to the last hidden state.
     """
     input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # [N, Tp + Tc]
     attention = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)
@@ -126,28 +137,41 @@ def token_logprobs(
         attention_mask=attention,
         position_ids=positions,
         logits_to_keep=completion_len + 1,
+        output_hidden_states=value_head is not None,
         use_cache=False,
     )
     logits = output.logits[:, :-1].float() / temperature  # [N, Tc, V]: predicts token t
     log_norm = logits.logsumexp(dim=-1)  # [N, Tc]
     chosen = logits.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
-    logprobs = chosen - log_norm
-    entropy = None
+    entropy = values = None
     if with_entropy:
         with torch.no_grad():
             probs = logits.softmax(dim=-1)
             entropy = log_norm - (probs * logits).sum(dim=-1)  # H = logZ - E_p[logit]
-    return logprobs, entropy
+    if value_head is not None:
+        hidden = output.hidden_states[-1][:, -(completion_len + 1) : -1]  # [N, Tc, H]
+        values = value_head(hidden.float()).squeeze(-1)
+    return TokenScores(chosen - log_norm, entropy, values)
 
 
 @torch.no_grad()
 def token_logprobs_chunked(
-    model: PreTrainedModel, rollout: Rollout, chunk_rows: int, temperature: float = 1.0
-) -> Tensor:
+    model: PreTrainedModel,
+    rollout: Rollout,
+    chunk_rows: int,
+    temperature: float = 1.0,
+    value_head: torch.nn.Module | None = None,
+) -> TokenScores:
     """`token_logprobs` without gradients, `chunk_rows` rows at a time so the full-vocabulary
-    logits of the whole batch are never held at once. [N, Tc]."""
+    logits of the whole batch are never held at once."""
     parts = [
-        token_logprobs(model, rollout.rows(slice(start, start + chunk_rows)), temperature)[0]
+        token_logprobs(
+            model,
+            rollout.rows(slice(start, start + chunk_rows)),
+            temperature,
+            value_head=value_head,
+        )
         for start in range(0, len(rollout.texts), chunk_rows)
     ]
-    return torch.cat(parts, dim=0)
+    values = torch.cat([p.values for p in parts]) if value_head is not None else None
+    return TokenScores(torch.cat([p.logprobs for p in parts]), None, values)

@@ -51,13 +51,17 @@ def aggregate(
     return masked.sum() / (batch_sequences * max_new_tokens)
 
 
-def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor) -> Tensor:
-    """Per-token policy-gradient loss -A * pi/pi_old, [N, T]; advantages are [N] or [N, T].
+def policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip: float = 0.0
+) -> Tensor:
+    """Per-token loss -min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = pi/pi_old; [N, T].
 
-    With one update pass old_logprobs = logprobs.detach(), so the ratio is 1 and the gradient
-    is the plain score-function estimator -A * grad log pi.
+    `clip=0` leaves the ratio unclipped. At rho = 1 (one update pass, old = current) the
+    gradient is the plain score-function estimator -A * grad log pi whatever the clip.
+    Schulman et al. 2017, arXiv:1707.06347, eq. 7.
     """
-    if advantages.dim() == 1:
-        advantages = advantages[:, None]
     ratio = torch.exp(logprobs - old_logprobs)
-    return -advantages * ratio
+    if clip <= 0:
+        return -advantages * ratio
+    clipped = ratio.clamp(1 - clip, 1 + clip)
+    return -torch.minimum(advantages * ratio, advantages * clipped)

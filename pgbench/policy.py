@@ -101,6 +101,7 @@ class Reference:
     def logprobs(self, rollout: Rollout, chunk_rows: int, temperature: float) -> torch.Tensor:
         """Token log-probabilities [N, Tc] of the rollout under the reference."""
         if self.copy is not None:
-            return token_logprobs_chunked(self.copy, rollout, chunk_rows, temperature)
+            return token_logprobs_chunked(self.copy, rollout, chunk_rows, temperature).logprobs
         with self.policy.model.disable_adapter():
-            return token_logprobs_chunked(self.policy.model, rollout, chunk_rows, temperature)
+            scores = token_logprobs_chunked(self.policy.model, rollout, chunk_rows, temperature)
+        return scores.logprobs

@@ -23,19 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 import pgbench
 from pgbench import checkpoint
 from pgbench.config import Config
-from pgbench.engine import Rollout, sample, token_logprobs, token_logprobs_chunked
+from pgbench.engine import sample
 from pgbench.errors import ConfigError
 from pgbench.evaluate import evaluate
-from pgbench.losses import aggregate, kl_per_token, policy_loss
 from pgbench.policy import Policy, Reference, load_policy, pick_device, resolve_model
 from pgbench.tasks import Example
 from pgbench.tracking import MLflowTracker, Tracker, check_reachable, write_json
+from pgbench.update import accumulate_gradients, prepare
 
 SAMPLES_PER_EVAL = 8  # valid completions kept per evaluation in samples.csv
 
@@ -108,7 +109,20 @@ class Trainer:
             resolve_model(config.model, self.task, config.cache_dir), config.lora, self.device
         )
         self.reference = Reference(self.policy) if config.kl.coef > 0 else None
-        self.params = [p for p in self.policy.model.parameters() if p.requires_grad]
+        self.value_head = None
+        if config.estimator.uses_value_head:
+            hidden = self.policy.model.config.hidden_size
+            self.value_head = torch.nn.Linear(hidden, 1).to(self.device)
+            torch.nn.init.zeros_(self.value_head.weight)  # V = 0 until it learns
+            torch.nn.init.zeros_(self.value_head.bias)
+        self.modules = {"policy": self.policy.model, "value_head": self.value_head}
+        self.params = [
+            p
+            for m in self.modules.values()
+            if m is not None
+            for p in m.parameters()
+            if p.requires_grad
+        ]
         steps = config.trainer.steps
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.trainer.lr, weight_decay=config.trainer.weight_decay
@@ -131,7 +145,7 @@ class Trainer:
         write_json(run_info, {"run_id": tracker.run_id, "tracking_uri": config.tracking.uri})
 
     def _restore(self, path: Path) -> None:
-        saved = checkpoint.load(path, self.policy.model)
+        saved = checkpoint.load(path, self.modules)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = LoopState(**saved["loop"])
@@ -142,8 +156,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loop": loop,
+            "run_id": self.tracker.run_id,
         }
-        checkpoint.save(self.run_dir / "checkpoints", self.state.step, self.policy.model, state)
+        checkpoint.save(self.run_dir / "checkpoints", self.state.step, self.modules, state)
 
     # -- evaluation -------------------------------------------------------------------------
     def _evaluate(self, examples: list[Example], prefix: str) -> dict[str, float]:
@@ -169,65 +184,73 @@ class Trainer:
 
     # -- one training step ------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        """Sample, score, estimate advantages and take one optimiser step."""
-        cfg, state = self.config, self.state
+        """Sample, score, estimate advantages and take the estimator's optimiser steps."""
+        cfg, state, estimator = self.config, self.state, self.config.estimator
         model, tokenizer = self.policy.model, self.policy.tokenizer
-        prompts_per_step, samples = cfg.trainer.prompts_per_step, cfg.rollout.samples_per_prompt
-        micro, temperature = cfg.trainer.micro_batch_size, cfg.rollout.temperature
+        samples = cfg.rollout.samples_per_prompt
         started = time.perf_counter()
 
         # Rollout: P prompts x K samples, rows grouped by prompt.
-        torch.manual_seed(step_seed(cfg.seed, state.step))
-        examples = random.Random(f"{cfg.seed}-{state.step}").sample(
-            self.splits.train, prompts_per_step
-        )
+        seed = step_seed(cfg.seed, state.step)
+        torch.manual_seed(seed)
+        examples = random.Random(seed).sample(self.splits.train, cfg.trainer.prompts_per_step)
         prompts = [self.task.prompt(example, tokenizer) for example in examples]
         rollout = sample(
-            model, tokenizer, prompts, samples, cfg.rollout.max_new_tokens, temperature
+            model, tokenizer, prompts, samples, cfg.rollout.max_new_tokens, cfg.rollout.temperature
         )
         rollout_s = time.perf_counter() - started
         repeated = [example for example in examples for _ in range(samples)]
         rewards = torch.tensor(self.task.reward(rollout.texts, repeated)).view(-1, samples)
-        mask = rollout.completion_mask.float()  # [N, Tc]
-
-        # Log-probs of the sampling policy (the ratio's denominator) and of the reference.
-        old_logprobs = token_logprobs_chunked(model, rollout, micro, temperature)  # [N, Tc]
-        ref_logprobs = None
-        seq_kl = torch.zeros(len(rollout.texts))
-        if self.reference is not None:
-            ref_logprobs = self.reference.logprobs(rollout, micro, temperature)
-            seq_kl = (kl_per_token(old_logprobs, ref_logprobs, cfg.kl.estimator) * mask).sum(1)
 
         # Advantages: the only place where estimators differ.
-        shaped = rewards
-        if self.reference is not None and cfg.kl.placement == "reward":
-            shaped = rewards - cfg.kl.coef * seq_kl.view_as(rewards)
-        advantages = self.config.estimator.advantages(shaped, state.estimator).reshape(-1)  # [N]
+        prepared = prepare(
+            cfg,
+            estimator,
+            model,
+            self.reference,
+            self.value_head,
+            rollout,
+            rewards,
+            state.estimator,
+        )
 
-        loss_value, entropy_sum = self._update(
-            rollout, mask, old_logprobs, ref_logprobs, advantages
-        )
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.params, cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
-        )
+        # Updates: `epochs` passes of `minibatches` optimiser steps (1 x 1 for most estimators).
+        rows = len(rollout.texts)
+        shuffle = torch.Generator().manual_seed(seed)
+        updates = []
+        for _ in range(estimator.epochs):
+            order = torch.randperm(rows, generator=shuffle) if estimator.epochs > 1 else None
+            order = torch.arange(rows) if order is None else order
+            for minibatch in order.chunk(estimator.minibatches):
+                stats = accumulate_gradients(
+                    cfg, estimator, model, self.value_head, prepared, minibatch
+                )
+                stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                    self.params, cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
+                ).item()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                updates.append(stats)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
         step_s = time.perf_counter() - started
         state.tokens += rollout.tokens
         state.wall_clock_s += step_s
+        valid_advantages = prepared.advantages[prepared.mask.bool()]
+        mean = {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
         return {
             "train/reward_mean": rewards.mean().item(),
             "train/reward_std": rewards.std().item(),
-            "train/advantage_mean": advantages.mean().item(),
-            "train/advantage_std": advantages.std().item(),
-            "train/loss": loss_value,
-            "train/kl": seq_kl.mean().item(),
-            "train/entropy": entropy_sum / max(rollout.tokens, 1),
-            "train/completion_len": mask.sum(1).mean().item(),
-            "train/grad_norm": grad_norm.item(),
+            "train/advantage_mean": valid_advantages.mean().item(),
+            "train/advantage_std": valid_advantages.std().item(),
+            "train/loss": mean["loss"],
+            "train/value_loss": mean["value_loss"],
+            "train/clip_fraction": mean["clip_fraction"],
+            "train/kl": prepared.seq_kl.mean().item(),
+            "train/entropy": updates[0]["entropy"],
+            "train/completion_len": prepared.mask.sum(1).mean().item(),
+            "train/grad_norm": mean["grad_norm"],
             "train/lr": lr,
             "train/tokens": state.tokens,
             "train/step_time_s": step_s,
@@ -235,39 +258,6 @@ class Trainer:
             "train/wall_clock_s": state.wall_clock_s,
             "train/peak_memory_mb": peak_memory_mb(self.device),
         }
-
-    def _update(
-        self,
-        rollout: Rollout,
-        mask: torch.Tensor,
-        old_logprobs: torch.Tensor,
-        ref_logprobs: torch.Tensor | None,
-        advantages: torch.Tensor,
-    ) -> tuple[float, float]:
-        """Accumulate gradients of the loss over micro-batches; returns (loss, entropy sum)."""
-        cfg = self.config
-        total_rows, total_tokens = len(rollout.texts), rollout.tokens
-        reduce = dict(
-            how=cfg.loss.aggregation,
-            batch_sequences=total_rows,
-            batch_tokens=total_tokens,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-        )
-        loss_value = entropy_sum = 0.0
-        for start in range(0, total_rows, cfg.trainer.micro_batch_size):
-            rows = slice(start, start + cfg.trainer.micro_batch_size)
-            logprobs, entropy = token_logprobs(
-                self.policy.model, rollout.rows(rows), cfg.rollout.temperature, with_entropy=True
-            )
-            per_token = policy_loss(logprobs, old_logprobs[rows], advantages[rows])
-            loss = aggregate(per_token, mask[rows], **reduce)
-            if ref_logprobs is not None and cfg.kl.placement == "loss":
-                kl = kl_per_token(logprobs, ref_logprobs[rows], cfg.kl.estimator)
-                loss = loss + cfg.kl.coef * aggregate(kl, mask[rows], **reduce)
-            loss.backward()
-            loss_value += loss.item()
-            entropy_sum += (entropy * mask[rows]).sum().item()
-        return loss_value, entropy_sum
 
     # -- the loop ---------------------------------------------------------------------------
     def run(
@@ -336,6 +326,8 @@ class Trainer:
         final = self.run_dir / "final"
         self.policy.model.save_pretrained(final)
         self.policy.tokenizer.save_pretrained(final)
+        if self.value_head is not None:
+            save_file(self.value_head.state_dict(), str(final / "value_head.safetensors"))
         summary = {
             "run_id": self.tracker.run_id,
             "tracking_uri": cfg.tracking.uri,

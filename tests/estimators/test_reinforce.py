@@ -29,7 +29,7 @@ def test_ema_needs_state():
 
 
 def test_registry_errors_name_valid_choices():
-    with pytest.raises(ConfigError, match="registered: reinforce, rloo"):
+    with pytest.raises(ConfigError, match="registered: grpo, ppo, reinforce, reinforce_pp, rloo"):
         estimators.get("reinforse")
     with pytest.raises(ConfigError, match="did you mean estimator.baseline"):
         estimators.get("reinforce", baselin="ema")

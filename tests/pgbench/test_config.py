@@ -50,7 +50,10 @@ def test_changing_estimator_changes_only_estimator_keys():
     [
         (["trainer.lrr=1"], "unknown key 'trainer.lrr'; did you mean trainer.lr"),
         (["modle=x"], "did you mean model"),
-        (["estimator=ppo2"], "unknown estimator 'ppo2'; registered: reinforce, rloo"),
+        (
+            ["estimator=ppo2"],
+            "unknown estimator 'ppo2'; registered: grpo, ppo, reinforce, reinforce_pp, rloo",
+        ),
         (["task=de_en"], "unknown task 'de_en'; registered: fr_en"),
         (["trainer.lr=0"], "trainer.lr must be > 0.0"),
         (["trainer.lr=fast"], "trainer.lr='fast' is not a valid float"),

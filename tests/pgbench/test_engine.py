@@ -42,7 +42,7 @@ def test_logprobs_match_a_naive_unpadded_forward(micro_policy, micro_task, tempe
     policy = load(micro_policy)
     torch.manual_seed(1)
     rollout = sample(policy.model, policy.tokenizer, prompts(micro_task, policy, 4), 2, 10, 1.0)
-    logprobs, entropy = token_logprobs(policy.model, rollout, temperature, with_entropy=True)
+    logprobs, entropy, _ = token_logprobs(policy.model, rollout, temperature, with_entropy=True)
     for row in range(len(rollout.texts)):
         prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()]
         completion = rollout.completion_ids[row][rollout.completion_mask[row].bool()]
@@ -57,5 +57,22 @@ def test_logprobs_match_a_naive_unpadded_forward(micro_policy, micro_task, tempe
         torch.testing.assert_close(
             entropy[row][rollout.completion_mask[row].bool()], naive_entropy, atol=1e-4, rtol=1e-4
         )
-    chunked = token_logprobs_chunked(policy.model, rollout, chunk_rows=3, temperature=temperature)
+    chunked, _, _ = token_logprobs_chunked(
+        policy.model, rollout, chunk_rows=3, temperature=temperature
+    )
     torch.testing.assert_close(chunked, logprobs.detach(), atol=1e-6, rtol=0)
+
+
+def test_value_head_reads_the_hidden_state_before_each_token(micro_policy, micro_task):
+    policy = load(micro_policy)
+    rollout = sample(policy.model, policy.tokenizer, prompts(micro_task, policy, 2), 2, 6, 1.0)
+    head = torch.nn.Linear(policy.model.config.hidden_size, 1)
+    scores = token_logprobs(policy.model, rollout, value_head=head)
+    row = 0
+    prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()]
+    completion = rollout.completion_ids[row][rollout.completion_mask[row].bool()]
+    with torch.no_grad():
+        hidden = policy.model(torch.cat([prompt, completion])[None], output_hidden_states=True)
+        expected = head(hidden.hidden_states[-1][0, len(prompt) - 1 : -1]).squeeze(-1)
+    got = scores.values[row][rollout.completion_mask[row].bool()]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -113,3 +113,36 @@ def test_shared_knob_variants_train(run_overrides, extra):
         assert summary["train"]["train/kl"] != 0
     else:
         assert summary["train"]["train/kl"] == 0
+
+
+def test_every_estimator_trains_and_logs_the_same_metrics(run_overrides, tmp_path):
+    names = None
+    for estimator in ["reinforce", "rloo", "grpo", "reinforce_pp", "ppo"]:
+        overrides = run_overrides | {
+            "estimator": estimator,
+            "trainer.steps": "2",
+            "eval.every": "0",
+            "output_dir": str(tmp_path / estimator),
+        }
+        summary = train(resolve(overrides))
+        assert summary["steps"] == 2
+        if names is None:
+            names = set(summary["train"])
+        assert set(summary["train"]) == names, estimator
+    weights = load_file(f"{tmp_path}/ppo/checkpoints/step-000002/weights.safetensors")
+    assert "value_head.weight" in weights and weights["value_head.weight"].abs().sum() > 0
+    assert (tmp_path / "ppo" / "final" / "value_head.safetensors").is_file()
+
+
+def test_several_passes_clip_the_ratio(run_overrides):
+    overrides = run_overrides | {
+        "estimator": "grpo",
+        "estimator.epochs": "3",
+        "estimator.minibatches": "2",
+        "trainer.lr": "5e-2",
+        "trainer.steps": "2",
+        "eval.every": "0",
+    }
+    summary = train(resolve(overrides))
+    # the first minibatch of the first pass has ratio 1; later ones moved away and clip
+    assert 0 < summary["train"]["train/clip_fraction"] <= 1

@@ -1,0 +1,209 @@
+"""The default policy `model=tiny`: built locally, offline, and cached.
+
+A byte-level BPE tokenizer trained on the task's train split, a small Llama-architecture
+causal LM built from a config, and supervised fine-tuning on (prompt, answer) pairs of the
+train split. The result is saved in Hugging Face format under
+`<cache_dir>/tiny-<task>-<key>/`, where the key hashes everything that shapes it, so later
+runs reuse it. Building writes to a temporary folder renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    get_cosine_schedule_with_warmup,
+)
+
+from pgbench.tasks import Task
+
+FORMAT = "pgbench-tiny-v2"  # bump when the build procedure changes
+LENGTH_BUCKETS = 8
+SPECIAL_TOKENS = ["<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Everything that shapes the tiny policy (part of the cache key)."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    layers: int = 4
+    heads: int = 4
+    intermediate_size: int = 704
+    max_length: int = 96  # tokens of prompt + answer kept for SFT
+    sft_steps: int = 1000
+    sft_batch_size: int = 64
+    sft_lr: float = 2e-3
+    seed: int = 0
+
+
+def cache_key(task: Task, pairs: list[tuple[list[dict[str, str]], str]], spec: TinySpec) -> str:
+    digest = hashlib.sha256(f"{FORMAT}|{task.name}|{dataclasses.asdict(spec)}".encode())
+    for messages, target in pairs:
+        digest.update(json.dumps([messages, target], ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with chat special tokens; left padding; EOS is the end-of-turn token."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|end|>", pad_token="<|pad|>", padding_side="left"
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinySpec) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        intermediate_size=spec.intermediate_size,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerFast, prompts: list[str], targets: list[str], max_length: int
+) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + answer + EOS, and the index where the answer starts."""
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [
+        ((p + t + [eos])[:max_length], len(p))
+        for p, t in zip(prompt_ids, target_ids, strict=True)
+        if len(p) < max_length - 1
+    ]
+
+
+def sft_batch(
+    encoded: list[tuple[list[int], int]], rows: list[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids, attention mask and labels (-100 outside the answer)."""
+    width = max(len(encoded[i][0]) for i in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, i in enumerate(rows):
+        tokens, start = encoded[i]
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        labels[row, start : len(tokens)] = torch.tensor(tokens[start:])
+        mask[row, : len(tokens)] = 1
+    return ids, mask, labels
+
+
+def supervised_fine_tune(
+    model: LlamaForCausalLM,
+    encoded: list[tuple[list[int], int]],
+    spec: TinySpec,
+    pad_id: int,
+    progress: bool,
+) -> list[float]:
+    """AdamW + warm-up/cosine on answer tokens only; returns the loss of every step."""
+    generator = torch.Generator().manual_seed(spec.seed)
+    # Each batch is drawn from one of LENGTH_BUCKETS groups of similar length, so little
+    # compute goes to padding while batches stay random within a group.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    buckets = [bucket.tolist() for bucket in torch.tensor(order).chunk(LENGTH_BUCKETS)]
+    bucket_sizes = torch.tensor([len(bucket) for bucket in buckets], dtype=torch.float)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, weight_decay=0.01)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(0.05 * spec.sft_steps), spec.sft_steps
+    )
+    losses = []
+    model.train()
+    bar = tqdm(range(spec.sft_steps), desc="tiny SFT", disable=not progress)
+    for _ in bar:
+        bucket = buckets[int(torch.multinomial(bucket_sizes, 1, generator=generator))]
+        picks = torch.randint(len(bucket), (spec.sft_batch_size,), generator=generator)
+        rows = [bucket[i] for i in picks.tolist()]
+        ids, mask, labels = sft_batch(encoded, rows, pad_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+def tiny_policy_dir(
+    task: Task, cache_dir: Path, spec: TinySpec = TinySpec(), progress: bool = True
+) -> Path:
+    """Directory of the cached tiny policy (model + tokenizer) for `task`, built if missing."""
+    train = task.splits().train
+    pairs = [(task.messages(example), task.target(example)) for example in train]
+    target_dir = Path(cache_dir) / f"tiny-{task.name}-{cache_key(task, pairs, spec)}"
+    if (target_dir / "tiny.json").is_file():
+        return target_dir
+
+    started = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    contents = [m["content"] for messages, _ in pairs for m in messages]
+    tokenizer = train_tokenizer(contents + [target for _, target in pairs], spec.vocab_size)
+    prompts = [
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        for messages, _ in pairs
+    ]
+    encoded = encode_pairs(tokenizer, prompts, [t for _, t in pairs], spec.max_length)
+    model = build_model(tokenizer, spec)
+    losses = supervised_fine_tune(model, encoded, spec, tokenizer.pad_token_id, progress)
+
+    tmp = target_dir.with_name(target_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    info = {
+        "spec": dataclasses.asdict(spec),
+        "train_pairs": len(encoded),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "first_loss": losses[0],
+        "last_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
+    (tmp / "tiny.json").write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(target_dir, ignore_errors=True)
+    tmp.rename(target_dir)
+    return target_dir

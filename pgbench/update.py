@@ -1,0 +1,127 @@
+"""From a sampled rollout to gradients, the same way for every estimator.
+
+`prepare` scores the rollout once (rollout-time log-probs, reference log-probs, values),
+applies the shared KL knobs and asks the estimator for advantages. `accumulate_gradients`
+back-propagates the shared loss over some rows of it, micro-batch by micro-batch:
+
+    per token: -min(rho A, clip(rho) A)     policy loss (clipped if the estimator clips)
+               + beta * KL                  if kl.placement=loss
+               + vf_coef * value loss       if the estimator has a value head
+    reduced by loss.aggregation over the rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pgbench.config import Config
+from pgbench.engine import Rollout, token_logprobs, token_logprobs_chunked
+from pgbench.estimators import Batch, Estimator
+from pgbench.losses import aggregate, kl_per_token, policy_loss
+from pgbench.policy import Reference
+
+
+@dataclass
+class Prepared:
+    """A scored rollout, ready for one or several update passes. N rows, T tokens."""
+
+    rollout: Rollout
+    mask: Tensor  # [N, T] 1.0 on completion tokens
+    old_logprobs: Tensor  # [N, T] log pi_old, the sampling policy
+    ref_logprobs: Tensor | None  # [N, T] reference log-probs (None when kl.coef = 0)
+    old_values: Tensor | None  # [N, T] value estimates at rollout time
+    advantages: Tensor  # [N, T]
+    returns: Tensor | None  # [N, T] value targets
+    seq_kl: Tensor  # [N] summed per-token KL to the reference (0 without a reference)
+
+
+def prepare(
+    config: Config,
+    estimator: Estimator,
+    model: torch.nn.Module,
+    reference: Reference | None,
+    value_head: torch.nn.Module | None,
+    rollout: Rollout,
+    rewards: Tensor,
+    state: dict[str, Any],
+) -> Prepared:
+    """Score `rollout` (rewards [P, K]) and compute the estimator's advantages."""
+    micro, temperature = config.trainer.micro_batch_size, config.rollout.temperature
+    mask = rollout.completion_mask.float()
+    scores = token_logprobs_chunked(model, rollout, micro, temperature, value_head)
+    kl = torch.zeros_like(mask)
+    ref_logprobs = None
+    if reference is not None:
+        ref_logprobs = reference.logprobs(rollout, micro, temperature)
+        kl = kl_per_token(scores.logprobs, ref_logprobs, config.kl.estimator) * mask
+    penalty = config.kl.coef * kl if config.kl.placement == "reward" else torch.zeros_like(kl)
+    result = estimator.token_advantages(Batch(rewards, mask, penalty, scores.values), state)
+    return Prepared(
+        rollout,
+        mask,
+        scores.logprobs,
+        ref_logprobs,
+        scores.values,
+        result.advantages,
+        result.returns,
+        kl.sum(dim=1),
+    )
+
+
+def accumulate_gradients(
+    config: Config,
+    estimator: Estimator,
+    model: torch.nn.Module,
+    value_head: torch.nn.Module | None,
+    prepared: Prepared,
+    rows: Tensor,
+    with_value_loss: bool = True,
+) -> dict[str, float]:
+    """Add the gradient of the loss on `rows` (an index tensor) to `.grad`; returns statistics."""
+    mask = prepared.mask[rows]
+    reduce = dict(
+        how=config.loss.aggregation,
+        batch_sequences=len(rows),
+        batch_tokens=int(mask.sum()),
+        max_new_tokens=config.rollout.max_new_tokens,
+    )
+    stats = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "value_loss": 0.0}
+    for chunk in rows.split(config.trainer.micro_batch_size):
+        chunk_mask = prepared.mask[chunk]
+        scores = token_logprobs(
+            model,
+            prepared.rollout.rows(chunk),
+            config.rollout.temperature,
+            with_entropy=True,
+            value_head=value_head,
+        )
+        old = prepared.old_logprobs[chunk]
+        per_token = policy_loss(scores.logprobs, old, prepared.advantages[chunk], estimator.clip)
+        if prepared.ref_logprobs is not None and config.kl.placement == "loss":
+            kl = kl_per_token(scores.logprobs, prepared.ref_logprobs[chunk], config.kl.estimator)
+            per_token = per_token + config.kl.coef * kl
+        if value_head is not None and with_value_loss:
+            value_loss = estimator.value_loss(
+                scores.values, prepared.old_values[chunk], prepared.returns[chunk]
+            )
+            per_token = per_token + estimator.vf_coef * value_loss
+            stats["value_loss"] += aggregate(value_loss.detach(), chunk_mask, **reduce).item()
+        loss = aggregate(per_token, chunk_mask, **reduce)
+        loss.backward()
+        stats["loss"] += loss.item()
+        stats["entropy"] += (scores.entropy * chunk_mask).sum().item()
+        if estimator.clip > 0:
+            ratio = torch.exp(scores.logprobs.detach() - old)
+            outside = (ratio - 1).abs() > estimator.clip
+            stats["clipped"] += (outside.float() * chunk_mask).sum().item()
+    tokens = max(reduce["batch_tokens"], 1)
+    return {
+        "loss": stats["loss"],
+        "value_loss": stats["value_loss"],
+        "entropy": stats["entropy"] / tokens,
+        "clip_fraction": stats["clipped"] / tokens,
+    }

@@ -1,0 +1,29 @@
+import torch
+
+from pgbench import estimators
+from pgbench.estimators import Batch
+
+
+def test_returns_sum_kl_to_the_end_and_are_whitened_over_valid_tokens():
+    # one prompt, K=2; row 0 has 3 tokens, row 1 has 2 (third masked)
+    batch = Batch(
+        rewards=torch.tensor([[1.0, 0.0]]),
+        mask=torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
+        kl_penalty=torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.5, 9.0]]),
+    )
+    # token rewards: row 0 [-0.1, -0.2, 1 - 0.3], row 1 [-0.5, -0.5, (masked)]
+    # returns G_t = sum_{s>=t}: row 0 [0.4, 0.5, 0.7], row 1 [-1.0, -0.5]
+    returns = torch.tensor([0.4, 0.5, 0.7, -1.0, -0.5])
+    whitened = (returns - returns.mean()) / (returns.std() + 1e-8)
+    result = estimators.get("reinforce_pp").token_advantages(batch, {})
+    assert result.returns is None
+    torch.testing.assert_close(result.advantages[batch.mask.bool()], whitened)
+    assert result.advantages[1, 2] == 0
+
+
+def test_without_kl_every_token_of_a_sequence_shares_its_advantage():
+    batch = Batch(torch.tensor([[0.2, 0.8]]), torch.ones(2, 4), torch.zeros(2, 4))
+    advantages = estimators.get("reinforce_pp").token_advantages(batch, {}).advantages
+    assert (
+        torch.allclose(advantages[0], advantages[0, 0]) and advantages[0, 0] < 0 < advantages[1, 0]
+    )

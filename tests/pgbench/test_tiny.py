@@ -1,0 +1,49 @@
+import json
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pgbench.tiny import TinySpec, tiny_policy_dir
+
+
+def test_micro_policy_loads_and_renders_chat(micro_policy):
+    tokenizer = AutoTokenizer.from_pretrained(micro_policy)
+    model = AutoModelForCausalLM.from_pretrained(micro_policy)
+    assert (
+        model.config.eos_token_id
+        == tokenizer.eos_token_id
+        == tokenizer.convert_tokens_to_ids("<|end|>")
+    )
+    assert tokenizer.padding_side == "left"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Où êtes-vous ?"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text == "<|user|>Où êtes-vous ?<|end|><|assistant|>"
+    sentence = "Ça a été très agréable, merci ! « Déjà » vu."
+    ids = tokenizer(sentence, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == sentence
+
+
+def test_sft_lowers_the_loss(micro_policy):
+    info = json.loads((micro_policy / "tiny.json").read_text())
+    assert info["last_loss"] < info["first_loss"] - 0.3
+    assert info["train_pairs"] > 1000
+
+
+def test_cache_is_reused_and_keyed_by_spec(micro_task, micro_policy, tmp_path):
+    spec = TinySpec(
+        vocab_size=300,
+        hidden_size=16,
+        layers=1,
+        heads=1,
+        intermediate_size=32,
+        sft_steps=2,
+        sft_batch_size=4,
+    )
+    first = tiny_policy_dir(micro_task, tmp_path, spec, progress=False)
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert tiny_policy_dir(micro_task, tmp_path, spec, progress=False) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
+    other = tiny_policy_dir(
+        micro_task, tmp_path, TinySpec(**{**spec.__dict__, "seed": 1}), progress=False
+    )
+    assert other != first and not list(tmp_path.glob("*.tmp"))
