@@ -23,8 +23,8 @@ from pgbench.tasks import Task
 
 @dataclass
 class TrainerConfig:
-    steps: int = knob(60, "optimiser steps (one rollout batch each)", ge=1)
-    lr: float = knob(3e-5, "AdamW learning rate", gt=0.0)
+    steps: int = knob(150, "optimiser steps (one rollout batch each)", ge=1)
+    lr: float = knob(1e-4, "AdamW learning rate", gt=0.0)
     prompts_per_step: int = knob(8, "prompts P per rollout batch", ge=1)
     warmup_ratio: float = knob(0.1, "fraction of steps with linear warm-up", ge=0.0, le=1.0)
     grad_clip: float = knob(1.0, "max global gradient norm (0 = no clipping)", ge=0.0)
@@ -36,7 +36,7 @@ class TrainerConfig:
 class RolloutConfig:
     samples_per_prompt: int = knob(4, "completions K sampled per prompt (every estimator)", ge=1)
     max_new_tokens: int = knob(32, "max tokens per completion", ge=1)
-    temperature: float = knob(1.0, "sampling temperature", gt=0.0)
+    temperature: float = knob(0.5, "sampling temperature of rollouts", gt=0.0)
 
 
 @dataclass
@@ -63,15 +63,15 @@ class LoraConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = knob(20, "evaluate on the valid split every N steps (0 = only at the end)", ge=0)
-    size: int = knob(200, "valid-split examples per evaluation", ge=1)
+    every: int = knob(25, "evaluate on the valid split every N steps (0 = only at the end)", ge=0)
+    size: int = knob(500, "valid-split examples per evaluation", ge=1)
     batch_size: int = knob(64, "prompts per greedy-decoding batch", ge=1)
     max_new_tokens: int = knob(48, "max tokens per greedy completion", ge=1)
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = knob(20, "save a resumable checkpoint every N steps (0 = only at the end)", ge=0)
+    every: int = knob(25, "save a resumable checkpoint every N steps (0 = only at the end)", ge=0)
 
 
 @dataclass

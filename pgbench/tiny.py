@@ -30,8 +30,7 @@ from transformers import (
 
 from pgbench.tasks import Task
 
-FORMAT = "pgbench-tiny-v2"  # bump when the build procedure changes
-LENGTH_BUCKETS = 8
+FORMAT = "pgbench-tiny-v3"  # bump when the build procedure changes
 SPECIAL_TOKENS = ["<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
@@ -140,11 +139,6 @@ def supervised_fine_tune(
 ) -> list[float]:
     """AdamW + warm-up/cosine on answer tokens only; returns the loss of every step."""
     generator = torch.Generator().manual_seed(spec.seed)
-    # Each batch is drawn from one of LENGTH_BUCKETS groups of similar length, so little
-    # compute goes to padding while batches stay random within a group.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    buckets = [bucket.tolist() for bucket in torch.tensor(order).chunk(LENGTH_BUCKETS)]
-    bucket_sizes = torch.tensor([len(bucket) for bucket in buckets], dtype=torch.float)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, weight_decay=0.01)
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, math.ceil(0.05 * spec.sft_steps), spec.sft_steps
@@ -153,11 +147,11 @@ def supervised_fine_tune(
     model.train()
     bar = tqdm(range(spec.sft_steps), desc="tiny SFT", disable=not progress)
     for _ in bar:
-        bucket = buckets[int(torch.multinomial(bucket_sizes, 1, generator=generator))]
-        picks = torch.randint(len(bucket), (spec.sft_batch_size,), generator=generator)
-        rows = [bucket[i] for i in picks.tolist()]
+        rows = torch.randint(len(encoded), (spec.sft_batch_size,), generator=generator).tolist()
         ids, mask, labels = sft_batch(encoded, rows, pad_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        # bf16 autocast: about 25% faster on CPUs with bf16 dot products; weights stay fp32
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
