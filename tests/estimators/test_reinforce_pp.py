@@ -27,3 +27,13 @@ def test_without_kl_every_token_of_a_sequence_shares_its_advantage():
     assert (
         torch.allclose(advantages[0], advantages[0, 0]) and advantages[0, 0] < 0 < advantages[1, 0]
     )
+
+
+def test_invariant_to_a_constant_added_to_all_rewards():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    penalty = torch.rand(4, 3, generator=torch.Generator().manual_seed(0)) * 0.1
+    rewards = torch.tensor([[0.3, 0.9], [0.1, 0.5]])
+    pp = estimators.get("reinforce_pp")
+    base = pp.token_advantages(Batch(rewards, mask, penalty), {}).advantages
+    shifted = pp.token_advantages(Batch(rewards + 5.0, mask, penalty), {}).advantages
+    torch.testing.assert_close(base, shifted, atol=1e-5, rtol=1e-5)

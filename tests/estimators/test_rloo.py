@@ -29,3 +29,18 @@ def test_rloo_all_equal_rewards_give_zero_advantage():
     assert torch.equal(
         estimators.get("rloo").advantages(torch.full((2, 4), 0.3)), torch.zeros(2, 4)
     )
+
+
+def test_sequence_level_advantages_fold_kl_into_the_reward_and_broadcast_over_tokens():
+    from pgbench.estimators import Batch
+
+    # K=2; per-token KL penalties (already masked) sum to 0.3 and 0.1
+    batch = Batch(
+        rewards=torch.tensor([[1.0, 0.6]]),
+        mask=torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
+        kl_penalty=torch.tensor([[0.1, 0.2, 0.0], [0.1, 0.0, 0.0]]),
+    )
+    # shaped rewards [0.7, 0.5] -> RLOO [0.2, -0.2], on valid tokens only
+    result = estimators.get("rloo").token_advantages(batch, {})
+    expected = torch.tensor([[0.2, 0.2, 0.0], [-0.2, 0.0, 0.0]])
+    torch.testing.assert_close(result.advantages, expected)
