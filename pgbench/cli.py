@@ -15,7 +15,20 @@ from pgbench.config import SECTIONS, Config, TopLevel, help_rows, parse_override
 from pgbench.errors import ConfigError, DataError, PgbenchError
 
 EVAL_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "eval"}
-RUN_KEYS = {f.name for f in fields(TopLevel)} - {"estimators"} | set(SECTIONS) - {"variance"}
+RUN_KEYS = ({f.name for f in fields(TopLevel)} | set(SECTIONS)) - {
+    "estimators",
+    "seeds",
+    "variance",
+    "sweep",
+    "compare",
+}
+SWEEP_KEYS = RUN_KEYS - {"resume"} | {"sweep"}
+COMPARE_KEYS = RUN_KEYS - {"estimator", "seed", "resume"} | {
+    "estimators",
+    "seeds",
+    "compare",
+    "sweep",
+}
 VARIANCE_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "estimators"} | {
     "trainer",
     "rollout",
@@ -62,7 +75,7 @@ def run(overrides: dict[str, str]) -> int:
     from pgbench.tracking import check_reachable
     from pgbench.trainer import train
 
-    config = resolve(_run_values(overrides), RUN_KEYS)
+    config = resolve(_run_values(overrides), None if "resume" in overrides else RUN_KEYS)
     check_reachable(config.tracking.uri)
     summary = train(config)
     print(f"\nrun {summary['run_id']} in {summary['output_dir']} ({summary['steps']} steps)")
@@ -104,8 +117,24 @@ def variance(overrides: dict[str, str]) -> int:
     return 0
 
 
+def sweep(overrides: dict[str, str]) -> int:
+    """Tune one estimator with Optuna; each trial is a nested MLflow run."""
+    from pgbench.sweeps.runner import run_sweep
+
+    result = run_sweep(resolve(overrides, SWEEP_KEYS))
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in result["trials"].items())
+    print(f"\nstudy {result['study']} in {result['storage']}: {counts}")
+    if "best_params" in result:
+        print(f"best valid score {result['best_value']:.2f} (trial {result['best_trial']}):")
+        for key, value in result["best_params"].items():
+            print(f"  {key} = {value}")
+        print(f"re-run it with:\n  {result['command']}")
+    return 0
+
+
 VERBS: dict[str, Verb] = {
     "run": Verb("train one policy with one estimator", run, RUN_KEYS),
+    "sweep": Verb("tune one estimator with Optuna (resumable, parallel)", sweep, SWEEP_KEYS),
     "variance": Verb(
         "gradient variance of each estimator on the same rollouts", variance, VARIANCE_KEYS
     ),

@@ -86,6 +86,27 @@ class VarianceConfig:
     reference_batches: int = knob(16, "extra batches averaged into the reference gradient", ge=1)
 
 
+@dataclass
+class SweepConfig:
+    n_trials: int = knob(20, "finished trials the study should reach (pgbench sweep)", ge=1)
+    workers: int = knob(1, "worker processes on this machine", ge=1)
+    storage: str = knob(
+        "", "Optuna storage: sqlite:///f.db, postgresql://..., or a .journal file (empty = local)"
+    )
+    name: str = knob("", "study name (empty = <task>-<estimator>); rerunning resumes it")
+    space: str = knob("", "JSON file with the search space (empty = the estimator's built-in one)")
+    pruner: Literal["median", "none"] = knob("median", "prune trials below the median at an eval")
+    heartbeat_s: int = knob(
+        30, "heartbeat interval of RDB storages; stale trials are retried", ge=1
+    )
+
+
+@dataclass
+class CompareConfig:
+    use_best: bool = knob(False, "use each estimator's best sweep params (same study names)")
+    id: str = knob("", "comparison id tagged on every run (empty = cmp-<time>)")
+
+
 SECTIONS: dict[str, type] = {
     "trainer": TrainerConfig,
     "rollout": RolloutConfig,
@@ -96,6 +117,8 @@ SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointConfig,
     "tracking": TrackingConfig,
     "variance": VarianceConfig,
+    "sweep": SweepConfig,
+    "compare": CompareConfig,
 }
 
 
@@ -112,6 +135,7 @@ class TopLevel:
     estimators: str = knob(
         ",".join(estimators.REGISTRY.names()), "comma-separated estimators (variance, compare)"
     )
+    seeds: int = knob(3, "seeds 0..N-1 per estimator (compare)", ge=1)
 
 
 @dataclass
@@ -135,7 +159,10 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     variance: VarianceConfig = field(default_factory=VarianceConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     estimators: str = ""
+    seeds: int = 3
 
     def estimator_names(self) -> list[str]:
         """The names listed in `estimators=`."""
@@ -148,7 +175,9 @@ class Config:
     def to_flat(self) -> dict[str, Any]:
         """Every key with its value, as `key=value` overrides would name them."""
         flat: dict[str, Any] = {"task": self.task.name, "estimator": self.estimator.name}
-        for name in ("model", "seed", "output_dir", "resume", "cache_dir", "device", "estimators"):
+        for name in _TOP:
+            if name in ("task", "estimator"):
+                continue
             flat[name] = getattr(self, name)
         sections = {"task": self.task, "estimator": self.estimator}
         sections |= {name: getattr(self, name) for name in SECTIONS}

@@ -38,6 +38,7 @@ from pgbench.tasks import Example
 from pgbench.tracking import MLflowTracker, Tracker, check_reachable, write_json
 from pgbench.update import accumulate_gradients, prepare
 
+StepCallback = Callable[[int, dict[str, float]], None]
 SAMPLES_PER_EVAL = 8  # valid completions kept per evaluation in samples.csv
 
 
@@ -93,6 +94,7 @@ class LoopState:
     estimator: dict[str, Any] = field(default_factory=dict)
     eval_before: dict[str, float] = field(default_factory=dict)
     last_train: dict[str, float] = field(default_factory=dict)
+    eval_valid: dict[str, float] = field(default_factory=dict)  # last valid-split metrics
 
 
 class Trainer:
@@ -131,6 +133,7 @@ class Trainer:
             self.optimizer, round(config.trainer.warmup_ratio * steps), steps
         )
         self.state = LoopState()
+        self.on_eval: StepCallback | None = None
         run_info = self.run_dir / "run.json"
         run_id = json.loads(run_info.read_text())["run_id"] if run_info.is_file() else ""
         latest = checkpoint.latest(self.run_dir / "checkpoints") if config.resume else None
@@ -261,10 +264,17 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(
-        self, on_step_end: Callable[[int, dict[str, float]], None] | None = None
+        self,
+        on_step_end: StepCallback | None = None,
+        on_eval: StepCallback | None = None,
     ) -> dict[str, Any]:
-        """Train to `trainer.steps` (from the last checkpoint if resuming); returns the summary."""
+        """Train to `trainer.steps` (from the last checkpoint if resuming); returns the summary.
+
+        `on_step_end(step, train metrics)` and `on_eval(step, valid metrics)` may raise to stop
+        the run (a sweep prunes a trial that way); the run is then marked FAILED in MLflow.
+        """
         cfg, state = self.config, self.state
+        self.on_eval = on_eval
         try:
             if state.step == 0:
                 self._start()
@@ -283,7 +293,7 @@ class Trainer:
                     step_s=f"{metrics['train/step_time_s']:.2f}",
                 )
                 if cfg.eval.every and state.step % cfg.eval.every == 0:
-                    self._evaluate(self.splits.valid[: cfg.eval.size], "eval")
+                    self._evaluate_valid()
                 if state.step == cfg.trainer.steps or (
                     cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0
                 ):
@@ -315,13 +325,19 @@ class Trainer:
         self.tracker.log_artifact(self.run_dir / "config.json")
         self.state.eval_before = self._evaluate(self.splits.test, "test")
         if cfg.eval.every:
-            self._evaluate(self.splits.valid[: cfg.eval.size], "eval")
+            self._evaluate_valid()
+
+    def _evaluate_valid(self) -> None:
+        metrics = self._evaluate(self.splits.valid[: self.config.eval.size], "eval")
+        self.state.eval_valid = metrics
+        if self.on_eval is not None:
+            self.on_eval(self.state.step, metrics)
 
     def _finish(self) -> dict[str, Any]:
         """Score the final policy on the test split, save it and write summary.json."""
         cfg, state = self.config, self.state
-        if cfg.eval.every and state.step % cfg.eval.every != 0:
-            self._evaluate(self.splits.valid[: cfg.eval.size], "eval")
+        if not (cfg.eval.every and state.step % cfg.eval.every == 0):
+            self._evaluate_valid()
         eval_after = self._evaluate(self.splits.test, "test")
         final = self.run_dir / "final"
         self.policy.model.save_pretrained(final)
@@ -338,6 +354,7 @@ class Trainer:
             "train": state.last_train,
             "eval_before": state.eval_before,
             "eval_after": eval_after,
+            "eval_valid": state.eval_valid,
         }
         write_json(self.run_dir / "summary.json", summary)
         for name in ("summary.json", "samples.csv"):
@@ -349,10 +366,11 @@ class Trainer:
 def train(
     config: Config,
     tracker: Tracker | None = None,
-    on_step_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_step_end: StepCallback | None = None,
+    on_eval: StepCallback | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) training as configured; returns the contents of summary.json."""
     if not config.resume:
         config.output_dir = config.output_dir or default_output_dir(config)
         prepare_run_dir(config)
-    return Trainer(config, tracker).run(on_step_end)
+    return Trainer(config, tracker).run(on_step_end, on_eval)
