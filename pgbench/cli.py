@@ -132,9 +132,24 @@ def sweep(overrides: dict[str, str]) -> int:
     return 0
 
 
+def compare(overrides: dict[str, str]) -> int:
+    """Train every estimator for every seed with the same budget, under one comparison id."""
+    from pgbench.compare import run_compare
+
+    outcome = run_compare(resolve(overrides, COMPARE_KEYS))
+    metric = outcome["metric"]
+    print(f"\ncomparison {outcome['comparison']} ({outcome['output_dir']}/comparison.json)")
+    print(f"{'estimator':<14}{'test ' + metric:>12}{'std':>8}{'seeds':>7}")
+    for name, row in outcome["test"].items():
+        print(f"{name:<14}{row['mean']:>12.2f}{row['std']:>8.2f}{row['n']:>7}")
+    print(f"MLflow runs: tags.\"pgbench.comparison\" = '{outcome['comparison']}'")
+    return 0
+
+
 VERBS: dict[str, Verb] = {
     "run": Verb("train one policy with one estimator", run, RUN_KEYS),
     "sweep": Verb("tune one estimator with Optuna (resumable, parallel)", sweep, SWEEP_KEYS),
+    "compare": Verb("every estimator x every seed at one budget", compare, COMPARE_KEYS),
     "variance": Verb(
         "gradient variance of each estimator on the same rollouts", variance, VARIANCE_KEYS
     ),
