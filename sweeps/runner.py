@@ -243,6 +243,7 @@ def run_sweep(config: Config) -> dict[str, Any]:
 
 def _conclude(config: Config, study: optuna.Study, parent: MLflowTracker) -> dict[str, Any]:
     """Log trial counts and the best trial to the parent run; write best.json."""
+    _close_dead_trials(study, parent)
     counts = {state.name: len(study.get_trials(states=(state,))) for state in FINISHED}
     result: dict[str, Any] = {
         "study": study.study_name,
@@ -268,6 +269,16 @@ def _conclude(config: Config, study: optuna.Study, parent: MLflowTracker) -> dic
     parent.log_artifact(sweep_dir(config) / "best.json")
     parent.finish("FINISHED")
     return result
+
+
+def _close_dead_trials(study: optuna.Study, parent: MLflowTracker) -> None:
+    """Mark MLflow runs of trials whose worker died (still RUNNING there) as failed."""
+    for trial in study.get_trials(states=(TrialState.FAIL,)):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and parent.client.get_run(run_id).info.status == "RUNNING":
+            parent.client.set_tag(run_id, "pgbench.trial_state", "FAIL")
+            parent.client.set_tag(run_id, "pgbench.fail_reason", "worker stopped (stale heartbeat)")
+            parent.client.set_terminated(run_id, "FAILED")
 
 
 def _overrides(config: Config) -> dict[str, Any]:

@@ -9,18 +9,6 @@ from pgbench.errors import ConfigError
 from pgbench.sweeps.runner import run_sweep, storage_url
 
 
-@pytest.fixture
-def sweep_values(run_overrides, tmp_path):
-    values = run_overrides | {
-        "trainer.steps": "2",
-        "eval.every": "1",
-        "eval.size": "8",
-        "output_dir": str(tmp_path / "sweep"),
-    }
-    values.pop("checkpoint.every")
-    return values
-
-
 def nested_runs(uri, parent_run_id):
     client = MlflowClient(uri)
     parent = client.get_run(parent_run_id)
