@@ -21,7 +21,11 @@ RUN_KEYS = ({f.name for f in fields(TopLevel)} | set(SECTIONS)) - {
     "variance",
     "sweep",
     "compare",
+    "report",
+    "comparison",
+    "experiment",
 }
+REPORT_KEYS = {"comparison", "experiment", "report", "tracking"}
 SWEEP_KEYS = RUN_KEYS - {"resume"} | {"sweep"}
 COMPARE_KEYS = RUN_KEYS - {"estimator", "seed", "resume"} | {
     "estimators",
@@ -146,10 +150,27 @@ def compare(overrides: dict[str, str]) -> int:
     return 0
 
 
+def report(overrides: dict[str, str]) -> int:
+    """Tables and figures of a comparison (or an experiment) from MLflow."""
+    from pgbench.reports.build import build_report
+
+    config = resolve(overrides, REPORT_KEYS)
+    if bool(config.comparison) == bool(config.experiment):
+        raise ConfigError("give exactly one of comparison=<id> or experiment=<name>")
+    name = config.comparison or config.experiment
+    out = Path(config.report.out or f"reports_out/{name}")
+    result = build_report(config.tracking.uri, config.comparison, config.experiment, out)
+    print(f"report of {result['runs']} runs: {out}/report.md, report.html, runs.csv")
+    if not result["intervals"]:
+        print("one seed per estimator: confidence intervals are unavailable")
+    return 0
+
+
 VERBS: dict[str, Verb] = {
     "run": Verb("train one policy with one estimator", run, RUN_KEYS),
     "sweep": Verb("tune one estimator with Optuna (resumable, parallel)", sweep, SWEEP_KEYS),
     "compare": Verb("every estimator x every seed at one budget", compare, COMPARE_KEYS),
+    "report": Verb("tables and figures of a comparison from MLflow", report, REPORT_KEYS),
     "variance": Verb(
         "gradient variance of each estimator on the same rollouts", variance, VARIANCE_KEYS
     ),

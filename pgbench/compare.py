@@ -92,7 +92,7 @@ def run_compare(config: Config) -> dict[str, Any]:
     for run in runs:
         tracker = MLflowTracker(
             run.tracking.uri,
-            run.experiment,
+            run.mlflow_experiment,
             run_name=f"{comparison}-{run.estimator.name}-s{run.seed}",
             tags={
                 "pgbench.comparison": comparison,

@@ -107,6 +107,11 @@ class CompareConfig:
     id: str = knob("", "comparison id tagged on every run (empty = cmp-<time>)")
 
 
+@dataclass
+class ReportConfig:
+    out: str = knob("", "report folder (empty = reports_out/<comparison or experiment>)")
+
+
 SECTIONS: dict[str, type] = {
     "trainer": TrainerConfig,
     "rollout": RolloutConfig,
@@ -119,6 +124,7 @@ SECTIONS: dict[str, type] = {
     "variance": VarianceConfig,
     "sweep": SweepConfig,
     "compare": CompareConfig,
+    "report": ReportConfig,
 }
 
 
@@ -136,6 +142,8 @@ class TopLevel:
         ",".join(estimators.REGISTRY.names()), "comma-separated estimators (variance, compare)"
     )
     seeds: int = knob(3, "seeds 0..N-1 per estimator (compare)", ge=1)
+    comparison: str = knob("", "comparison id to report (report)")
+    experiment: str = knob("", "MLflow experiment to report, instead of a comparison (report)")
 
 
 @dataclass
@@ -161,15 +169,19 @@ class Config:
     variance: VarianceConfig = field(default_factory=VarianceConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     estimators: str = ""
     seeds: int = 3
+    comparison: str = ""
+    experiment: str = ""
 
     def estimator_names(self) -> list[str]:
         """The names listed in `estimators=`."""
         return [name.strip() for name in self.estimators.split(",") if name.strip()]
 
     @property
-    def experiment(self) -> str:
+    def mlflow_experiment(self) -> str:
+        """Experiment that training runs log to: tracking.experiment, else the task name."""
         return self.tracking.experiment or self.task.name
 
     def to_flat(self) -> dict[str, Any]:

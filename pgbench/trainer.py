@@ -142,7 +142,10 @@ class Trainer:
         if tracker is None:
             check_reachable(config.tracking.uri)
             tracker = MLflowTracker(
-                config.tracking.uri, config.experiment, run_id=run_id, run_name=self.run_dir.name
+                config.tracking.uri,
+                config.mlflow_experiment,
+                run_id=run_id,
+                run_name=self.run_dir.name,
             )
         self.tracker = tracker
         write_json(run_info, {"run_id": tracker.run_id, "tracking_uri": config.tracking.uri})
@@ -347,7 +350,7 @@ class Trainer:
         summary = {
             "run_id": self.tracker.run_id,
             "tracking_uri": cfg.tracking.uri,
-            "experiment": cfg.experiment,
+            "experiment": cfg.mlflow_experiment,
             "model_path": self.policy.source,
             "output_dir": str(self.run_dir),
             "steps": state.step,

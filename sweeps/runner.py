@@ -128,7 +128,7 @@ def make_objective(config: Config, space: spaces.Space, parent_run_id: str):
         trial_config = resolve(base | params | {"output_dir": str(run_dir)})
         tracker = MLflowTracker(
             config.tracking.uri,
-            config.experiment,
+            config.mlflow_experiment,
             run_name=f"{name}-trial-{trial.number}",
             tags={
                 "mlflow.parentRunId": parent_run_id,
@@ -212,7 +212,7 @@ def run_sweep(config: Config) -> dict[str, Any]:
     parent_id = study.user_attrs.get(PARENT_ATTR, "")
     parent = MLflowTracker(
         config.tracking.uri,
-        config.experiment,
+        config.mlflow_experiment,
         run_id=parent_id,
         run_name=f"sweep-{name}",
         tags={"pgbench.sweep": name},

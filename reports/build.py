@@ -1,0 +1,123 @@
+"""`pgbench report`: collect runs from MLflow, summarise, render, log as a report run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from pgbench import tasks
+from pgbench.reports import collect, render, tables
+from pgbench.tracking import MLflowTracker
+
+CURVES = ["train/reward_mean", "train/tokens", "train/wall_clock_s"]
+VARIANCE = ["total_variance", "mse_to_reference", "cosine_to_reference", "snr"]
+
+
+def variance_frame(client: MlflowClient, task: str, names: list[str]) -> pd.DataFrame | None:
+    """Latest `pgbench variance` results for these estimators, if any were logged."""
+    experiment = client.get_experiment_by_name(f"{task}-variance")
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        "attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    metrics = runs[0].data.metrics
+    rows = [
+        {"estimator": n, **{k: metrics[f"{n}/{k}"] for k in VARIANCE}}
+        for n in names
+        if f"{n}/total_variance" in metrics
+    ]
+    return pd.DataFrame(rows) if rows else None
+
+
+def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[str, Any]:
+    """Write report.md, report.html, runs.csv and figures under `out`; log them to MLflow."""
+    client = MlflowClient(uri)
+    runs = collect.runs_frame(collect.find_runs(client, comparison, experiment))
+    task = runs.task.iloc[0]
+    metric = tasks.REGISTRY.get_class(task).metric
+    history = collect.history_frame(client, runs, [*CURVES, f"eval/{metric}"])
+    table = tables.summary_table(runs, history, metric)
+    out.mkdir(parents=True, exist_ok=True)
+    history.to_csv(out / "runs.csv", index=False)
+    figures = [
+        render.line_figure(
+            history,
+            "step",
+            "train/reward_mean",
+            "training step",
+            f"train reward ({metric}, 0-1)",
+            "Reward vs step",
+            out / "reward_vs_step.png",
+        ),
+        render.line_figure(
+            history,
+            "train/wall_clock_s",
+            "train/reward_mean",
+            "wall-clock (s)",
+            f"train reward ({metric}, 0-1)",
+            "Reward vs wall-clock",
+            out / "reward_vs_time.png",
+        ),
+        render.line_figure(
+            history.assign(metric=history.metric),
+            "train/tokens",
+            f"eval/{metric}",
+            "completion tokens generated",
+            f"valid {metric} (0-100)",
+            f"Valid {metric} vs tokens",
+            out / f"valid_{metric}_vs_tokens.png",
+            smooth=1,
+        ),
+    ]
+    variance = variance_frame(client, task, sorted(runs.estimator.unique()))
+    if variance is not None:
+        figures.append(render.variance_figure(variance, out / "gradient_variance.png"))
+    seeds = runs.groupby("estimator").seed.nunique()
+    label = f"comparison {comparison}" if comparison else f"experiment {experiment}"
+    intro = [
+        f"Report of {label}: task {task}, {len(runs)} runs, "
+        f"estimators {', '.join(sorted(runs.estimator.unique()))}, seeds per estimator "
+        f"{', '.join(f'{e} {n}' for e, n in seeds.items())}.",
+        "Cells are means over seeds ± the half-width of a Student-t 95% confidence interval; "
+        + ("intervals need 2 or more seeds and are unavailable here. " if seeds.min() < 2 else "")
+        + f"p is Welch's two-sided t-test of test/{metric} against the best estimator "
+        f"({table.attrs['best']}).",
+        f"auc_valid is the area under valid {metric} vs step divided by the steps; "
+        "reward_at_equal_tokens / _time is the train reward when every run had generated "
+        f"{table.attrs['budget_tokens']:.0f} tokens / had run "
+        f"{table.attrs['budget_seconds']:.0f} s.",
+    ]
+    markdown = "\n\n".join(["# pgbench report", *intro, render.markdown_table(table)])
+    if variance is not None:
+        markdown += "\n\n## Gradient variance (latest `pgbench variance`)\n\n"
+        markdown += render.frame_markdown(variance)
+    markdown += "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n"
+    (out / "report.md").write_text(markdown)
+    (out / "report.html").write_text(render.html_page("\n".join(intro), table, figures))
+    tracker = MLflowTracker(
+        uri,
+        f"{task}-reports",
+        run_name=f"report-{comparison or experiment}",
+        tags={"pgbench.report_of": comparison or experiment},
+    )
+    tracker.log_artifact(out)
+    tracker.finish()
+    best = table.set_index("estimator").loc[table.attrs["best"]]
+    return {
+        "out": str(out),
+        "table": table,
+        "best": table.attrs["best"],
+        "best_score": best[f"test/{metric}"],
+        "runs": len(runs),
+        "intervals": not math.isnan(best.get(f"test/{metric}_ci", math.nan)),
+    }

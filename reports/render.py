@@ -1,0 +1,154 @@
+"""Rendering a comparison: matplotlib figures, Markdown and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from pgbench import estimators  # noqa: E402
+
+SMOOTH = 5  # steps in the rolling mean of noisy per-step curves
+
+
+def colours() -> dict[str, str]:
+    """One colour per registered estimator, the same in every figure and report."""
+    palette = plt.get_cmap("tab10").colors
+    return {
+        name: matplotlib.colors.to_hex(palette[i])
+        for i, name in enumerate(estimators.REGISTRY.names())
+    }
+
+
+def _band(ax, x: np.ndarray, curves: np.ndarray, colour: str, label: str) -> None:
+    """Mean of curves [runs, points] with its 95% t-interval as a shaded band."""
+    mean = curves.mean(axis=0)
+    ax.plot(x, mean, color=colour, label=f"{label} (n={len(curves)})")
+    if len(curves) > 1:
+        half = (
+            stats.t.ppf(0.975, len(curves) - 1)
+            * curves.std(axis=0, ddof=1)
+            / math.sqrt(len(curves))
+        )
+        ax.fill_between(x, mean - half, mean + half, color=colour, alpha=0.2, linewidth=0)
+
+
+def _curves(
+    history: pd.DataFrame, x: str, y: str, grid: np.ndarray, smooth: int
+) -> dict[str, np.ndarray]:
+    """Per estimator, y(x) of every run interpolated on `grid`: {estimator: [runs, points]}."""
+    out: dict[str, list[np.ndarray]] = {}
+    for (estimator, _), run in history.groupby(["estimator", "run_id"]):
+        wide = run.pivot_table(index="step", columns="metric", values="value").sort_index()
+        ys = wide[y].rolling(smooth, min_periods=1).mean() if smooth > 1 else wide[y]
+        xs = wide.index.to_numpy(float) if x == "step" else wide[x].to_numpy(float)
+        keep = ~np.isnan(xs) & ~np.isnan(ys.to_numpy(float))
+        out.setdefault(estimator, []).append(np.interp(grid, xs[keep], ys.to_numpy(float)[keep]))
+    return {name: np.stack(curves) for name, curves in out.items()}
+
+
+def line_figure(
+    history: pd.DataFrame,
+    x: str,
+    y: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    smooth: int = SMOOTH,
+) -> Path:
+    """Mean curve and 95% band per estimator of y against x (a step-logged metric or 'step')."""
+    xs = history[history.metric == x].value if x != "step" else history.step
+    ends = history[history.metric == y].groupby("run_id").step.max() if x == "step" else None
+    top = (
+        ends.min()
+        if ends is not None
+        else history[history.metric == x].groupby("run_id").value.max().min()
+    )
+    grid = np.linspace(max(xs.min(), 0), top, 100)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    palette = colours()
+    for name, curves in sorted(_curves(history, x, y, grid, smooth).items()):
+        _band(ax, grid, curves, palette[name], name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def variance_figure(variance: pd.DataFrame, path: Path) -> Path:
+    """Bar chart of total gradient variance (log scale) and cosine to the reference."""
+    palette = colours()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.6), dpi=120)
+    bar_colours = [palette[e] for e in variance.estimator]
+    left.bar(variance.estimator, variance.total_variance, color=bar_colours)
+    left.set(yscale="log", ylabel="total variance (trace of covariance)", title="Gradient variance")
+    right.bar(variance.estimator, variance.cosine_to_reference, color=bar_colours)
+    right.set(ylabel="mean cosine to reference gradient", title="Gradient direction", ylim=(0, 1))
+    for ax in (left, right):
+        ax.grid(axis="y", alpha=0.3)
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _fmt(value: float, ci: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3g}" if math.isnan(ci) else f"{value:.3g} ± {ci:.2g}"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The summary as a Markdown table: mean ± 95% CI half-width per column."""
+    value_columns = [
+        c
+        for c in table.columns
+        if not c.endswith("_ci") and c not in ("estimator", "seeds", "p_vs_best")
+    ]
+    header = ["estimator", "seeds", *value_columns, f"p vs {table.attrs['best']} (Welch)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in table.to_dict("records"):
+        cells = [row["estimator"], str(row["seeds"])]
+        cells += [_fmt(row[c], row.get(f"{c}_ci", math.nan)) for c in value_columns]
+        p = row["p_vs_best"]
+        cells.append("-" if math.isnan(p) else f"{p:.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def frame_markdown(frame: pd.DataFrame) -> str:
+    """A plain frame as a Markdown table (numbers to 4 significant digits)."""
+    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in frame.values]
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def html_page(markdown_intro: str, table: pd.DataFrame, figures: list[Path]) -> str:
+    """A self-contained HTML page: the intro, the table and the figures inlined as PNG."""
+    images = "".join(
+        f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"/><figcaption>{p.stem}</figcaption></figure>'
+        for p in figures
+    )
+    paragraphs = "".join(f"<p>{line}</p>" for line in markdown_intro.splitlines() if line.strip())
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>pgbench report</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "img{max-width:100%}</style></head><body><h1>pgbench report</h1>"
+        f"{paragraphs}{table.to_html(index=False, float_format=lambda v: f'{v:.4g}')}{images}"
+        "</body></html>"
+    )
