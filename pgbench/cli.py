@@ -81,6 +81,7 @@ def run(overrides: dict[str, str]) -> int:
 
     config = resolve(_run_values(overrides), None if "resume" in overrides else RUN_KEYS)
     check_reachable(config.tracking.uri)
+    config.task.check_reward()  # a missing reward model fails now, not after the bootstrap
     summary = train(config)
     print(f"\nrun {summary['run_id']} in {summary['output_dir']} ({summary['steps']} steps)")
     print(_metrics_table(summary["eval_before"], summary["eval_after"]))

@@ -49,6 +49,9 @@ class Task:
     def reward(self, completions: list[str], examples: list[Example]) -> list[float]:
         raise NotImplementedError
 
+    def check_reward(self) -> None:
+        """Load whatever the reward needs now, raising ConfigError if it cannot work."""
+
     def metrics(self, completions: list[str], examples: list[Example]) -> dict[str, float]:
         """Held-out corpus metrics of greedy completions."""
         raise NotImplementedError

@@ -18,7 +18,17 @@ def test_help_lists_every_key_with_default(capsys):
     code, out, _ = run_cli(capsys, "run", "estimator=reinforce", "--help")
     assert code == 0
     for key in all_keys(estimator="reinforce"):
-        if key.split(".")[0] not in ("estimators", "seeds", "variance", "sweep", "compare"):
+        other_verbs = (
+            "estimators",
+            "seeds",
+            "variance",
+            "sweep",
+            "compare",
+            "report",
+            "comparison",
+            "experiment",
+        )
+        if key.split(".")[0] not in other_verbs:
             assert f"  {key} " in out
     assert "default 'none'" in out and "default 0.05" in out
 
