@@ -22,7 +22,7 @@ class Batch:
     """What an estimator sees of one rollout batch; N = P * K rows grouped by prompt."""
 
     rewards: Tensor  # [P, K] task rewards
-    mask: Tensor  # [N, T] 1.0 on completion tokens
+    mask: Tensor  # [N, T] 1.0 on the policy's tokens (tool results and padding are 0)
     kl_penalty: Tensor  # [N, T] beta * per-token KL when kl.placement=reward, else zeros
     values: Tensor | None = None  # [N, T] value-head estimates (estimators with a value head)
 

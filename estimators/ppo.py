@@ -27,15 +27,19 @@ from pgbench.fields import knob
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
-    """Generalised advantages [N, T] of token rewards and values [N, T] (valid tokens a prefix)."""
+    """Generalised advantages [N, T] of token rewards and values [N, T].
+
+    Masked positions are skipped: the next state of a policy token is the next policy token,
+    so a tool result between two turns is part of the environment's transition.
+    """
     advantages = torch.zeros_like(rewards)
-    running = torch.zeros(rewards.shape[0])
-    steps = rewards.shape[1]
-    for t in reversed(range(steps)):
-        next_mask = mask[:, t + 1] if t + 1 < steps else torch.zeros_like(running)
-        next_value = values[:, t + 1] * next_mask if t + 1 < steps else next_mask
+    running = torch.zeros(rewards.shape[0])  # A of the next policy token (0 after the last)
+    next_value = torch.zeros(rewards.shape[0])  # V of the next policy token (0 after the last)
+    for t in reversed(range(rewards.shape[1])):
+        valid = mask[:, t].bool()
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * next_mask * running
+        running = torch.where(valid, delta + gamma * lam * running, running)
+        next_value = torch.where(valid, values[:, t], next_value)
         advantages[:, t] = running
     return advantages * mask
 

@@ -22,7 +22,9 @@ from pgbench.fields import knob
 def token_rewards(batch: Batch) -> torch.Tensor:
     """[N, T]: minus the KL penalty on every token, plus the task reward on the last one."""
     rewards = -batch.kl_penalty * batch.mask
-    last = (batch.mask.sum(dim=1).long() - 1).clamp(min=0)  # [N]
+    steps = batch.mask.shape[1]
+    # last policy token: tool results may leave gaps in the mask, so not mask.sum() - 1
+    last = steps - 1 - batch.mask.flip(1).argmax(dim=1)  # [N]
     rows = torch.arange(batch.mask.shape[0])
     rewards[rows, last] += batch.rewards.reshape(-1)
     return rewards

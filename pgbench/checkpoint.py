@@ -60,7 +60,10 @@ def load(path: Path, modules: Modules) -> dict[str, Any]:
         weights = load_file(str(path / "weights.safetensors"))
         state = torch.load(path / "state.pt", weights_only=True)
     except Exception as err:  # corrupted or truncated files raise various types
-        raise DataError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
+        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        raise DataError(
+            f"checkpoint {path} cannot be read ({reason}); delete it to resume from the one before"
+        ) from None
     missing = set(trainable_state(modules)) - set(weights)
     if missing:
         raise DataError(f"checkpoint {path} does not match the model (missing {min(missing)})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -14,7 +15,7 @@ from pgbench import __version__
 from pgbench.config import SECTIONS, Config, TopLevel, help_rows, parse_overrides, resolve
 from pgbench.errors import ConfigError, DataError, PgbenchError
 
-EVAL_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "eval"}
+EVAL_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "eval", "reward"}
 RUN_KEYS = ({f.name for f in fields(TopLevel)} | set(SECTIONS)) - {
     "estimators",
     "seeds",
@@ -40,6 +41,7 @@ VARIANCE_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "
     "lora",
     "tracking",
     "variance",
+    "reward",
 }
 
 
@@ -59,9 +61,23 @@ def _metrics_table(before: dict[str, float], after: dict[str, float]) -> str:
 
 
 def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
-    """Overrides, or for `resume=<dir>` the run's saved configuration."""
+    """Overrides, or for `resume=<dir>` the run's saved configuration.
+
+    `resume=auto` continues the newest unfinished run with the same configuration, or starts
+    a new run when there is none.
+    """
     if "resume" not in overrides:
         return overrides
+    if overrides["resume"] == "auto":
+        from pgbench.trainer import unfinished_run_like
+
+        fresh = {k: v for k, v in overrides.items() if k != "resume"}
+        found = unfinished_run_like(resolve(fresh, RUN_KEYS))
+        if found is None:
+            print("resume=auto: no unfinished run with this configuration; starting a new one")
+            return fresh
+        print(f"resume=auto: continuing {found}")
+        overrides = {"resume": str(found)}
     run_dir = Path(overrides["resume"])
     saved = run_dir / "config.json"
     if not saved.is_file():
@@ -95,6 +111,7 @@ def evaluate_policy(overrides: dict[str, str]) -> int:
     from pgbench.tracking import write_json
 
     config: Config = resolve(overrides, EVAL_KEYS)
+    config.task.check_reward()  # the embed metric's model loads before any decoding
     out = Path(config.output_dir or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
     test = config.task.splits().test
     source = resolve_model(config.model, config.task, config.cache_dir)
@@ -115,6 +132,7 @@ def variance(overrides: dict[str, str]) -> int:
     from pgbench.variance import run_variance
 
     config = resolve(overrides, VARIANCE_KEYS)
+    config.task.check_reward()
     config.output_dir = config.output_dir or f"runs/variance-{datetime.now():%Y%m%d-%H%M%S}"
     table, path = run_variance(config)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -126,7 +144,9 @@ def sweep(overrides: dict[str, str]) -> int:
     """Tune one estimator with Optuna; each trial is a nested MLflow run."""
     from pgbench.sweeps.runner import run_sweep
 
-    result = run_sweep(resolve(overrides, SWEEP_KEYS))
+    config = resolve(overrides, SWEEP_KEYS)
+    config.task.check_reward()
+    result = run_sweep(config)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in result["trials"].items())
     print(f"\nstudy {result['study']} in {result['storage']}: {counts}")
     if "best_params" in result:
@@ -141,7 +161,9 @@ def compare(overrides: dict[str, str]) -> int:
     """Train every estimator for every seed with the same budget, under one comparison id."""
     from pgbench.compare import run_compare
 
-    outcome = run_compare(resolve(overrides, COMPARE_KEYS))
+    config = resolve(overrides, COMPARE_KEYS)
+    config.task.check_reward()
+    outcome = run_compare(config)
     metric = outcome["metric"]
     print(f"\ncomparison {outcome['comparison']} ({outcome['output_dir']}/comparison.json)")
     print(f"{'estimator':<14}{'test ' + metric:>12}{'std':>8}{'seeds':>7}")
@@ -167,6 +189,18 @@ def report(overrides: dict[str, str]) -> int:
     return 0
 
 
+def sync_run(overrides: dict[str, str]) -> int:
+    """Upload what a run buffered while its MLflow server was unreachable."""
+    from pgbench.tracking import sync
+
+    if set(overrides) != {"run_dir"}:
+        raise ConfigError("usage: pgbench sync <run dir> (a directory written by pgbench run)")
+    run_dir = Path(overrides["run_dir"])
+    count = sync(run_dir)
+    print(f"uploaded {count} buffered records of {run_dir}" if count else "nothing to sync")
+    return 0
+
+
 VERBS: dict[str, Verb] = {
     "run": Verb("train one policy with one estimator", run, RUN_KEYS),
     "sweep": Verb("tune one estimator with Optuna (resumable, parallel)", sweep, SWEEP_KEYS),
@@ -175,12 +209,13 @@ VERBS: dict[str, Verb] = {
     "variance": Verb(
         "gradient variance of each estimator on the same rollouts", variance, VARIANCE_KEYS
     ),
-    "eval": Verb("score a policy on a test split (chrF, BLEU)", evaluate_policy, EVAL_KEYS),
+    "eval": Verb("score a policy on a test split (chrF, BLEU, embed)", evaluate_policy, EVAL_KEYS),
+    "sync": Verb("upload a run's metrics buffered during an MLflow outage", sync_run, set()),
 }
 
 
 def usage() -> str:
-    verbs = "\n".join(f"  {name:<8}{verb.summary}" for name, verb in VERBS.items())
+    verbs = "\n".join(f"  {name:<10}{verb.summary}" for name, verb in VERBS.items())
     return (
         f"pgbench {__version__}: compare policy-gradient estimators for language models\n\n"
         f"usage: pgbench <verb> [key=value ...]\n\nverbs:\n{verbs}\n\n"
@@ -191,6 +226,8 @@ def usage() -> str:
 def verb_help(name: str, overrides: dict[str, str]) -> str:
     """Help of one verb: every key it accepts, for the selected task and estimator."""
     verb = VERBS[name]
+    if verb.allowed == set():
+        return f"usage: pgbench {name} <run dir>\n\n{verb.summary}."
     rows = help_rows(overrides.get("task", "fr_en"), overrides.get("estimator", "rloo"))
     rows = [r for r in rows if verb.allowed is None or r[0].split(".")[0] in verb.allowed]
     width = max(len(r[0]) for r in rows) + 2
@@ -214,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     name, rest = args[0], args[1:]
+    if name == "sync" and rest and "=" not in rest[0] and not rest[0].startswith("-"):
+        rest = [f"run_dir={rest[0]}", *rest[1:]]  # `pgbench sync <run dir>`
+    # MLflow retries an unreachable server for minutes by default; a run buffers instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     if name not in VERBS:
         print(f"pgbench: unknown verb {name!r}; valid: {', '.join(VERBS)}", file=sys.stderr)
         return 2

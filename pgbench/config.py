@@ -19,6 +19,7 @@ from pgbench.estimators import Estimator
 from pgbench.fields import build, describe, field_keys, knob
 from pgbench.losses import Aggregation, KLEstimator
 from pgbench.tasks import Task
+from pgbench.tasks.model_rewards import DEFAULT_BATCH_SIZE, DEFAULT_COMET
 
 
 @dataclass
@@ -30,6 +31,9 @@ class TrainerConfig:
     grad_clip: float = knob(1.0, "max global gradient norm (0 = no clipping)", ge=0.0)
     weight_decay: float = knob(0.0, "AdamW weight decay", ge=0.0)
     micro_batch_size: int = knob(32, "sequences per forward/backward pass", ge=1)
+    max_skipped: int = knob(
+        5, "stop after N consecutive steps skipped for a NaN/inf reward, loss or gradient", ge=1
+    )
 
 
 @dataclass
@@ -67,6 +71,19 @@ class EvalConfig:
     size: int = knob(500, "valid-split examples per evaluation", ge=1)
     batch_size: int = knob(64, "prompts per greedy-decoding batch", ge=1)
     max_new_tokens: int = knob(48, "max tokens per greedy completion", ge=1)
+
+
+@dataclass
+class RewardConfig:
+    model: str = knob(
+        "",
+        "model of embed (sentence-transformers folder or hub id) or comet (COMET checkpoint); "
+        f"empty = shipped all-MiniLM-L6-v2 / {DEFAULT_COMET}",
+    )
+    device: Literal["auto", "cpu", "cuda"] = knob(
+        "auto", "device of reward models (auto = the run's device)"
+    )
+    batch_size: int = knob(DEFAULT_BATCH_SIZE, "sentences per reward-model batch", ge=1)
 
 
 @dataclass
@@ -119,6 +136,7 @@ SECTIONS: dict[str, type] = {
     "loss": LossConfig,
     "lora": LoraConfig,
     "eval": EvalConfig,
+    "reward": RewardConfig,
     "checkpoint": CheckpointConfig,
     "tracking": TrackingConfig,
     "variance": VarianceConfig,
@@ -135,7 +153,9 @@ class TopLevel:
     model: str = knob("tiny", "tiny (built locally), a Hugging Face model id, or a local path")
     seed: int = knob(0, "seed of sampling, data order and initialisation")
     output_dir: str = knob("", "run directory (empty = runs/<task>-<estimator>-s<seed>-<time>)")
-    resume: str = knob("", "run directory to resume from its last checkpoint")
+    resume: str = knob(
+        "", "run directory to resume from its last checkpoint (auto = the newest same-config run)"
+    )
     cache_dir: str = knob("~/.cache/pgbench", "where the tiny policy is cached")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "torch device (auto = cuda if present)")
     estimators: str = knob(
@@ -164,6 +184,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     variance: VarianceConfig = field(default_factory=VarianceConfig)
@@ -260,6 +281,9 @@ def resolve(values: dict[str, Any], allowed: set[str] | None = None) -> Config:
         **{name: build(cls, f"{name}.", groups.get(name, {})) for name, cls in SECTIONS.items()},
     )
     _check(config)
+    reward = config.reward
+    device = config.device if reward.device == "auto" else reward.device
+    config.task.configure_reward(reward.model, device, reward.batch_size)
     return config
 
 

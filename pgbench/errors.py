@@ -11,3 +11,7 @@ class ConfigError(PgbenchError):
 
 class DataError(PgbenchError):
     """A data file or dataset cannot be used."""
+
+
+class TrainingError(PgbenchError):
+    """Training cannot go on (e.g. too many consecutive non-finite steps)."""

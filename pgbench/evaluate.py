@@ -12,5 +12,7 @@ def evaluate(
 ) -> tuple[dict[str, float], list[str]]:
     """Corpus metrics (e.g. chrf, bleu on a 0-100 scale) and the greedy completions."""
     prompts = [task.prompt(example, policy.tokenizer) for example in examples]
-    texts = generate_greedy(policy.model, policy.tokenizer, prompts, max_new_tokens, batch_size)
+    texts = generate_greedy(
+        policy.model, policy.tokenizer, prompts, max_new_tokens, batch_size, task.tools()
+    )
     return task.metrics(texts, examples), texts

@@ -52,19 +52,38 @@ class TinySpec:
     sft_batch_size: int = 64
     sft_lr: float = 2e-3
     seed: int = 0
+    split_digits: bool = False  # one token per digit (arithmetic), instead of BPE merges
+
+
+def task_spec(task: Task) -> TinySpec:
+    """The default spec with the task's own `tiny_overrides` (a ClassVar dict, if declared)."""
+    return dataclasses.replace(TinySpec(), **getattr(task, "tiny_overrides", {}))
 
 
 def cache_key(task: Task, pairs: list[tuple[list[dict[str, str]], str]], spec: TinySpec) -> str:
-    digest = hashlib.sha256(f"{FORMAT}|{task.name}|{dataclasses.asdict(spec)}".encode())
+    fields = dataclasses.asdict(spec)
+    if not spec.split_digits:  # keyed only when set: policies cached before it keep their keys
+        del fields["split_digits"]
+    digest = hashlib.sha256(f"{FORMAT}|{task.name}|{fields}".encode())
     for messages, target in pairs:
         digest.update(json.dumps([messages, target], ensure_ascii=False).encode())
     return digest.hexdigest()[:16]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE with chat special tokens; left padding; EOS is the end-of-turn token."""
+def train_tokenizer(
+    texts: list[str], vocab_size: int, split_digits: bool = False
+) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with chat special tokens; left padding; EOS is the end-of-turn token.
+
+    With `split_digits`, every digit is its own token, so numbers are never merged.
+    """
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -164,9 +183,13 @@ def supervised_fine_tune(
 
 
 def tiny_policy_dir(
-    task: Task, cache_dir: Path, spec: TinySpec = TinySpec(), progress: bool = True
+    task: Task, cache_dir: Path, spec: TinySpec | None = None, progress: bool = True
 ) -> Path:
-    """Directory of the cached tiny policy (model + tokenizer) for `task`, built if missing."""
+    """Directory of the cached tiny policy (model + tokenizer) for `task`, built if missing.
+
+    `spec` defaults to `task_spec(task)`: TinySpec() with the task's own overrides.
+    """
+    spec = spec or task_spec(task)
     train = task.splits().train
     pairs = [(task.messages(example), task.target(example)) for example in train]
     target_dir = Path(cache_dir) / f"tiny-{task.name}-{cache_key(task, pairs, spec)}"
@@ -176,7 +199,9 @@ def tiny_policy_dir(
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
     contents = [m["content"] for messages, _ in pairs for m in messages]
-    tokenizer = train_tokenizer(contents + [target for _, target in pairs], spec.vocab_size)
+    tokenizer = train_tokenizer(
+        contents + [target for _, target in pairs], spec.vocab_size, spec.split_digits
+    )
     prompts = [
         tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         for messages, _ in pairs

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
-from pgbench.errors import ConfigError
+from pgbench.errors import ConfigError, DataError
 
 
 class Tracker(Protocol):
@@ -87,10 +88,19 @@ class MLflowTracker:
         run_id: str = "",
         run_name: str = "",
         tags: dict[str, str] | None = None,
+        spool: Path | None = None,
+        once_per_step: bool = False,
     ) -> None:
+        """`spool`: a JSONL file that takes the records while MLflow is unreachable.
+        `once_per_step`: a resumed run logs no metric at a step it already has (a run resumed
+        from its last checkpoint replays the steps after it, which were logged before the crash).
+        """
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
+        self.spool = spool
+        self.offline = False
+        self.last_steps: dict[str, int] | None = {} if run_id and once_per_step else None
         if run_id:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -104,32 +114,98 @@ class MLflowTracker:
         run = self.client.create_run(experiment_id, run_name=run_name or None, tags=tags or {})
         self.run_id = run.info.run_id
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+    def _send(self, record: dict[str, Any]) -> None:
+        """Send one record to MLflow; with a spool, buffer it there once MLflow fails."""
+        if not self.offline:
+            try:
+                replay(self.client, self.run_id, record)
+                return
+            except Exception as err:  # MLflow raises many types when the server is gone
+                if self.spool is None:
+                    raise
+                self.offline = True
+                print(
+                    f"pgbench: MLflow unreachable ({type(err).__name__}); buffering to "
+                    f"{self.spool}; upload later with `pgbench sync {self.spool.parent}`",
+                    file=sys.stderr,
+                )
+        with self.spool.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
 
-        items = [Param(key, str(value)) for key, value in params.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._send({"kind": "params", "params": {k: str(v) for k, v in params.items()}})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [
-            Metric(key, float(value), now, step)
+        values = {
+            key: float(value)
             for key, value in metrics.items()
             if value is not None and not math.isnan(float(value))
-        ]
-        self.client.log_batch(self.run_id, metrics=items)
+        }
+        if self.last_steps is not None and not self.offline:
+            values = {k: v for k, v in values.items() if step > self._last_step(k)}
+            if not values:
+                return
+        record = {"kind": "metrics", "step": step, "time_ms": int(time.time() * 1000)}
+        self._send(record | {"metrics": values})
+
+    def _last_step(self, key: str) -> int:
+        """The last step of `key` logged to this run before it was resumed (-1 if none)."""
+        if key not in self.last_steps:
+            history = self.client.get_metric_history(self.run_id, key)
+            self.last_steps[key] = max((m.step for m in history), default=-1)
+        return self.last_steps[key]
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        if Path(path).is_dir():
-            self.client.log_artifacts(self.run_id, str(path), folder)
-        else:
-            self.client.log_artifact(self.run_id, str(path), folder)
+        self._send({"kind": "artifact", "path": str(Path(path).resolve()), "folder": folder})
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+        self._send({"kind": "finish", "status": status})
+
+
+def replay(client: Any, run_id: str, record: dict[str, Any]) -> None:
+    """Apply one tracking record (params, metrics, artifact or finish) to an MLflow run."""
+    from mlflow.entities import Metric, Param
+
+    kind = record["kind"]
+    if kind == "params":
+        items = [Param(key, value) for key, value in record["params"].items()]
+        for start in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[start : start + 100])
+    elif kind == "metrics":
+        step, now = record["step"], record["time_ms"]
+        metrics = [Metric(k, v, now, step) for k, v in record["metrics"].items()]
+        client.log_batch(run_id, metrics=metrics)
+    elif kind == "artifact":
+        if Path(record["path"]).is_dir():
+            client.log_artifacts(run_id, record["path"], record["folder"])
+        else:
+            client.log_artifact(run_id, record["path"], record["folder"])
+    elif kind == "finish":
+        client.set_terminated(run_id, record["status"])
+    else:
+        raise ValueError(f"unknown tracking record kind {kind!r}")
+
+
+SPOOL = "tracking_buffer.jsonl"  # in the run directory, while MLflow is unreachable
+
+
+def sync(run_dir: Path) -> int:
+    """Upload a run's buffered tracking records to its MLflow run; returns how many."""
+    from mlflow import MlflowClient
+
+    info_path, spool = run_dir / "run.json", run_dir / SPOOL
+    if not info_path.is_file():
+        raise DataError(f"{run_dir} is not a pgbench run directory ({info_path} is missing)")
+    if not spool.is_file():
+        return 0
+    info = json.loads(info_path.read_text())
+    check_reachable(info["tracking_uri"])
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    records = [json.loads(line) for line in spool.read_text().splitlines() if line.strip()]
+    for record in records:  # metrics keep their step and time: a repeated sync adds nothing
+        replay(client, info["run_id"], record)
+    spool.rename(spool.with_suffix(".synced.jsonl"))
+    return len(records)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import math
 import random
 import resource
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +32,11 @@ import pgbench
 from pgbench import checkpoint
 from pgbench.config import Config
 from pgbench.engine import sample
-from pgbench.errors import ConfigError
+from pgbench.errors import ConfigError, PgbenchError, TrainingError
 from pgbench.evaluate import evaluate
 from pgbench.policy import Policy, Reference, load_policy, pick_device, resolve_model
 from pgbench.tasks import Example
-from pgbench.tracking import MLflowTracker, Tracker, check_reachable, write_json
+from pgbench.tracking import SPOOL, MLflowTracker, Tracker, check_reachable, write_json
 from pgbench.update import accumulate_gradients, prepare
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -47,16 +48,38 @@ def default_output_dir(config: Config) -> str:
     return f"runs/{config.task.name}-{config.estimator.name}-s{config.seed}-{stamp}"
 
 
-def prepare_run_dir(config: Config) -> Path:
-    """Create a fresh run directory, refusing to overwrite an existing one."""
+def unfinished_run_like(config: Config, root: Path = Path("runs")) -> Path | None:
+    """The unfinished run under `root` with the same configuration and the newest checkpoint.
+
+    Same means every key but `output_dir` and `resume` (`resume=auto`).
+    """
+    from pgbench.config import resolve
+
+    ignore = {"output_dir", "resume"}
+    wanted = {k: v for k, v in config.to_flat().items() if k not in ignore}
+    found: list[tuple[float, Path]] = []
+    for saved in root.glob("*/config.json"):
+        run_dir = saved.parent
+        latest = checkpoint.latest(run_dir / "checkpoints")
+        if latest is None or (run_dir / "summary.json").exists():
+            continue
+        try:
+            values = resolve(json.loads(saved.read_text()) | {"resume": str(run_dir)})
+        except (ValueError, PgbenchError):  # written by another version: not the same config
+            continue
+        if {k: v for k, v in values.to_flat().items() if k not in ignore} == wanted:
+            found.append((latest.stat().st_mtime, run_dir))
+    return max(found)[1] if found else None
+
+
+def check_run_dir_free(config: Config) -> None:
+    """Refuse to start a new run in an existing, non-empty directory."""
     run_dir = Path(config.output_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(
             f"output_dir={run_dir} already exists and is not empty; "
             f"continue it with resume={run_dir}, or pick another output_dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -64,9 +87,26 @@ def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the peak-memory count afresh, so runs sharing a process (compare) each get theirs."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
+    except OSError:
+        pass  # elsewhere the peak is the process's
+
+
 def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory, or peak resident memory since `reset_peak_memory` (MiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -95,6 +135,8 @@ class LoopState:
     eval_before: dict[str, float] = field(default_factory=dict)
     last_train: dict[str, float] = field(default_factory=dict)
     eval_valid: dict[str, float] = field(default_factory=dict)  # last valid-split metrics
+    skipped_steps: int = 0  # steps skipped for a non-finite reward, loss or gradient
+    consecutive_skips: int = 0
 
 
 class Trainer:
@@ -106,6 +148,7 @@ class Trainer:
         self.task = config.task
         self.splits = self.task.splits()
         self.device = pick_device(config.device)
+        reset_peak_memory(self.device)
         torch.manual_seed(config.seed)
         self.policy: Policy = load_policy(
             resolve_model(config.model, self.task, config.cache_dir), config.lora, self.device
@@ -146,8 +189,12 @@ class Trainer:
                 config.mlflow_experiment,
                 run_id=run_id,
                 run_name=self.run_dir.name,
+                spool=self.run_dir / SPOOL,
+                once_per_step=True,
             )
         self.tracker = tracker
+        # created only now: bad data, model or tracking leave no run directory behind
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_info, {"run_id": tracker.run_id, "tracking_uri": config.tracking.uri})
 
     def _restore(self, path: Path) -> None:
@@ -155,6 +202,16 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = LoopState(**saved["loop"])
+        self._drop_samples_after(self.state.step)  # the steps after it are replayed
+
+    def _drop_samples_after(self, step: int) -> None:
+        path = self.run_dir / "samples.csv"
+        if path.is_file():
+            with path.open(newline="") as handle:
+                rows = list(csv.reader(handle))
+            kept = [rows[0], *(row for row in rows[1:] if int(row[0]) <= step)]
+            with path.open("w", newline="") as handle:
+                csv.writer(handle).writerows(kept)
 
     def _save(self) -> None:
         loop = self.state.__dict__
@@ -202,11 +259,19 @@ class Trainer:
         examples = random.Random(seed).sample(self.splits.train, cfg.trainer.prompts_per_step)
         prompts = [self.task.prompt(example, tokenizer) for example in examples]
         rollout = sample(
-            model, tokenizer, prompts, samples, cfg.rollout.max_new_tokens, cfg.rollout.temperature
+            model,
+            tokenizer,
+            prompts,
+            samples,
+            cfg.rollout.max_new_tokens,
+            cfg.rollout.temperature,
+            tools=self.task.tools(),
         )
         rollout_s = time.perf_counter() - started
         repeated = [example for example in examples for _ in range(samples)]
         rewards = torch.tensor(self.task.reward(rollout.texts, repeated)).view(-1, samples)
+        if not torch.isfinite(rewards).all():
+            return self._skip("reward", rollout.tokens, started)
 
         # Advantages: the only place where estimators differ.
         prepared = prepare(
@@ -234,15 +299,18 @@ class Trainer:
                 stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(
                     self.params, cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
                 ).item()
+                for key, cause in (("loss", "loss"), ("grad_norm", "gradient")):
+                    if not math.isfinite(stats[key]):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        return self._skip(cause, rollout.tokens, started)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 updates.append(stats)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
 
-        step_s = time.perf_counter() - started
-        state.tokens += rollout.tokens
-        state.wall_clock_s += step_s
+        step_s = self._advance(rollout.tokens, started)
+        state.consecutive_skips = 0
         valid_advantages = prepared.advantages[prepared.mask.bool()]
         mean = {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
         return {
@@ -263,6 +331,40 @@ class Trainer:
             "train/rollout_tokens_per_s": rollout.tokens / max(rollout_s, 1e-9),
             "train/wall_clock_s": state.wall_clock_s,
             "train/peak_memory_mb": peak_memory_mb(self.device),
+            "train/skipped_steps": state.skipped_steps,
+        }
+
+    def _advance(self, tokens: int, started: float) -> float:
+        """Count a finished (or skipped) step's tokens and time; returns the step time."""
+        step_s = time.perf_counter() - started
+        self.state.tokens += tokens
+        self.state.wall_clock_s += step_s
+        return step_s
+
+    def _skip(self, cause: str, tokens: int, started: float) -> dict[str, float]:
+        """Skip the rest of a step whose `cause` is NaN/inf; stop after too many in a row.
+
+        The weights keep their last finite update (a later minibatch of a several-pass
+        estimator may be dropped after earlier ones were applied), the schedule moves on.
+        """
+        state, limit = self.state, self.config.trainer.max_skipped
+        state.skipped_steps += 1
+        state.consecutive_skips += 1
+        self.scheduler.step()
+        if state.consecutive_skips >= limit:
+            kept = checkpoint.latest(self.run_dir / "checkpoints")
+            raise TrainingError(
+                f"step {state.step + 1}: non-finite {cause}, {limit} steps in a row "
+                f"(trainer.max_skipped={limit}); stopped. Last good checkpoint: "
+                f"{kept or 'none yet'}"
+            )
+        print(f"pgbench: step {state.step + 1} skipped: non-finite {cause}", file=sys.stderr)
+        step_s = self._advance(tokens, started)
+        return {
+            "train/skipped_steps": state.skipped_steps,
+            "train/tokens": state.tokens,
+            "train/step_time_s": step_s,
+            "train/wall_clock_s": state.wall_clock_s,
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -291,8 +393,8 @@ class Trainer:
                 self.tracker.log_metrics(metrics, state.step)
                 bar.update(1)
                 bar.set_postfix(
-                    reward=f"{metrics['train/reward_mean']:.3f}",
-                    kl=f"{metrics['train/kl']:.3f}",
+                    reward=f"{metrics.get('train/reward_mean', math.nan):.3f}",
+                    kl=f"{metrics.get('train/kl', math.nan):.3f}",
                     step_s=f"{metrics['train/step_time_s']:.2f}",
                 )
                 if cfg.eval.every and state.step % cfg.eval.every == 0:
@@ -375,5 +477,5 @@ def train(
     """Run (or resume) training as configured; returns the contents of summary.json."""
     if not config.resume:
         config.output_dir = config.output_dir or default_output_dir(config)
-        prepare_run_dir(config)
+        check_run_dir_free(config)
     return Trainer(config, tracker).run(on_step_end, on_eval)

@@ -30,7 +30,7 @@ class Prepared:
     """A scored rollout, ready for one or several update passes. N rows, T tokens."""
 
     rollout: Rollout
-    mask: Tensor  # [N, T] 1.0 on completion tokens
+    mask: Tensor  # [N, T] 1.0 on the policy's own tokens (not tool results, not padding)
     old_logprobs: Tensor  # [N, T] log pi_old, the sampling policy
     ref_logprobs: Tensor | None  # [N, T] reference log-probs (None when kl.coef = 0)
     old_values: Tensor | None  # [N, T] value estimates at rollout time
@@ -51,7 +51,7 @@ def prepare(
 ) -> Prepared:
     """Score `rollout` (rewards [P, K]) and compute the estimator's advantages."""
     micro, temperature = config.trainer.micro_batch_size, config.rollout.temperature
-    mask = rollout.completion_mask.float()
+    mask = rollout.policy_mask.float()  # tool results are the environment's: no loss, no KL
     scores = token_logprobs_chunked(model, rollout, micro, temperature, value_head)
     kl = torch.zeros_like(mask)
     ref_logprobs = None

@@ -70,6 +70,7 @@ def draw_batches(config: Config, policy: Policy, count: int, offset: int) -> lis
             samples,
             cfg.rollout.max_new_tokens,
             cfg.rollout.temperature,
+            tools=cfg.task.tools(),
         )
         rewards = torch.tensor(cfg.task.reward(rollout.texts, repeated)).view(-1, samples)
         draws.append(Draw(rollout, rewards))

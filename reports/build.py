@@ -45,7 +45,10 @@ def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[
     runs = collect.runs_frame(collect.find_runs(client, comparison, experiment))
     task = runs.task.iloc[0]
     metric = tasks.REGISTRY.get_class(task).metric
-    history = collect.history_frame(client, runs, [*CURVES, f"eval/{metric}"])
+    reward = runs["task.reward"].dropna().iloc[0] if runs["task.reward"].notna().any() else metric
+    history = collect.history_frame(client, runs, [*CURVES, *tables.MEANS, f"eval/{metric}"])
+    # per-step rewards swing with each step's prompts: smooth over a tenth of the run
+    window = max(render.SMOOTH, int(runs["trainer.steps"].iloc[0]) // 10)
     table = tables.summary_table(runs, history, metric)
     out.mkdir(parents=True, exist_ok=True)
     history.to_csv(out / "runs.csv", index=False)
@@ -55,18 +58,20 @@ def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[
             "step",
             "train/reward_mean",
             "training step",
-            f"train reward ({metric}, 0-1)",
+            f"train reward ({reward})",
             "Reward vs step",
             out / "reward_vs_step.png",
+            smooth=window,
         ),
         render.line_figure(
             history,
             "train/wall_clock_s",
             "train/reward_mean",
             "wall-clock (s)",
-            f"train reward ({metric}, 0-1)",
+            f"train reward ({reward})",
             "Reward vs wall-clock",
             out / "reward_vs_time.png",
+            smooth=window,
         ),
         render.line_figure(
             history.assign(metric=history.metric),

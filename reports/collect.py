@@ -14,6 +14,7 @@ from pgbench.errors import ConfigError
 # Settings that must agree across the runs of one report (else it compares unlike things).
 SAME = (
     "task",
+    "task.reward",
     "model",
     "trainer.steps",
     "trainer.prompts_per_step",

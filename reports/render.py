@@ -38,7 +38,7 @@ def _band(ax, x: np.ndarray, curves: np.ndarray, colour: str, label: str) -> Non
             * curves.std(axis=0, ddof=1)
             / math.sqrt(len(curves))
         )
-        ax.fill_between(x, mean - half, mean + half, color=colour, alpha=0.2, linewidth=0)
+        ax.fill_between(x, mean - half, mean + half, color=colour, alpha=0.12, linewidth=0)
 
 
 def _curves(
@@ -74,13 +74,15 @@ def line_figure(
         else history[history.metric == x].groupby("run_id").value.max().min()
     )
     grid = np.linspace(max(xs.min(), 0), top, 100)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=120)
     palette = colours()
     for name, curves in sorted(_curves(history, x, y, grid, smooth).items()):
         _band(ax, grid, curves, palette[name], name)
+    if smooth > 1:
+        title += f" (rolling mean of {smooth} points)"
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -94,6 +96,9 @@ def variance_figure(variance: pd.DataFrame, path: Path) -> Path:
     bar_colours = [palette[e] for e in variance.estimator]
     left.bar(variance.estimator, variance.total_variance, color=bar_colours)
     left.set(yscale="log", ylabel="total variance (trace of covariance)", title="Gradient variance")
+    left.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    left.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 0.2, not 2x10^-1
+    left.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     right.bar(variance.estimator, variance.cosine_to_reference, color=bar_colours)
     right.set(ylabel="mean cosine to reference gradient", title="Gradient direction", ylim=(0, 1))
     for ax in (left, right):
@@ -105,10 +110,15 @@ def variance_figure(variance: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def _number(value: float, digits: int) -> str:
+    """`digits` significant digits, but never an exponent for values below a million."""
+    return f"{value:.0f}" if 10**digits <= abs(value) < 1e6 else f"{value:.{digits}g}"
+
+
 def _fmt(value: float, ci: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.3g}" if math.isnan(ci) else f"{value:.3g} ± {ci:.2g}"
+    return _number(value, 3) if math.isnan(ci) else f"{_number(value, 3)} ± {_number(ci, 2)}"
 
 
 def markdown_table(table: pd.DataFrame) -> str:

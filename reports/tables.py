@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+MEANS = ["train/step_time_s", "train/rollout_tokens_per_s"]  # per-step metrics shown as means
+
 
 def mean_ci(values: pd.Series) -> tuple[float, float]:
     """Mean and half-width of its 95% t-interval (NaN half-width for fewer than 2 values)."""
@@ -45,13 +47,11 @@ def summary_table(runs: pd.DataFrame, history: pd.DataFrame, metric: str) -> pd.
     """One row per estimator; `<col>` is the mean over seeds, `<col>_ci` its 95% half-width."""
     per_run = runs.set_index("run_id")
     columns = [c for c in per_run.columns if c.startswith("test/")]
-    columns += [
-        "train/kl",
-        "train/step_time_s",
-        "train/rollout_tokens_per_s",
-        "train/peak_memory_mb",
-    ]
+    columns += ["train/kl", "train/peak_memory_mb"]  # at the end of the run
     per_run = per_run[["estimator", *[c for c in columns if c in per_run]]].copy()
+    for name in MEANS:  # averaged over the run's steps, not its last step
+        steps = history[history.metric == name]
+        per_run[f"{name.removeprefix('train/')}_mean"] = steps.groupby("run_id").value.mean()
     per_run["auc_valid"] = area_under_curve(history, f"eval/{metric}")
     tokens = history[history.metric == "train/tokens"].groupby("run_id").value.max().min()
     clock = history[history.metric == "train/wall_clock_s"].groupby("run_id").value.max().min()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +30,15 @@ class Splits:
         return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
 
 
+@dataclass(frozen=True)
+class ToolEnv:
+    """The environment of a multi-turn task: what ends a tool call and how it is answered."""
+
+    stop: str  # text that ends a tool call in the policy's output, e.g. "</tool>"
+    call: Callable[[str], str]  # completion text so far (ending in a call) -> text appended
+    max_turns: int  # policy turns per episode; a call in the last turn ends the episode
+
+
 class Task:
     """Base class of tasks; subclasses are dataclasses registered with `@register(name)`."""
 
@@ -49,12 +59,20 @@ class Task:
     def reward(self, completions: list[str], examples: list[Example]) -> list[float]:
         raise NotImplementedError
 
+    def configure_reward(self, model: str, device: str, batch_size: int) -> None:
+        """Take the run's `reward.*` settings (called by config.resolve; device `auto` = cuda
+        when available). Tasks without model-based rewards ignore them."""
+
     def check_reward(self) -> None:
         """Load whatever the reward needs now, raising ConfigError if it cannot work."""
 
     def metrics(self, completions: list[str], examples: list[Example]) -> dict[str, float]:
         """Held-out corpus metrics of greedy completions."""
         raise NotImplementedError
+
+    def tools(self) -> ToolEnv | None:
+        """Tools the policy may call mid-episode (multi-turn rollouts); None = single-turn."""
+        return None
 
     def prompt(self, example: Example, tokenizer: Any) -> str:
         """The prompt text, rendered with the tokenizer's chat template."""
@@ -72,4 +90,5 @@ def get(name: str, **fields: Any) -> Task:
     return REGISTRY.get(name, **fields)
 
 
-from pgbench.tasks import fr_en  # noqa: E402,F401  (registers the built-in tasks)
+# registers the built-in tasks
+from pgbench.tasks import fr_en, poet  # noqa: E402,F401

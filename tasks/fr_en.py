@@ -1,4 +1,5 @@
-"""French -> English translation, rewarded by chrF or BLEU against every reference.
+"""French -> English translation, rewarded against every reference by chrF, BLEU, embedding
+similarity (`embed`), COMET, or a weighted sum of them (`task.reward=chrf+0.5*embed`).
 
 Data: Tatoeba pairs shipped with pgbench (default), the fr-en rows of the hub dataset
 `haoranxu/X-ALMA-Preference` (`task.source=hub`, needs network), or your own TSV files
@@ -9,12 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from statistics import fmean
 from typing import Literal
 
 from pgbench.errors import ConfigError, DataError
 from pgbench.fields import knob
 from pgbench.tasks import Example, Splits, Task, register
-from pgbench.tasks.rewards import SENTENCE_REWARDS, corpus_metrics
+from pgbench.tasks.model_rewards import DEFAULT_COMET, ModelRewards
+from pgbench.tasks.rewards import (
+    MODEL_REWARDS,
+    REWARD_NAMES,
+    SENTENCE_REWARDS,
+    corpus_metrics,
+    parse_reward_spec,
+)
 from pgbench.tasks.tsv import read_pairs, split
 
 HUB_DATASET = "haoranxu/X-ALMA-Preference"
@@ -44,8 +53,11 @@ class FrEn(Task):
     train_file: str = knob("", "TSV of training pairs (fr<TAB>en); used with task.source=file")
     test_file: str = knob("", "TSV that replaces the test split (any source)")
     limit: int = knob(0, "use only the first N pairs of the source (0 = all)", ge=0)
-    reward_name: Literal["chrf", "bleu"] = knob(
-        "chrf", "training reward, scaled to [0, 1]", key="reward"
+    reward_name: str = knob(
+        "chrf",
+        f"training reward: [weight*]name terms joined by + ({', '.join(REWARD_NAMES)}), "
+        "e.g. chrf+0.5*embed",
+        key="reward",
     )
     valid_size: int = knob(500, "held-out pairs for evaluation during training", ge=1)
     test_size: int = knob(500, "held-out pairs for the final evaluation", ge=1)
@@ -54,6 +66,8 @@ class FrEn(Task):
     metric = "chrf"
 
     def __post_init__(self) -> None:
+        self.reward_terms = parse_reward_spec(self.reward_name)
+        self.model_rewards = ModelRewards()
         if self.source == "file" and not self.train_file:
             raise ConfigError("task.source=file needs task.train_file=<path to a fr<TAB>en TSV>")
         if self.train_file and self.source != "file":
@@ -84,11 +98,56 @@ class FrEn(Task):
     def messages(self, example: Example) -> list[dict[str, str]]:
         return [{"role": "user", "content": f"Translate French to English:\n{example.source}"}]
 
+    def _names(self) -> set[str]:
+        return {term.name for term in self.reward_terms}
+
+    def configure_reward(self, model: str, device: str, batch_size: int) -> None:
+        """Point `embed` and `comet` at their models; reward.model may name only one of them."""
+        names = self._names()
+        if model and set(MODEL_REWARDS) <= names:
+            raise ConfigError(
+                f"reward.model={model!r} is ambiguous with task.reward={self.reward_name}: "
+                "embed and comet each need their own model; leave reward.model empty for the "
+                f"defaults (shipped all-MiniLM-L6-v2, {DEFAULT_COMET}) or drop one of them"
+            )
+        # reward.model is COMET's checkpoint when comet is rewarded, else the embedding model
+        # (which also scores the `embed` metric that every evaluation reports).
+        comet_model = model if model and "comet" in names else DEFAULT_COMET
+        embed_model = "" if "comet" in names else model
+        self.model_rewards = ModelRewards(embed_model, comet_model, device, batch_size)
+
+    def check_reward(self) -> None:
+        """Load the embedding model (the embed metric is always reported) and COMET if used."""
+        self.model_rewards.embedder()
+        if "comet" in self._names():
+            self.model_rewards.comet_scorer()
+
+    def _scores(self, name: str, hypotheses: list[str], examples: list[Example]) -> list[float]:
+        """Sentence scores of one reward: chrf, bleu in [0, 1]; embed a cosine in [-1, 1];
+        comet on its checkpoint's scale (about [0, 1] for wmt22-comet-da)."""
+        references = [ex.references for ex in examples]
+        if name == "embed":
+            return self.model_rewards.embed(hypotheses, references)
+        if name == "comet":
+            sources = [ex.source for ex in examples]
+            return self.model_rewards.comet(sources, hypotheses, references)
+        score = SENTENCE_REWARDS[name]
+        return [score(hyp, refs) for hyp, refs in zip(hypotheses, references, strict=True)]
+
     def reward(self, completions: list[str], examples: list[Example]) -> list[float]:
-        score = SENTENCE_REWARDS[self.reward_name]
-        return [
-            score(c.strip(), ex.references) for c, ex in zip(completions, examples, strict=True)
-        ]
+        """The weighted sum of the spec's rewards for each completion."""
+        hypotheses = [c.strip() for c in completions]
+        totals = [0.0] * len(hypotheses)
+        for term in self.reward_terms:
+            scores = self._scores(term.name, hypotheses, examples)
+            totals = [t + term.weight * s for t, s in zip(totals, scores, strict=True)]
+        return totals
 
     def metrics(self, completions: list[str], examples: list[Example]) -> dict[str, float]:
-        return corpus_metrics([c.strip() for c in completions], [ex.references for ex in examples])
+        """Corpus chrF and BLEU, mean embed cosine x 100, and mean COMET x 100 when rewarded."""
+        hypotheses = [c.strip() for c in completions]
+        metrics = corpus_metrics(hypotheses, [ex.references for ex in examples])
+        metrics["embed"] = 100 * fmean(self._scores("embed", hypotheses, examples))
+        if "comet" in self._names():
+            metrics["comet"] = 100 * fmean(self._scores("comet", hypotheses, examples))
+        return metrics

@@ -83,3 +83,16 @@ def test_clipped_surrogate_hand_computed():
     torch.testing.assert_close(loss, torch.tensor([[-1.2, 0.8]]))
     loss.sum().backward()
     assert torch.equal(logprobs.grad, torch.zeros(1, 2))
+
+
+def test_gae_skips_tool_result_tokens():
+    # mask [1, 1, 0, 0, 1]: a tool result at positions 2-3 whose values (9) must not count.
+    # rewards [0, 0, 0, 0, 1], values [0.5, 0.5, 9, 9, 0.5], gamma = 1, lam = 0.5:
+    # delta_4 = 1 - 0.5 = 0.5 -> A_4 = 0.5
+    # delta_1 = 0 + V_4 - V_1 = 0 (the next state of token 1 is token 4) -> A_1 = 0.5 * 0.5
+    # delta_0 = 0 + V_1 - V_0 = 0 -> A_0 = 0.5 * 0.25 = 0.125; results get 0
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.5, 9.0, 9.0, 0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0]])
+    out = gae(rewards, values, mask, 1.0, 0.5)
+    torch.testing.assert_close(out, torch.tensor([[0.125, 0.25, 0.0, 0.0, 0.5]]))

@@ -37,3 +37,16 @@ def test_invariant_to_a_constant_added_to_all_rewards():
     base = pp.token_advantages(Batch(rewards, mask, penalty), {}).advantages
     shifted = pp.token_advantages(Batch(rewards + 5.0, mask, penalty), {}).advantages
     torch.testing.assert_close(base, shifted, atol=1e-5, rtol=1e-5)
+
+
+def test_the_reward_lands_on_the_last_policy_token_after_a_tool_result():
+    # row 0: policy, policy, result, result, policy, pad; reward 1 on its last policy token
+    # (position 4, not mask.sum() - 1 = 2). row 1: three policy tokens, reward 0.
+    # Returns over valid tokens: [1, 1, 1] and [0, 0, 0]: mean 0.5, unbiased std
+    # sqrt(6 * 0.25 / 5) = sqrt(0.3), so A = +-0.5 / sqrt(0.3) = +-0.9129.
+    mask = torch.tensor([[1.0, 1, 0, 0, 1, 0], [1, 1, 1, 0, 0, 0]])
+    batch = Batch(torch.tensor([[1.0, 0.0]]), mask, torch.zeros(2, 6))
+    out = estimators.get("reinforce_pp").token_advantages(batch, {}).advantages
+    a = 0.5 / 0.3**0.5
+    expected = torch.tensor([[a, a, 0, 0, a, 0], [-a, -a, -a, 0, 0, 0]])
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)

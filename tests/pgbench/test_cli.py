@@ -90,7 +90,7 @@ def test_run_then_eval_the_run_directory(capsys, run_overrides, tmp_path):
     )
     assert code == 0
     scores = json.loads((eval_dir / "eval.json").read_text())
-    assert scores["examples"] == 2 and {"chrf", "bleu"} <= set(scores)
+    assert scores["examples"] == 2 and {"chrf", "bleu", "embed"} <= set(scores)
 
     # the same policy on the run's own test split reproduces eval_after
     code, _, _ = run_cli(

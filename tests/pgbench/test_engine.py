@@ -2,8 +2,15 @@ import pytest
 import torch
 
 from pgbench.config import LoraConfig
-from pgbench.engine import completion_mask, sample, token_logprobs, token_logprobs_chunked
+from pgbench.engine import (
+    completion_mask,
+    generate_greedy,
+    sample,
+    token_logprobs,
+    token_logprobs_chunked,
+)
 from pgbench.policy import load_policy
+from pgbench.tasks import ToolEnv
 
 
 def test_completion_mask_keeps_tokens_through_first_eos():
@@ -76,3 +83,104 @@ def test_value_head_reads_the_hidden_state_before_each_token(micro_policy, micro
         expected = head(hidden.hidden_states[-1][0, len(prompt) - 1 : -1]).squeeze(-1)
     got = scores.values[row][rollout.completion_mask[row].bool()]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def scripted_tools(max_turns=3):
+    """A tool env that answers every word ending in "e " with the fixed text " <ok> "."""
+    calls: list[str] = []
+
+    def call(text: str) -> str:
+        calls.append(text)
+        return " <ok> "
+
+    return ToolEnv(stop="e ", call=call, max_turns=max_turns), calls
+
+
+def test_single_turn_sample_has_policy_mask_equal_to_completion_mask(micro_policy, micro_task):
+    policy = load(micro_policy)
+    torch.manual_seed(0)
+    rollout = sample(policy.model, policy.tokenizer, prompts(micro_task, policy), 2, 10, 1.0)
+    assert torch.equal(rollout.policy_mask, rollout.completion_mask)
+
+
+def test_multi_turn_sample_appends_tool_results_outside_the_policy_mask(micro_policy, micro_task):
+    policy = load(micro_policy)
+    tokenizer = policy.tokenizer
+    tools, calls = scripted_tools(max_turns=3)
+    torch.manual_seed(0)
+    rollout = sample(
+        policy.model, tokenizer, prompts(micro_task, policy, 4), 3, 16, 1.0, tools=tools
+    )
+    result_ids = tokenizer(" <ok> ", add_special_tokens=False)["input_ids"]
+    answered = 0
+    for row in range(len(rollout.texts)):
+        real = rollout.completion_mask[row].bool()
+        policy_tokens = rollout.policy_mask[row].bool()
+        assert not (policy_tokens & ~real).any()  # policy tokens are real tokens
+        assert int(policy_tokens.sum()) <= 16  # the budget counts the policy's tokens only
+        env = rollout.completion_ids[row][real & ~policy_tokens].tolist()
+        # environment tokens are whole copies of the result, one per answered call
+        assert len(env) % len(result_ids) == 0
+        assert env == result_ids * (len(env) // len(result_ids))
+        answered += len(env) // len(result_ids)
+        assert len(env) // len(result_ids) <= tools.max_turns - 1
+        assert rollout.texts[row].count("<ok>") == len(env) // len(result_ids)
+    assert answered == len(calls) > 0
+    assert all(text.endswith("e ") or "e " in text for text in calls)
+    assert rollout.tokens == int(rollout.policy_mask.sum())
+
+
+def test_multi_turn_logprobs_match_a_naive_forward(micro_policy, micro_task):
+    policy = load(micro_policy)
+    tools, _ = scripted_tools()
+    torch.manual_seed(1)
+    rollout = sample(
+        policy.model, policy.tokenizer, prompts(micro_task, policy, 3), 2, 12, 1.0, tools=tools
+    )
+    assert (rollout.completion_mask.sum(1) > rollout.policy_mask.sum(1)).any()
+    logprobs = token_logprobs(policy.model, rollout).logprobs
+    for row in range(len(rollout.texts)):
+        prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()]
+        real = rollout.completion_mask[row].bool()
+        completion = rollout.completion_ids[row][real]
+        with torch.no_grad():
+            logits = policy.model(torch.cat([prompt, completion])[None]).logits[0]
+        naive = logits[len(prompt) - 1 : -1].log_softmax(-1).gather(-1, completion[:, None])[:, 0]
+        torch.testing.assert_close(logprobs[row][real], naive, atol=1e-5, rtol=1e-5)
+
+
+def test_a_tool_call_in_the_last_turn_ends_the_episode(micro_policy, micro_task):
+    policy = load(micro_policy)
+    tokenizer = policy.tokenizer
+    texts = prompts(micro_task, policy, 4)
+    tools, calls = scripted_tools(max_turns=1)
+    never = ToolEnv(stop="\x00never\x00", call=lambda text: "", max_turns=1)
+    torch.manual_seed(0)
+    stopped = sample(policy.model, tokenizer, texts, 3, 16, 1.0, tools=tools)
+    torch.manual_seed(0)
+    free = sample(policy.model, tokenizer, texts, 3, 16, 1.0, tools=never)
+    assert calls == []  # one turn: no call is ever answered
+    assert torch.equal(stopped.policy_mask, stopped.completion_mask)
+    cut = 0
+    for row in range(len(texts) * 3):
+        ids = stopped.completion_ids[row][stopped.completion_mask[row].bool()].tolist()
+        full = free.completion_ids[row][free.completion_mask[row].bool()].tolist()
+        assert full[: len(ids)] == ids  # same draws, cut at the call
+        if len(ids) < len(full):  # cut by the call: the last token completed "e "
+            cut += 1
+            assert "e " in tokenizer.decode(ids) and "e " not in tokenizer.decode(ids[:-1])
+    assert cut > 0
+
+
+def test_greedy_multi_turn_is_deterministic_and_single_turn_greedy_is_unchanged(
+    micro_policy, micro_task
+):
+    policy = load(micro_policy)
+    tools, _ = scripted_tools()
+    texts = prompts(micro_task, policy, 4)
+    first = generate_greedy(policy.model, policy.tokenizer, texts, 12, 2, tools)
+    assert first == generate_greedy(policy.model, policy.tokenizer, texts, 12, 3, tools)
+    # a tool env that is never triggered gives the completions of model.generate
+    never = ToolEnv(stop="\x00never\x00", call=lambda text: "", max_turns=3)
+    plain = generate_greedy(policy.model, policy.tokenizer, texts, 12, 4)
+    assert generate_greedy(policy.model, policy.tokenizer, texts, 12, 4, never) == plain

@@ -2,7 +2,8 @@ import json
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pgbench.tiny import TinySpec, tiny_policy_dir
+from pgbench import tasks
+from pgbench.tiny import TinySpec, task_spec, tiny_policy_dir, train_tokenizer
 
 
 def test_micro_policy_loads_and_renders_chat(micro_policy):
@@ -47,3 +48,20 @@ def test_cache_is_reused_and_keyed_by_spec(micro_task, micro_policy, tmp_path):
         micro_task, tmp_path, TinySpec(**{**spec.__dict__, "seed": 1}), progress=False
     )
     assert other != first and not list(tmp_path.glob("*.tmp"))
+
+
+def test_split_digits_tokenizer_gives_one_token_per_digit():
+    texts = ["12345 + 12345 = 24690"] * 50
+    split = train_tokenizer(texts, 300, split_digits=True)
+    assert split.tokenize("12345") == ["1", "2", "3", "4", "5"]
+    assert split.decode(split("What is 12 + 345?", add_special_tokens=False)["input_ids"]) == (
+        "What is 12 + 345?"
+    )
+    merged = train_tokenizer(texts, 300)
+    assert len(merged.tokenize("12345")) < 5  # plain BPE merges the repeated number
+
+
+def test_task_spec_applies_the_task_overrides():
+    poet = tasks.REGISTRY.get_class("poet")
+    assert task_spec(tasks.get("poet")) == TinySpec(**poet.tiny_overrides)
+    assert task_spec(tasks.get("fr_en", limit=10, valid_size=1, test_size=1)) == TinySpec()

@@ -24,7 +24,7 @@ def test_run_logs_params_metrics_artifacts_and_summary(run_overrides):
     run_dir = run_overrides["output_dir"]
     assert json.loads(open(f"{run_dir}/summary.json").read()) == summary
     assert summary["steps"] == 4
-    assert set(summary["eval_before"]) == set(summary["eval_after"]) == {"chrf", "bleu"}
+    assert set(summary["eval_before"]) == set(summary["eval_after"]) == {"chrf", "bleu", "embed"}
     assert summary["model_path"] == run_overrides["model"]
 
     client = MlflowClient(run_overrides["tracking.uri"])

@@ -52,9 +52,18 @@ def test_report_of_a_small_comparison(run_overrides, tmp_path, monkeypatch, caps
         [client.get_experiment_by_name("fr_en").experiment_id],
         "tags.`pgbench.comparison` = 'cmp-r'",
     )
+
+    def mean_step_s(run_id: str) -> float:
+        history = client.get_metric_history(run_id, "train/step_time_s")
+        return sum(m.value for m in history) / len(history)
+
     direct = pd.DataFrame(
         [
-            {"estimator": r.data.params["estimator"], "chrf": r.data.metrics["test/chrf"]}
+            {
+                "estimator": r.data.params["estimator"],
+                "chrf": r.data.metrics["test/chrf"],
+                "step_s": mean_step_s(r.info.run_id),
+            }
             for r in runs
         ]
     )
@@ -63,6 +72,7 @@ def test_report_of_a_small_comparison(run_overrides, tmp_path, monkeypatch, caps
         assert table.loc[estimator, "test/chrf"] == pytest.approx(group.chrf.mean())
         half = 12.706 * group.chrf.std(ddof=1) / 2**0.5  # t(0.975, 1 dof) * s / sqrt(n)
         assert table.loc[estimator, "test/chrf_ci"] == pytest.approx(half, rel=1e-3)
+        assert table.loc[estimator, "step_time_s_mean"] == pytest.approx(group.step_s.mean())
     tidy = pd.read_csv(out / "runs.csv")
     assert set(tidy.columns) == {"run_id", "estimator", "seed", "metric", "step", "value"}
     assert len(tidy[tidy.metric == "train/reward_mean"]) == 4 * 3

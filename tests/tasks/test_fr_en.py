@@ -1,10 +1,15 @@
 import gzip
+import sys
 
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
 from pgbench import tasks
+from pgbench.cli import main
+from pgbench.config import resolve
 from pgbench.errors import ConfigError, DataError
+from pgbench.tasks import model_rewards
+from pgbench.tasks.model_rewards import DEFAULT_COMET, ModelRewards
 from pgbench.tasks.rewards import corpus_metrics, sentence_chrf
 
 
@@ -32,6 +37,15 @@ def test_multi_reference_rewards_and_metrics():
     streams = [["Come in.", "Go."], ["Come on in.", None]]
     assert metrics["chrf"] == pytest.approx(CHRF().corpus_score(hyps, streams).score)
     assert metrics["bleu"] == pytest.approx(BLEU().corpus_score(hyps, streams).score)
+    # the task reports every metric whatever it trains on; embed = mean best cosine x 100,
+    # and "Come in." matches a reference exactly (cosine 1)
+    scores = tasks.get("fr_en", reward="bleu").metrics(
+        hyps, [tasks.Example(f"s{i}", r) for i, r in enumerate(refs)]
+    )
+    assert set(scores) == {"chrf", "bleu", "embed"}
+    assert scores["chrf"] == pytest.approx(metrics["chrf"])
+    go_away = task.model_rewards.embed(["Go away."], [("Go.",)])[0]
+    assert scores["embed"] == pytest.approx(50 * (1 + go_away), abs=1e-4) and go_away < 1
 
 
 def write(path, text, gz=False):
@@ -96,10 +110,12 @@ def test_conflicting_options():
 def test_hub_source_uses_fr_en_rows_and_limit(monkeypatch):
     import datasets
 
+    # the dataset's real columns (source, chosen, reject, directions), a few rows of them
     rows = {
-        "directions": ["fr-en", "de-en", "fr-en", "fr-en"],
         "source": ["Bonjour.", "Hallo.", "Merci.", "Oui."],
         "chosen": ["Hello.", "Hello.", "Thanks.", "Yes."],
+        "reject": ["Good day.", "Hi.", "Thank.", "Yeah."],
+        "directions": ["fr-en", "de-en", "fr-en", "fr-en"],
     }
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_dict(rows))
     pairs = tasks.get("fr_en", source="hub", limit=2)._pairs()
@@ -118,3 +134,67 @@ def test_hub_source_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="needs network access.*task.source=tatoeba"):
         tasks.get("fr_en", source="hub").splits()
+
+
+def test_reward_settings_reach_the_task_at_resolve_time(tmp_path):
+    assert tasks.get("fr_en", reward="embed").model_rewards == ModelRewards()
+    config = resolve(
+        {
+            "task.reward": "chrf+0.5*embed",
+            "reward.model": str(tmp_path),
+            "reward.batch_size": "7",
+            "device": "cpu",
+        }
+    )
+    assert config.task.model_rewards == ModelRewards(
+        embed_model=str(tmp_path), comet_model=DEFAULT_COMET, device="cpu", batch_size=7
+    )
+    # with comet rewarded, reward.model is its checkpoint and embed keeps the shipped model
+    config = resolve(
+        {
+            "task.reward": "comet",
+            "reward.model": "Unbabel/wmt22-cometkiwi-da",
+            "reward.device": "cuda",
+            "device": "cpu",
+        }
+    )
+    assert config.task.model_rewards == ModelRewards(
+        embed_model="", comet_model="Unbabel/wmt22-cometkiwi-da", device="cuda", batch_size=64
+    )
+    assert config.to_flat()["reward.model"] == "Unbabel/wmt22-cometkiwi-da"
+
+
+def test_one_reward_model_for_embed_and_comet_is_ambiguous():
+    with pytest.raises(ConfigError, match="reward.model='m' is ambiguous with task.reward=embed"):
+        resolve({"task.reward": "embed+comet", "reward.model": "m"})
+    assert resolve({"task.reward": "embed+comet"}).task.model_rewards == ModelRewards()
+
+
+def test_cli_rejects_a_bad_reward_spec_in_one_line(capsys):
+    assert main(["run", "task.reward=nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "pgbench run: error: task.reward='nope': bad term 'nope'; use [weight*]name terms "
+        "joined by + with names chrf, bleu, embed, comet and positive weights "
+        "(e.g. chrf+0.5*embed)"
+    )
+
+
+def test_cli_fails_before_training_when_comet_is_missing(capsys, monkeypatch, tmp_path):
+    model_rewards.load_comet.cache_clear()
+    monkeypatch.setitem(sys.modules, "comet", None)  # as if unbabel-comet were not installed
+    code = main(["run", "task.reward=comet", f"tracking.uri=sqlite:///{tmp_path}/m.db"])
+    model_rewards.load_comet.cache_clear()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert 'pip install -e ".[comet]"' in err
+    assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_reward_keys_are_in_the_help_of_the_verbs_that_score(capsys):
+    for verb in ("run", "eval", "sweep", "compare", "variance"):
+        assert main([verb, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "  reward.model " in out and "  reward.batch_size " in out, verb
+    assert main(["report", "--help"]) == 0
+    assert "reward.model" not in capsys.readouterr().out

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from pgbench.errors import DataError
+from pgbench.tracking import SPOOL, MLflowTracker, sync
+
+
+def _tracker(tmp_path, spool=True) -> tuple[MLflowTracker, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tracker = MLflowTracker(uri, "exp", spool=run_dir / SPOOL if spool else None)
+    (run_dir / "run.json").write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": uri}))
+    return tracker, uri
+
+
+def _steps(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
+
+
+def test_outage_mid_run_buffers_and_sync_uploads_everything(tmp_path, monkeypatch):
+    tracker, uri = _tracker(tmp_path)
+    tracker.log_params({"trainer.lr": 1e-4})
+    tracker.log_metrics({"train/loss": 1.0}, 1)
+    # The server goes away: a real HTTP client on a closed local port, no retries.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    tracker.client = MlflowClient("http://127.0.0.1:9")
+    tracker.log_metrics({"train/loss": 0.5, "train/kl": 0.1}, 2)
+    tracker.log_metrics({"train/loss": 0.25}, 3)
+    tracker.finish()
+    spool = tmp_path / "run" / SPOOL
+    kinds = [json.loads(line)["kind"] for line in spool.read_text().splitlines()]
+    assert kinds == ["metrics", "metrics", "finish"]
+    assert _steps(uri, tracker.run_id, "train/loss") == [(1, 1.0)]
+    assert MlflowClient(uri).get_run(tracker.run_id).info.status == "RUNNING"
+
+    assert sync(tmp_path / "run") == 3
+    assert _steps(uri, tracker.run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert _steps(uri, tracker.run_id, "train/kl") == [(2, 0.1)]
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["trainer.lr"] == "0.0001"
+    assert not spool.exists() and (tmp_path / "run" / "tracking_buffer.synced.jsonl").is_file()
+    assert sync(tmp_path / "run") == 0
+
+
+def test_sync_twice_logs_each_point_once(tmp_path):
+    tracker, uri = _tracker(tmp_path)
+    tracker.offline = True  # everything goes to the spool
+    tracker.log_metrics({"train/loss": 2.0}, 1)
+    spool = tmp_path / "run" / SPOOL
+    saved = spool.read_text()
+    assert sync(tmp_path / "run") == 1
+    spool.write_text(saved)  # e.g. a sync that crashed after uploading, run again
+    assert sync(tmp_path / "run") == 1
+    assert _steps(uri, tracker.run_id, "train/loss") == [(1, 2.0)]
+
+
+def test_without_spool_errors_propagate(tmp_path, monkeypatch):
+    tracker, _ = _tracker(tmp_path, spool=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    tracker.client = MlflowClient("http://127.0.0.1:9")
+    with pytest.raises(MlflowException):
+        tracker.log_metrics({"train/loss": 1.0}, 1)
+
+
+def test_sync_needs_a_run_directory(tmp_path):
+    with pytest.raises(DataError, match="not a pgbench run directory"):
+        sync(tmp_path)

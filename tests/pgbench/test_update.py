@@ -1,0 +1,79 @@
+"""Tool results are the environment's tokens: no loss, KL, advantage, entropy or count."""
+
+import pytest
+import torch
+
+from pgbench.config import LoraConfig, resolve
+from pgbench.engine import Rollout, encode_prompts
+from pgbench.policy import Reference, load_policy
+from pgbench.update import accumulate_gradients, prepare
+
+
+def multi_turn_rollout(policy, task) -> Rollout:
+    """2 prompts x 2 samples with 8 completion tokens; rows 0 and 1 carry a 3-token tool
+    result at positions 2-4 (policy_mask 0 there), row 3 is padded at its last position."""
+    prompts = [task.prompt(e, policy.tokenizer) for e in task.splits().train[:2]]
+    prompt_ids, prompt_mask = encode_prompts(policy.tokenizer, prompts, torch.device("cpu"))
+    prompt_ids, prompt_mask = (
+        prompt_ids.repeat_interleave(2, 0),
+        prompt_mask.repeat_interleave(2, 0),
+    )
+    completion_ids = torch.randint(10, len(policy.tokenizer), (4, 8), generator=torch.Generator())
+    completion_mask = torch.ones(4, 8, dtype=torch.long)
+    completion_mask[3, 7] = 0
+    policy_mask = completion_mask.clone()
+    policy_mask[:2, 2:5] = 0
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, policy_mask, [""] * 4)
+
+
+def gradient(config, model, prepared, head) -> tuple[torch.Tensor, dict[str, float]]:
+    """The flattened gradient of the loss over all rows, and the update statistics."""
+    model.zero_grad(set_to_none=True)
+    stats = accumulate_gradients(config, config.estimator, model, head, prepared, torch.arange(4))
+    grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return grad, stats
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo", "reinforce_pp", "ppo"])
+def test_tool_results_get_no_advantage_and_do_not_move_the_loss(
+    micro_policy, micro_task, run_overrides, estimator
+):
+    torch.manual_seed(0)
+    config = resolve(
+        run_overrides
+        | {
+            "estimator": estimator,
+            "kl.placement": "loss",
+            "kl.coef": "0.5",
+            "trainer.micro_batch_size": "3",
+        }
+    )
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    rollout = multi_turn_rollout(policy, micro_task)
+    head = None
+    if config.estimator.uses_value_head:
+        head = torch.nn.Linear(policy.model.config.hidden_size, 1)
+    rewards = torch.tensor([[1.0, 0.0], [0.5, 0.25]])
+    prepared = prepare(
+        config, config.estimator, policy.model, Reference(policy), head, rollout, rewards, {}
+    )
+    result = torch.zeros(4, 8, dtype=torch.bool)
+    result[:2, 2:5] = True
+    assert torch.equal(prepared.mask, rollout.policy_mask.float())
+    assert (prepared.advantages[result] == 0).all()
+    assert rollout.tokens == 32 - 1 - 6  # 4 x 8, minus one pad and two 3-token results
+    before, stats = gradient(config, policy.model, prepared, head)
+    # Arbitrary advantages, old and reference log-probs on the result tokens change nothing.
+    prepared.advantages[result] = 7.0
+    prepared.old_logprobs[result] = -9.0
+    prepared.ref_logprobs[result] = 3.0
+    if head is not None:
+        prepared.old_values[result] = 5.0
+        prepared.returns[result] = -5.0
+    after, stats_after = gradient(config, policy.model, prepared, head)
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
+    assert stats_after == stats
+    # ... while the same change on a policy token does move it
+    prepared.advantages[0, 0] += 1.0
+    moved, _ = gradient(config, policy.model, prepared, head)
+    assert not torch.equal(moved, before)
