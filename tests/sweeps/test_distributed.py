@@ -51,7 +51,12 @@ def test_a_killed_workers_trial_is_retried(sweep_values, postgres_url, tmp_path)
         time.sleep(0.5)
         try:
             study = optuna.load_study(study_name="killed", storage=open_storage(config))
-            running = study.get_trials(states=(TrialState.RUNNING,))
+            # a trial with its MLflow run has started its objective, so it has a heartbeat
+            running = [
+                t
+                for t in study.get_trials(states=(TrialState.RUNNING,))
+                if "mlflow_run_id" in t.user_attrs
+            ]
         except KeyError:  # the study is not created yet
             pass
     assert running, "the first worker never started a trial"
