@@ -18,18 +18,9 @@ from pathlib import Path
 
 from pgbench import tasks
 from pgbench.config import resolve
-from pgbench.tiny import TinySpec, tiny_policy_dir
+from pgbench.tiny import MICRO, tiny_policy_dir
 from pgbench.trainer import train
 
-MICRO = TinySpec(
-    vocab_size=400,
-    hidden_size=32,
-    layers=1,
-    heads=2,
-    intermediate_size=64,
-    sft_steps=30,
-    sft_batch_size=16,
-)
 TASK = {"limit": "2000", "valid_size": "40", "test_size": "40"}
 
 

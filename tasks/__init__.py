@@ -91,4 +91,4 @@ def get(name: str, **fields: Any) -> Task:
 
 
 # registers the built-in tasks
-from pgbench.tasks import fr_en, poet  # noqa: E402,F401
+from pgbench.tasks import arith, fr_en, poet  # noqa: E402,F401

@@ -5,18 +5,8 @@ from pathlib import Path
 import pytest
 
 from pgbench import tasks
-from pgbench.tiny import TinySpec, tiny_policy_dir
+from pgbench.tiny import MICRO, tiny_policy_dir
 
-# A few seconds to build on 2 CPU cores; small enough for fast end-to-end tests.
-MICRO_SPEC = TinySpec(
-    vocab_size=400,
-    hidden_size=32,
-    layers=1,
-    heads=2,
-    intermediate_size=64,
-    sft_steps=30,
-    sft_batch_size=16,
-)
 MICRO_TASK = {"limit": "2000", "valid_size": "40", "test_size": "40"}
 
 
@@ -28,7 +18,7 @@ def micro_task():
 @pytest.fixture(scope="session")
 def micro_policy(tmp_path_factory, micro_task) -> Path:
     """Directory of a micro Llama policy SFT-ed for a few steps on the micro task."""
-    return tiny_policy_dir(micro_task, tmp_path_factory.mktemp("cache"), MICRO_SPEC, progress=False)
+    return tiny_policy_dir(micro_task, tmp_path_factory.mktemp("cache"), MICRO, progress=False)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ TSV = {
 CASES = [
     (["run", "trainer.lrr=1"], "did you mean trainer.lr"),
     (["run", "estimator=ppo2"], "registered: grpo, ppo, reinforce, reinforce_pp, rloo"),
-    (["run", "task=de_en"], "unknown task 'de_en'; registered: fr_en, poet"),
+    (["run", "task=de_en"], "unknown task 'de_en'; registered: arith, fr_en, poet"),
     (["run", "trainer.steps=abc"], "trainer.steps='abc' is not a valid int"),
     (["run", "trainer.steps=1.5"], "trainer.steps='1.5' is not a valid int"),
     (["run", "trainer.lr=-1"], "trainer.lr must be > 0.0"),

@@ -54,7 +54,7 @@ def test_changing_estimator_changes_only_estimator_keys():
             ["estimator=ppo2"],
             "unknown estimator 'ppo2'; registered: grpo, ppo, reinforce, reinforce_pp, rloo",
         ),
-        (["task=de_en"], "unknown task 'de_en'; registered: fr_en, poet"),
+        (["task=de_en"], "unknown task 'de_en'; registered: arith, fr_en, poet"),
         (["trainer.lr=0"], "trainer.lr must be > 0.0"),
         (["trainer.lr=fast"], "trainer.lr='fast' is not a valid float"),
         (["trainer.steps=0"], "trainer.steps must be >= 1"),

@@ -1,9 +1,10 @@
 import json
+from types import SimpleNamespace
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pgbench import tasks
-from pgbench.tiny import TinySpec, task_spec, tiny_policy_dir, train_tokenizer
+from pgbench.tiny import TinySpec, cache_key, task_spec, tiny_policy_dir, train_tokenizer
 
 
 def test_micro_policy_loads_and_renders_chat(micro_policy):
@@ -65,3 +66,16 @@ def test_task_spec_applies_the_task_overrides():
     poet = tasks.REGISTRY.get_class("poet")
     assert task_spec(tasks.get("poet")) == TinySpec(**poet.tiny_overrides)
     assert task_spec(tasks.get("fr_en", limit=10, valid_size=1, test_size=1)) == TinySpec()
+
+
+def test_fields_added_after_v3_keep_the_v3_cache_key():
+    task = SimpleNamespace(name="fr_en")
+    pairs = [([{"role": "user", "content": "Translate French to English:\nBonjour."}], "Hello.")]
+    # the key of these pairs under pgbench-tiny-v3, before split_digits and
+    # sft_final_lr_ratio existed (computed with that commit's cache_key)
+    assert cache_key(task, pairs, TinySpec()) == "a9d008d5357c2ec2"
+    keys = {
+        cache_key(task, pairs, TinySpec(split_digits=True)),
+        cache_key(task, pairs, TinySpec(sft_final_lr_ratio=0.3)),
+    }
+    assert len(keys) == 2 and "a9d008d5357c2ec2" not in keys
