@@ -1,16 +1,19 @@
 """Seconds per RLOO step: pgbench against Hugging Face TRL's RLOOTrainer on the same work.
 
     pip install -e ".[bench]"
-    python benchmarks/vs_trl.py [--steps 20] [--warmup 3] [--variants full,lora,50m]
+    python benchmarks/vs_trl.py [--steps 20] [--warmup 3] [--variants full,lora,50m] [--rounds 1]
 
 Both sides train the cached `tiny` fr_en policy on the same prompts with the same settings:
 8 prompts x 4 samples per step, temperature 1.0, at most 24 new tokens, k1 KL in the reward
 with beta 0.05, AdamW lr 1e-4, gradient clipping 1.0, no gradient checkpointing (TRL turns
 it on by default), fp32 on the CPU with 2 threads, sentence chrF as the reward, no tracking.
 Each side runs in its own process (so peak resident memory is its own) and reports the
-median seconds of the steps after `--warmup`. Variants: `full` (full fine-tuning), `lora`
-(peft LoRA r=8 on all linear layers) and `50m` (a randomly initialised ~50M-parameter Llama
-with the tiny tokenizer, to show how cost grows). Prints a table and writes `results.json`.
+median seconds of the steps after `--warmup`; with `--rounds R` the two sides run
+alternately R times (pgbench first in odd rounds, TRL first in even ones), so a change in
+machine load hits both, and the median is over the timed steps of all rounds. Variants:
+`full` (full fine-tuning), `lora` (peft LoRA r=8 on all linear layers) and `50m` (a randomly
+initialised ~50M-parameter Llama with the tiny tokenizer, to show how cost grows). Prints a
+table and writes `results.json`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,7 +97,7 @@ def run_pgbench(variant: str, steps: int, out: Path) -> dict:
             "eval.size": "8",
             "checkpoint.every": "0",
             "device": "cpu",
-            "output_dir": str(out / f"pgbench-{variant}"),
+            "output_dir": tempfile.mkdtemp(prefix=f"pgbench-{variant}-", dir=out),  # fresh
         }
     )
     train(config, tracker=NullTracker(), on_step_end=record)
@@ -187,15 +191,42 @@ def worker(side: str, variant: str, steps: int, out: Path) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def summarise(result: dict, warmup: int) -> dict:
-    times = result["step_times"][warmup:]
-    tokens = result["completion_tokens"][warmup:]
+def summarise(results: list[dict], warmup: int) -> dict:
+    """Median step time, tokens/s and peak RSS over the timed steps of every round."""
+    times = [t for result in results for t in result["step_times"][warmup:]]
+    tokens = [n for result in results for n in result["completion_tokens"][warmup:]]
     return {
         "median_step_s": statistics.median(times),
         "steps_timed": len(times),
         "tokens_per_s": sum(tokens) / sum(times) if tokens else float("nan"),
-        "peak_rss_mb": result["peak_rss_mb"],
+        "peak_rss_mb": max(result["peak_rss_mb"] for result in results),
     }
+
+
+def run_worker(side: str, variant: str, args: argparse.Namespace, out: Path) -> dict:
+    """Run one side in a fresh process; its measurements."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--out",
+            str(out),
+            "--worker",
+            side,
+            variant,
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    if done.returncode or not found:
+        sys.exit(f"{side} {variant} failed:\n{done.stderr[-3000:]}")
+    return json.loads(found[-1].removeprefix("RESULT "))
 
 
 def main() -> None:
@@ -204,6 +235,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
     parser.add_argument("--variants", default="full,lora,50m")
     parser.add_argument("--out", default="bench_out")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating runs of each side")
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -212,34 +244,18 @@ def main() -> None:
     if args.worker:
         worker(args.worker[0], args.worker[1], total, out)
         return
-    results = {"settings": SETTINGS | {"steps": args.steps, "warmup": args.warmup}}
+    results = {
+        "settings": SETTINGS | {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds}
+    }
     lines = [f"{'variant':<8}{'side':<9}{'median s/step':>14}{'tokens/s':>10}{'peak RSS MB':>13}"]
     for variant in args.variants.split(","):
+        runs: dict[str, list[dict]] = {"pgbench": [], "trl": []}
+        for round_ in range(args.rounds):
+            for side in ("pgbench", "trl") if round_ % 2 == 0 else ("trl", "pgbench"):
+                runs[side].append(run_worker(side, variant, args, out))
         row = {}
         for side in ("pgbench", "trl"):
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--out",
-                    str(out),
-                    "--worker",
-                    side,
-                    variant,
-                    "--steps",
-                    str(args.steps),
-                    "--warmup",
-                    str(args.warmup),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            found = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-            if done.returncode or not found:
-                sys.exit(f"{side} {variant} failed:\n{done.stderr[-3000:]}")
-            row[side] = summarise(json.loads(found[-1].removeprefix("RESULT ")), args.warmup)
-            cells = row[side]
+            row[side] = cells = summarise(runs[side], args.warmup)
             lines.append(
                 f"{variant:<8}{side:<9}{cells['median_step_s']:>14.3f}"
                 f"{cells['tokens_per_s']:>10.0f}{cells['peak_rss_mb']:>13.0f}"

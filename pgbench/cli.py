@@ -69,7 +69,7 @@ def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
     if "resume" not in overrides:
         return overrides
     if overrides["resume"] == "auto":
-        from pgbench.trainer import unfinished_run_like
+        from pgbench.rundir import unfinished_run_like
 
         fresh = {k: v for k, v in overrides.items() if k != "resume"}
         found = unfinished_run_like(resolve(fresh, RUN_KEYS))
@@ -92,6 +92,7 @@ def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
 
 def run(overrides: dict[str, str]) -> int:
     """Train one policy with one estimator, tracked in MLflow."""
+    from pgbench import parallel
     from pgbench.tracking import check_reachable
     from pgbench.trainer import train
 
@@ -99,6 +100,8 @@ def run(overrides: dict[str, str]) -> int:
     check_reachable(config.tracking.uri)
     config.task.check_reward()  # a missing reward model fails now, not after the bootstrap
     summary = train(config)
+    if not parallel.current(config.device).main:  # `accelerate launch`: one report, not N
+        return 0
     print(f"\nrun {summary['run_id']} in {summary['output_dir']} ({summary['steps']} steps)")
     print(_metrics_table(summary["eval_before"], summary["eval_after"]))
     return 0

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import torch
 
 from pgbench import estimators, tasks
 from pgbench.errors import ConfigError
@@ -34,6 +37,12 @@ class TrainerConfig:
     max_skipped: int = knob(
         5, "stop after N consecutive steps skipped for a NaN/inf reward, loss or gradient", ge=1
     )
+    precision: Literal["fp32", "bf16"] = knob(
+        "fp32", "bf16 = bfloat16 autocast of the train step's forward passes; weights stay fp32"
+    )
+    gradient_checkpointing: bool = knob(
+        False, "recompute activations in the backward pass (less memory, ~30% more compute)"
+    )
 
 
 @dataclass
@@ -41,6 +50,17 @@ class RolloutConfig:
     samples_per_prompt: int = knob(4, "completions K sampled per prompt (every estimator)", ge=1)
     max_new_tokens: int = knob(32, "max tokens per completion", ge=1)
     temperature: float = knob(0.5, "sampling temperature of rollouts", gt=0.0)
+
+
+@dataclass
+class EngineConfig:
+    backend: Literal["hf", "vllm"] = knob(
+        "hf", "rollout sampler: hf (transformers) or vllm (CUDA only, pip install 'pgbench[vllm]')"
+    )
+    sync_every: int = knob(1, "vllm: copy the policy's weights into vLLM every N steps", ge=1)
+    gpu_memory_utilization: float = knob(
+        0.3, "vllm: fraction of the GPU's memory vLLM may reserve", gt=0.0, le=1.0
+    )
 
 
 @dataclass
@@ -132,6 +152,7 @@ class ReportConfig:
 SECTIONS: dict[str, type] = {
     "trainer": TrainerConfig,
     "rollout": RolloutConfig,
+    "engine": EngineConfig,
     "kl": KLConfig,
     "loss": LossConfig,
     "lora": LoraConfig,
@@ -180,6 +201,7 @@ class Config:
     device: str = "auto"
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -304,3 +326,23 @@ def _check(config: Config) -> None:
             f"rollout.samples_per_prompt must be >= {needed} for estimator={config.estimator.name} "
             f"(got {config.rollout.samples_per_prompt})"
         )
+    if config.engine.backend == "vllm":
+        _check_vllm(config)
+    if config.trainer.precision == "bf16" and config.device != "cpu" and torch.cuda.is_available():
+        if not torch.cuda.is_bf16_supported():
+            raise ConfigError("trainer.precision=bf16 but this GPU has no bfloat16; use fp32")
+
+
+def _check_vllm(config: Config) -> None:
+    """engine.backend=vllm needs a single-turn task, the vllm package and a CUDA device."""
+    if config.task.tools() is not None:
+        raise ConfigError(
+            f"engine.backend=vllm does not run multi-turn tool episodes (task={config.task.name}); "
+            "use engine.backend=hf"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "engine.backend=vllm needs vLLM: pip install 'pgbench[vllm]' (on a CUDA machine)"
+        )
+    if config.device == "cpu" or not torch.cuda.is_available():
+        raise ConfigError("engine.backend=vllm needs a CUDA GPU; use engine.backend=hf on CPU")

@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 from transformers import (
     DynamicCache,
-    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -87,35 +86,42 @@ def sample(
 ) -> Rollout:
     """Sample `samples_per_prompt` completions of each prompt (KV-cached), or one greedy each.
 
-    With `tools`, episodes are multi-turn (see `sample_with_tools`); `max_new_tokens` then
-    caps the policy's own tokens of an episode.
+    Each token is drawn from softmax(logits / temperature) (argmax if `greedy`), with no
+    top-k, top-p or other logits processing. With `tools`, episodes are multi-turn (see
+    `sample_with_tools`); `max_new_tokens` then caps the policy's own tokens of an episode.
     """
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, model.device)
-    prompt_ids = prompt_ids.repeat_interleave(samples_per_prompt, dim=0)
-    prompt_mask = prompt_mask.repeat_interleave(samples_per_prompt, dim=0)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, model.device)  # [P, Tp]
     if tools is not None:
         return sample_with_tools(
-            model, tokenizer, prompt_ids, prompt_mask, max_new_tokens, temperature, greedy, tools
+            model,
+            tokenizer,
+            prompt_ids,
+            prompt_mask,
+            samples_per_prompt,
+            max_new_tokens,
+            temperature,
+            greedy,
+            tools,
         )
     eos = tokenizer.eos_token_id
-    config = GenerationConfig(
-        do_sample=not greedy,
-        temperature=temperature if not greedy else None,
-        top_k=0 if not greedy else None,
-        top_p=1.0 if not greedy else None,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
-        use_cache=True,
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    completion_ids = sample_tokens(
+        model,
+        prompt_ids,
+        prompt_mask,
+        samples_per_prompt,
+        max_new_tokens,
+        temperature,
+        greedy,
+        eos,
+        pad,
     )
-    output = model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config
-    )
-    completion_ids = output[:, prompt_ids.shape[1] :]  # [N, Tc]
     mask = completion_mask(completion_ids, eos)
     texts = tokenizer.batch_decode(
         completion_ids * mask + eos * (1 - mask), skip_special_tokens=True
     )
+    prompt_ids = prompt_ids.repeat_interleave(samples_per_prompt, dim=0)  # [N, Tp]
+    prompt_mask = prompt_mask.repeat_interleave(samples_per_prompt, dim=0)
     return Rollout(prompt_ids, prompt_mask, completion_ids, mask, mask, texts)
 
 
@@ -126,18 +132,109 @@ def cache_keyword(model: PreTrainedModel) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+class Prefill(NamedTuple):
+    cache: dict[str, DynamicCache]  # the KV-cache keyword argument, filled for N rows
+    logits: Tensor  # [N, V] logits of each row's first completion token
+    attention: Tensor  # [N, Tp] attention mask of the cached prompt tokens
+    next_position: Tensor  # [N, 1] position id of the first completion token
+
+
+def prefill(
+    model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, samples_per_prompt: int
+) -> Prefill:
+    """Run the P distinct left-padded prompts [P, Tp] once and repeat their KV cache for the
+    K samples of each: N = P * K rows, row = p * K + k."""
+    cache = DynamicCache()
+    keyword = {cache_keyword(model): cache}
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # as token_logprobs numbers them
+    output = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        logits_to_keep=1,
+        use_cache=True,
+        **keyword,
+    )
+    cache.batch_repeat_interleave(samples_per_prompt)
+    return Prefill(
+        keyword,
+        output.logits[:, -1].repeat_interleave(samples_per_prompt, dim=0),
+        prompt_mask.repeat_interleave(samples_per_prompt, dim=0),
+        positions[:, -1:].repeat_interleave(samples_per_prompt, dim=0) + 1,
+    )
+
+
+def pick(logits: Tensor, temperature: float, greedy: bool) -> Tensor:
+    """One token per row [n] from logits [n, V]: argmax, or a draw from softmax(logits / T)."""
+    logits = logits.float()
+    if greedy:
+        return logits.argmax(dim=-1)
+    # Inverse-CDF draw: one uniform number per row (torch.multinomial draws one per vocabulary
+    # entry, ~15x slower on CPU). right=True never picks a token of probability 0.
+    cdf = (logits / temperature).softmax(dim=-1).cumsum(dim=-1)  # [n, V]
+    uniform = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]  # [n, 1]
+    return torch.searchsorted(cdf, uniform, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+
+
+@torch.no_grad()
+def sample_tokens(
+    model: PreTrainedModel,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    temperature: float,
+    greedy: bool,
+    eos: int,
+    pad: int,
+) -> Tensor:
+    """Completion ids [N, Tc] of the distinct left-padded prompts [P, Tp], K rows each
+    (row = p * K + k), `pad` after each row's first EOS; Tc <= `max_new_tokens`.
+
+    One token per writing row per step through the KV cache. A row that wrote EOS leaves the
+    batch and the cache, so a step costs only the rows still writing.
+    """
+    cache, logits, attention, position = prefill(model, prompt_ids, prompt_mask, samples_per_prompt)
+    rows = logits.shape[0]
+    completion_ids = torch.full((rows, max_new_tokens), pad, device=prompt_ids.device)
+    writing = torch.arange(rows, device=prompt_ids.device)  # [n] rows with no EOS yet
+    for step in range(max_new_tokens):
+        token = pick(logits, temperature, greedy)  # [n]
+        completion_ids[writing, step] = token
+        going_on = token != eos
+        if step + 1 == max_new_tokens or not going_on.any():
+            break
+        if not going_on.all():
+            keep = going_on.nonzero().squeeze(1)
+            writing, token, attention, position = (
+                t[keep] for t in (writing, token, attention, position)
+            )
+            next(iter(cache.values())).batch_select_indices(keep)
+        attention = torch.cat([attention, attention.new_ones(len(writing), 1)], dim=1)
+        logits = model(
+            input_ids=token[:, None],
+            attention_mask=attention,
+            position_ids=position,
+            use_cache=True,
+            **cache,
+        ).logits[:, -1]
+        position = position + 1
+    return completion_ids[:, : step + 1]
+
+
 @torch.no_grad()
 def sample_with_tools(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompt_ids: Tensor,
     prompt_mask: Tensor,
+    samples_per_prompt: int,
     max_new_tokens: int,
     temperature: float,
     greedy: bool,
     tools: ToolEnv,
 ) -> Rollout:
-    """Multi-turn episodes of the left-padded prompts [N, Tp], one token per row per step.
+    """Multi-turn episodes, K per distinct left-padded prompt [P, Tp]; one token per row per step.
 
     Each step feeds every row one token through the KV cache: the next token of a pending
     tool result (forced, policy_mask 0) or one sampled from softmax(logits / temperature)
@@ -146,7 +243,10 @@ def sample_with_tools(
     text of the current turn contains `tools.stop`) queues the tokens of `tools.call(text)`.
     Sampled tokens are kept as ids, never re-tokenised, so their log-probs stay exact.
     """
-    rows = prompt_ids.shape[0]
+    cache, logits, attention, next_position = prefill(
+        model, prompt_ids, prompt_mask, samples_per_prompt
+    )
+    rows = logits.shape[0]
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids: list[list[int]] = [[] for _ in range(rows)]  # completion tokens of each row
@@ -154,24 +254,8 @@ def sample_with_tools(
     pending: list[list[int]] = [[] for _ in range(rows)]  # tool-result tokens still to feed
     turn_start = [0] * rows  # index in ids[row] where the current policy turn starts
     turns, spent, done = [1] * rows, [0] * rows, [False] * rows
-
-    cache = {cache_keyword(model): DynamicCache()}  # filled in place by every forward
-    attention = prompt_mask.clone()
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)  # as token_logprobs numbers them
-    output = model(
-        input_ids=prompt_ids,
-        attention_mask=attention,
-        position_ids=positions,
-        use_cache=True,
-        **cache,
-    )
-    next_position = positions[:, -1:] + 1  # [N, 1]
     while True:
-        logits = output.logits[:, -1].float()  # [N, V]
-        if greedy:
-            sampled = logits.argmax(dim=-1)
-        else:
-            sampled = torch.multinomial((logits / temperature).softmax(dim=-1), 1).squeeze(-1)
+        sampled = pick(logits, temperature, greedy)  # [N]
         step = sampled.tolist()
         for row in range(rows):
             if done[row]:
@@ -201,13 +285,13 @@ def sample_with_tools(
         if all(done):
             break
         attention = torch.cat([attention, attention.new_ones(rows, 1)], dim=1)
-        output = model(
+        logits = model(
             input_ids=torch.tensor(step, device=prompt_ids.device)[:, None],
             attention_mask=attention,
             position_ids=next_position,
             use_cache=True,
             **cache,
-        )
+        ).logits[:, -1]
         next_position = next_position + 1
 
     width = max(len(row_ids) for row_ids in ids)
@@ -221,6 +305,8 @@ def sample_with_tools(
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     device = prompt_ids.device
     completion_ids, real, policy = completion_ids.to(device), real.to(device), policy.to(device)
+    prompt_ids = prompt_ids.repeat_interleave(samples_per_prompt, dim=0)  # [N, Tp]
+    prompt_mask = prompt_mask.repeat_interleave(samples_per_prompt, dim=0)
     return Rollout(prompt_ids, prompt_mask, completion_ids, real, policy, texts)
 
 
@@ -253,26 +339,15 @@ def token_logprobs(
     with_entropy: bool = False,
     value_head: torch.nn.Module | None = None,
 ) -> TokenScores:
-    """Log-probabilities [N, Tc] of the completion tokens given the prompts (one forward pass).
+    """Log-probabilities [N, Tc] of the completion tokens given the prompts.
 
     Logits are divided by the sampling temperature, so these are the log-probabilities of
-    the distribution that was sampled. Only the logits of completion positions are computed
-    (`logits_to_keep`). Position ids follow the attention mask, as in generation, so left
-    padding does not shift them. With `value_head`, it is applied to the last hidden state.
+    the distribution that was sampled. Only the logits of completion positions are computed.
+    Position ids follow the attention mask, as in generation, so left padding does not shift
+    them. With `value_head`, it is applied to the last hidden state.
     """
-    input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # [N, Tp + Tc]
-    attention = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    completion_len = rollout.completion_ids.shape[1]
-    output = model(
-        input_ids=input_ids,
-        attention_mask=attention,
-        position_ids=positions,
-        logits_to_keep=completion_len + 1,
-        output_hidden_states=value_head is not None,
-        use_cache=False,
-    )
-    logits = output.logits[:, :-1].float() / temperature  # [N, Tc, V]: predicts token t
+    logits, hidden = completion_logits(model, rollout, value_head is not None)
+    logits = logits.float() / temperature  # [N, Tc, V]: predicts token t
     log_norm = logits.logsumexp(dim=-1)  # [N, Tc]
     chosen = logits.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
     entropy = values = None
@@ -281,9 +356,66 @@ def token_logprobs(
             probs = logits.softmax(dim=-1)
             entropy = log_norm - (probs * logits).sum(dim=-1)  # H = logZ - E_p[logit]
     if value_head is not None:
-        hidden = output.hidden_states[-1][:, -(completion_len + 1) : -1]  # [N, Tc, H]
         values = value_head(hidden.float()).squeeze(-1)
     return TokenScores(chosen - log_norm, entropy, values)
+
+
+def completion_logits(
+    model: PreTrainedModel, rollout: Rollout, with_hidden: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Logits [N, Tc, V] predicting each completion token, and the last hidden states
+    [N, Tc, H] they come from (if `with_hidden`).
+
+    Rows with the same prompt (the K samples of one) share one forward of it: the distinct
+    prompts run first, their KV cache is repeated for the rows, and the completions run on
+    top of it; gradients flow back through the shared cache. Gradient checkpointing drops
+    the cache of a forward with gradients in training mode, so such a forward runs every row
+    whole, prompt and completion at once.
+    """
+    attention = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)  # [N, Tp + Tc]
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    prompt_len, completion_len = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
+    checkpointing = getattr(model, "is_gradient_checkpointing", False) and model.training
+    if checkpointing and torch.is_grad_enabled():
+        output = model(
+            input_ids=torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1),
+            attention_mask=attention,
+            position_ids=positions,
+            logits_to_keep=completion_len + 1,
+            output_hidden_states=with_hidden,
+            use_cache=False,
+        )
+        hidden = output.hidden_states[-1][:, -(completion_len + 1) : -1] if with_hidden else None
+        return output.logits[:, :-1], hidden
+    prompts = torch.cat([rollout.prompt_ids, rollout.prompt_mask], dim=1)
+    distinct, row_prompt = torch.unique(prompts, dim=0, return_inverse=True)  # [P, 2 Tp], [N]
+    prompt_ids, prompt_mask = distinct[:, :prompt_len], distinct[:, prompt_len:]
+    cache = DynamicCache()
+    keyword = {cache_keyword(model): cache}
+    head = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=(prompt_mask.cumsum(dim=1) - 1).clamp(min=0),
+        logits_to_keep=1,
+        output_hidden_states=with_hidden,
+        use_cache=True,
+        **keyword,
+    )
+    cache.batch_select_indices(row_prompt)
+    body = model(
+        input_ids=rollout.completion_ids,
+        attention_mask=attention,
+        position_ids=positions[:, prompt_len:],
+        output_hidden_states=with_hidden,
+        use_cache=True,
+        **keyword,
+    )
+    logits = torch.cat([head.logits[row_prompt], body.logits[:, :-1]], dim=1)  # [N, Tc, V]
+    hidden = None
+    if with_hidden:
+        last = head.hidden_states[-1][row_prompt, -1:]  # [N, 1, H] state before token 0
+        hidden = torch.cat([last, body.hidden_states[-1][:, :-1]], dim=1)
+    return logits, hidden
 
 
 @torch.no_grad()

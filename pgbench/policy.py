@@ -1,8 +1,10 @@
-"""Loading the policy (tiny, hub id or local path), LoRA wrapping, and the reference model."""
+"""Loading the policy (tiny, hub id or local path), LoRA wrapping, the reference model, and
+the device facts a run logs (peak memory) or switches (gradient checkpointing)."""
 
 from __future__ import annotations
 
 import copy
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +107,45 @@ class Reference:
         with self.policy.model.disable_adapter():
             scores = token_logprobs_chunked(self.policy.model, rollout, chunk_rows, temperature)
         return scores.logprobs
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the peak-memory count afresh, so runs sharing a process (compare) each get theirs."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
+    except OSError:
+        pass  # elsewhere the peak is the process's
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory, or peak resident memory since `reset_peak_memory` (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of storing them.
+
+    transformers checkpoints a layer only in training mode, and the engine scores with one
+    full forward (no shared prompt cache, which checkpointing would drop) only when the model
+    is checkpointing and in training mode. The policy stays in eval mode otherwise (no dropout
+    noise), so just the model object and its layers are flagged as training, not recursively:
+    their dropout submodules keep eval mode. Sampling runs without gradients, where
+    checkpointing is off and the KV cache works as usual.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.training = True
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.training = True

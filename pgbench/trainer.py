@@ -13,13 +13,10 @@ import csv
 import json
 import math
 import random
-import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,99 +26,50 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 import pgbench
-from pgbench import checkpoint
+from pgbench import checkpoint, parallel
 from pgbench.config import Config
 from pgbench.engine import sample
-from pgbench.errors import ConfigError, PgbenchError, TrainingError
+from pgbench.errors import ConfigError, TrainingError
 from pgbench.evaluate import evaluate
-from pgbench.policy import Policy, Reference, load_policy, pick_device, resolve_model
+from pgbench.policy import (
+    Policy,
+    Reference,
+    enable_gradient_checkpointing,
+    load_policy,
+    peak_memory_mb,
+    pick_device,
+    reset_peak_memory,
+    resolve_model,
+)
+from pgbench.rundir import check_run_dir_free, default_output_dir, git_commit
 from pgbench.tasks import Example
-from pgbench.tracking import SPOOL, MLflowTracker, Tracker, check_reachable, write_json
-from pgbench.update import accumulate_gradients, prepare
+from pgbench.tracking import (
+    SPOOL,
+    MLflowTracker,
+    NullTracker,
+    Tracker,
+    check_reachable,
+    write_json,
+)
+from pgbench.update import Prepared, accumulate_gradients, prepare
 
 StepCallback = Callable[[int, dict[str, float]], None]
 SAMPLES_PER_EVAL = 8  # valid completions kept per evaluation in samples.csv
-
-
-def default_output_dir(config: Config) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"runs/{config.task.name}-{config.estimator.name}-s{config.seed}-{stamp}"
-
-
-def unfinished_run_like(config: Config, root: Path = Path("runs")) -> Path | None:
-    """The unfinished run under `root` with the same configuration and the newest checkpoint.
-
-    Same means every key but `output_dir` and `resume` (`resume=auto`).
-    """
-    from pgbench.config import resolve
-
-    ignore = {"output_dir", "resume"}
-    wanted = {k: v for k, v in config.to_flat().items() if k not in ignore}
-    found: list[tuple[float, Path]] = []
-    for saved in root.glob("*/config.json"):
-        run_dir = saved.parent
-        latest = checkpoint.latest(run_dir / "checkpoints")
-        if latest is None or (run_dir / "summary.json").exists():
-            continue
-        try:
-            values = resolve(json.loads(saved.read_text()) | {"resume": str(run_dir)})
-        except (ValueError, PgbenchError):  # written by another version: not the same config
-            continue
-        if {k: v for k, v in values.to_flat().items() if k not in ignore} == wanted:
-            found.append((latest.stat().st_mtime, run_dir))
-    return max(found)[1] if found else None
-
-
-def check_run_dir_free(config: Config) -> None:
-    """Refuse to start a new run in an existing, non-empty directory."""
-    run_dir = Path(config.output_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(
-            f"output_dir={run_dir} already exists and is not empty; "
-            f"continue it with resume={run_dir}, or pick another output_dir"
-        )
+# computed on each process's share of the rollout; several processes log their mean
+PER_PROCESS_METRICS = (
+    "train/advantage_mean",
+    "train/advantage_std",
+    "train/clip_fraction",
+    "train/kl",
+    "train/entropy",
+    "train/completion_len",
+    "train/peak_memory_mb",
+)
 
 
 def step_seed(seed: int, step: int) -> int:
     """Seed of one step's sampling: resuming at any step replays the same randomness."""
     return seed * 1_000_003 + step
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start the peak-memory count afresh, so runs sharing a process (compare) each get theirs."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
-    except OSError:
-        pass  # elsewhere the peak is the process's
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory, or peak resident memory since `reset_peak_memory` (MiB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(pgbench.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except OSError:
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 @dataclass
@@ -147,13 +95,24 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.task = config.task
         self.splits = self.task.splits()
+        self.processes = parallel.current(config.device)
+        world = self.processes.world
+        if config.trainer.prompts_per_step % world:
+            raise ConfigError(
+                f"trainer.prompts_per_step={config.trainer.prompts_per_step} must be divisible "
+                f"by the {world} launched processes (each samples an equal share)"
+            )
         self.device = pick_device(config.device)
+        if world > 1 and self.device.type == "cuda":
+            self.device = self.processes.device  # this process's own GPU
         reset_peak_memory(self.device)
         torch.manual_seed(config.seed)
         self.policy: Policy = load_policy(
             resolve_model(config.model, self.task, config.cache_dir), config.lora, self.device
         )
         self.reference = Reference(self.policy) if config.kl.coef > 0 else None
+        if config.trainer.gradient_checkpointing:
+            enable_gradient_checkpointing(self.policy.model)
         self.value_head = None
         if config.estimator.uses_value_head:
             hidden = self.policy.model.config.hidden_size
@@ -169,8 +128,11 @@ class Trainer:
             if p.requires_grad
         ]
         steps = config.trainer.steps
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.trainer.lr, weight_decay=config.trainer.weight_decay
+        self.optimizer = torch.optim.AdamW(  # fused: one kernel for all tensors, same maths
+            self.params,
+            lr=config.trainer.lr,
+            weight_decay=config.trainer.weight_decay,
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, round(config.trainer.warmup_ratio * steps), steps
@@ -182,6 +144,23 @@ class Trainer:
         latest = checkpoint.latest(self.run_dir / "checkpoints") if config.resume else None
         if latest is not None:
             self._restore(latest)
+        self.processes.broadcast_parameters(self.params)  # every process starts from rank 0's
+        self.vllm = None
+        if config.engine.backend == "vllm":
+            from pgbench.vllm_backend import VLLMSampler
+
+            engine = config.engine
+            self.vllm = VLLMSampler.create(
+                self.policy.source,
+                self.policy.tokenizer,
+                engine.sync_every,
+                engine.gpu_memory_utilization,
+                self.processes.seed(config.seed),
+                world,
+            )
+        if not self.processes.main:  # only the main process logs, evaluates and writes files
+            self.tracker: Tracker = NullTracker()
+            return
         if tracker is None:
             check_reachable(config.tracking.uri)
             tracker = MLflowTracker(
@@ -202,7 +181,8 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = LoopState(**saved["loop"])
-        self._drop_samples_after(self.state.step)  # the steps after it are replayed
+        if self.processes.main:
+            self._drop_samples_after(self.state.step)  # the steps after it are replayed
 
     def _drop_samples_after(self, step: int) -> None:
         path = self.run_dir / "samples.csv"
@@ -249,41 +229,58 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """Sample, score, estimate advantages and take the estimator's optimiser steps."""
         cfg, state, estimator = self.config, self.state, self.config.estimator
-        model, tokenizer = self.policy.model, self.policy.tokenizer
+        model, tokenizer, processes = self.policy.model, self.policy.tokenizer, self.processes
         samples = cfg.rollout.samples_per_prompt
         started = time.perf_counter()
 
-        # Rollout: P prompts x K samples, rows grouped by prompt.
+        # Rollout: P prompts x K samples, rows grouped by prompt (this process's share of them).
         seed = step_seed(cfg.seed, state.step)
-        torch.manual_seed(seed)
+        torch.manual_seed(processes.seed(seed))
         examples = random.Random(seed).sample(self.splits.train, cfg.trainer.prompts_per_step)
+        examples = processes.share(examples)
         prompts = [self.task.prompt(example, tokenizer) for example in examples]
-        rollout = sample(
-            model,
-            tokenizer,
-            prompts,
-            samples,
-            cfg.rollout.max_new_tokens,
-            cfg.rollout.temperature,
-            tools=self.task.tools(),
-        )
+        sync_s = 0.0
+        with self._autocast():
+            if self.vllm is not None:
+                sync_s = self.vllm.sync_if_due(model, state.step)
+                rollout = self.vllm.sample(
+                    prompts,
+                    samples,
+                    cfg.rollout.max_new_tokens,
+                    cfg.rollout.temperature,
+                    self.device,
+                    processes.seed(seed),
+                )
+            else:
+                rollout = sample(
+                    model,
+                    tokenizer,
+                    prompts,
+                    samples,
+                    cfg.rollout.max_new_tokens,
+                    cfg.rollout.temperature,
+                    tools=self.task.tools(),
+                )
         rollout_s = time.perf_counter() - started
+        tokens = int(processes.sum(rollout.tokens))
         repeated = [example for example in examples for _ in range(samples)]
-        rewards = torch.tensor(self.task.reward(rollout.texts, repeated)).view(-1, samples)
+        local_rewards = torch.tensor(self.task.reward(rollout.texts, repeated)).view(-1, samples)
+        rewards = processes.gather(local_rewards)  # [P, K] of every process
         if not torch.isfinite(rewards).all():
-            return self._skip("reward", rollout.tokens, started)
+            return self._skip("reward", tokens, started)
 
         # Advantages: the only place where estimators differ.
-        prepared = prepare(
-            cfg,
-            estimator,
-            model,
-            self.reference,
-            self.value_head,
-            rollout,
-            rewards,
-            state.estimator,
-        )
+        with self._autocast():
+            prepared = prepare(
+                cfg,
+                estimator,
+                model,
+                self.reference,
+                self.value_head,
+                rollout,
+                local_rewards,
+                state.estimator,
+            )
 
         # Updates: `epochs` passes of `minibatches` optimiser steps (1 x 1 for most estimators).
         rows = len(rollout.texts)
@@ -293,27 +290,29 @@ class Trainer:
             order = torch.randperm(rows, generator=shuffle) if estimator.epochs > 1 else None
             order = torch.arange(rows) if order is None else order
             for minibatch in order.chunk(estimator.minibatches):
-                stats = accumulate_gradients(
-                    cfg, estimator, model, self.value_head, prepared, minibatch
-                )
+                with self._autocast():
+                    stats = accumulate_gradients(
+                        cfg, estimator, model, self.value_head, prepared, minibatch
+                    )
+                self._combine_gradients(prepared, minibatch, stats)
                 stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(
                     self.params, cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
                 ).item()
                 for key, cause in (("loss", "loss"), ("grad_norm", "gradient")):
                     if not math.isfinite(stats[key]):
                         self.optimizer.zero_grad(set_to_none=True)
-                        return self._skip(cause, rollout.tokens, started)
+                        return self._skip(cause, tokens, started)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 updates.append(stats)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
 
-        step_s = self._advance(rollout.tokens, started)
+        step_s = self._advance(tokens, started)
         state.consecutive_skips = 0
         valid_advantages = prepared.advantages[prepared.mask.bool()]
         mean = {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
-        return {
+        metrics = {
             "train/reward_mean": rewards.mean().item(),
             "train/reward_std": rewards.std().item(),
             "train/advantage_mean": valid_advantages.mean().item(),
@@ -328,11 +327,31 @@ class Trainer:
             "train/lr": lr,
             "train/tokens": state.tokens,
             "train/step_time_s": step_s,
-            "train/rollout_tokens_per_s": rollout.tokens / max(rollout_s, 1e-9),
+            "train/rollout_tokens_per_s": tokens / max(rollout_s, 1e-9),  # every process's
             "train/wall_clock_s": state.wall_clock_s,
             "train/peak_memory_mb": peak_memory_mb(self.device),
             "train/skipped_steps": state.skipped_steps,
         }
+        if self.vllm is not None:
+            metrics["train/weight_sync_s"] = sync_s
+            metrics["train/weight_syncs"] = self.vllm.syncs
+        for key in PER_PROCESS_METRICS:  # several processes: the mean of theirs
+            metrics[key] = processes.mean(metrics[key])
+        return metrics
+
+    def _autocast(self) -> torch.autocast:
+        """bfloat16 autocast of forward passes with trainer.precision=bf16 (weights stay fp32)."""
+        enabled = self.config.trainer.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _combine_gradients(self, prepared: Prepared, rows: torch.Tensor, stats: dict) -> None:
+        """Several processes: every `.grad` and the loss become those of the whole batch."""
+        if self.processes.world == 1:
+            return
+        mask, how = prepared.mask[rows], self.config.loss.aggregation
+        weight = self.processes.combine_gradients_(self.params, mask, how)
+        for key in ("loss", "value_loss"):
+            stats[key] = self.processes.sum(stats[key] * weight)
 
     def _advance(self, tokens: int, started: float) -> float:
         """Count a finished (or skipped) step's tokens and time; returns the step time."""
@@ -378,13 +397,18 @@ class Trainer:
         `on_step_end(step, train metrics)` and `on_eval(step, valid metrics)` may raise to stop
         the run (a sweep prunes a trial that way); the run is then marked FAILED in MLflow.
         """
-        cfg, state = self.config, self.state
+        cfg, state, main = self.config, self.state, self.processes.main
         self.on_eval = on_eval
         try:
-            if state.step == 0:
+            if state.step == 0 and main:
                 self._start()
             bar = tqdm(
-                total=cfg.trainer.steps, initial=state.step, desc="train", unit="step", leave=True
+                total=cfg.trainer.steps,
+                initial=state.step,
+                desc="train",
+                unit="step",
+                leave=True,
+                disable=not main,
             )
             while state.step < cfg.trainer.steps:
                 metrics = self.train_step()
@@ -397,6 +421,8 @@ class Trainer:
                     kl=f"{metrics.get('train/kl', math.nan):.3f}",
                     step_s=f"{metrics['train/step_time_s']:.2f}",
                 )
+                if not main:  # the other processes go on to the next step's all-reduce
+                    continue
                 if cfg.eval.every and state.step % cfg.eval.every == 0:
                     self._evaluate_valid()
                 if state.step == cfg.trainer.steps or (
@@ -406,7 +432,7 @@ class Trainer:
                 if on_step_end is not None:
                     on_step_end(state.step, metrics)
             bar.close()
-            summary = self._finish()
+            summary = self.processes.broadcast(self._finish() if main else None)
         except KeyboardInterrupt:
             self.tracker.finish("KILLED")
             raise
@@ -475,7 +501,10 @@ def train(
     on_eval: StepCallback | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) training as configured; returns the contents of summary.json."""
+    processes = parallel.current(config.device)
     if not config.resume:
-        config.output_dir = config.output_dir or default_output_dir(config)
-        check_run_dir_free(config)
+        # one directory for all processes: the main process's timestamp
+        config.output_dir = processes.broadcast(config.output_dir or default_output_dir(config))
+        if processes.main:
+            check_run_dir_free(config)
     return Trainer(config, tracker).run(on_step_end, on_eval)

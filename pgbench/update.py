@@ -8,6 +8,10 @@ back-propagates the shared loss over some rows of it, micro-batch by micro-batch
                + beta * KL                  if kl.placement=loss
                + vf_coef * value loss       if the estimator has a value head
     reduced by loss.aggregation over the rows.
+
+With a single update pass (epochs = minibatches = 1) over rows that fit one micro-batch, the
+policy being updated is exactly the rollout-time policy, so the scoring forward keeps its graph
+(`Prepared.live`) and is the one back-propagated: one policy forward per step instead of two.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torch import Tensor
 
 from pgbench.config import Config
-from pgbench.engine import Rollout, token_logprobs, token_logprobs_chunked
+from pgbench.engine import Rollout, TokenScores, token_logprobs, token_logprobs_chunked
 from pgbench.estimators import Batch, Estimator
 from pgbench.losses import aggregate, kl_per_token, policy_loss
 from pgbench.policy import Reference
@@ -37,6 +41,7 @@ class Prepared:
     advantages: Tensor  # [N, T]
     returns: Tensor | None  # [N, T] value targets
     seq_kl: Tensor  # [N] summed per-token KL to the reference (0 without a reference)
+    live: TokenScores | None = None  # scores of all rows with their graph, for one backward
 
 
 def prepare(
@@ -52,7 +57,13 @@ def prepare(
     """Score `rollout` (rewards [P, K]) and compute the estimator's advantages."""
     micro, temperature = config.trainer.micro_batch_size, config.rollout.temperature
     mask = rollout.policy_mask.float()  # tool results are the environment's: no loss, no KL
-    scores = token_logprobs_chunked(model, rollout, micro, temperature, value_head)
+    live = None
+    if estimator.epochs == estimator.minibatches == 1 and len(rollout.texts) <= micro:
+        live = token_logprobs(model, rollout, temperature, with_entropy=True, value_head=value_head)
+        values = live.values.detach() if live.values is not None else None
+        scores = TokenScores(live.logprobs.detach(), None, values)
+    else:
+        scores = token_logprobs_chunked(model, rollout, micro, temperature, value_head)
     kl = torch.zeros_like(mask)
     ref_logprobs = None
     if reference is not None:
@@ -69,6 +80,7 @@ def prepare(
         result.advantages,
         result.returns,
         kl.sum(dim=1),
+        live,
     )
 
 
@@ -90,15 +102,20 @@ def accumulate_gradients(
         max_new_tokens=config.rollout.max_new_tokens,
     )
     stats = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "value_loss": 0.0}
+    live, prepared.live = prepared.live, None  # a graph is back-propagated at most once
+    all_rows = torch.arange(len(prepared.mask))
     for chunk in rows.split(config.trainer.micro_batch_size):
         chunk_mask = prepared.mask[chunk]
-        scores = token_logprobs(
-            model,
-            prepared.rollout.rows(chunk),
-            config.rollout.temperature,
-            with_entropy=True,
-            value_head=value_head,
-        )
+        if live is not None and torch.equal(chunk, all_rows):
+            scores = live
+        else:
+            scores = token_logprobs(
+                model,
+                prepared.rollout.rows(chunk),
+                config.rollout.temperature,
+                with_entropy=True,
+                value_head=value_head,
+            )
         old = prepared.old_logprobs[chunk]
         per_token = policy_loss(scores.logprobs, old, prepared.advantages[chunk], estimator.clip)
         if prepared.ref_logprobs is not None and config.kl.placement == "loss":

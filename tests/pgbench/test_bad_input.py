@@ -44,6 +44,11 @@ CASES = [
     (["report", "comparison=a", "experiment=b"], "give exactly one of"),
     (["sweep", "sweep.space=/nonexistent.json"], "cannot read a JSON search space"),
     (["fly"], "unknown verb 'fly'; valid: run"),
+    (["run", "engine.backend=vllm"], "needs vLLM: pip install 'pgbench[vllm]'"),  # not installed
+    (["run", "task=poet", "engine.backend=vllm"], "does not run multi-turn tool episodes"),
+    (["run", "engine.backend=sglang"], "choose one of: hf, vllm"),
+    (["run", "engine.sync_every=0"], "engine.sync_every must be >= 1"),
+    (["run", "trainer.precision=fp16"], "choose one of: fp32, bf16"),
 ]
 FILE_CASES = [
     ("rows.tsv", "line 3: expected two non-empty tab-separated columns"),

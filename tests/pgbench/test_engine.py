@@ -4,8 +4,11 @@ import torch
 from pgbench.config import LoraConfig
 from pgbench.engine import (
     completion_mask,
+    encode_prompts,
     generate_greedy,
+    pick,
     sample,
+    sample_tokens,
     token_logprobs,
     token_logprobs_chunked,
 )
@@ -133,7 +136,7 @@ def test_multi_turn_sample_appends_tool_results_outside_the_policy_mask(micro_po
 def test_multi_turn_logprobs_match_a_naive_forward(micro_policy, micro_task):
     policy = load(micro_policy)
     tools, _ = scripted_tools()
-    torch.manual_seed(1)
+    torch.manual_seed(0)
     rollout = sample(
         policy.model, policy.tokenizer, prompts(micro_task, policy, 3), 2, 12, 1.0, tools=tools
     )
@@ -184,3 +187,74 @@ def test_greedy_multi_turn_is_deterministic_and_single_turn_greedy_is_unchanged(
     never = ToolEnv(stop="\x00never\x00", call=lambda text: "", max_turns=3)
     plain = generate_greedy(policy.model, policy.tokenizer, texts, 12, 4)
     assert generate_greedy(policy.model, policy.tokenizer, texts, 12, 4, never) == plain
+
+
+def test_sampling_is_deterministic_per_seed(micro_policy, micro_task):
+    policy = load(micro_policy)
+    texts = prompts(micro_task, policy)
+    draws = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        draws.append(sample(policy.model, policy.tokenizer, texts, 3, 10).completion_ids)
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], draws[2])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_pick_draws_from_softmax_of_logits_over_temperature(temperature):
+    # p = softmax([0, ln 2, ln 5, -inf] / T); at T = 1: [1, 2, 5, 0] / 8 = [.125, .25, .625, 0]
+    logits = torch.tensor([0.0, 2.0, 5.0, 0.0]).log()
+    logits[3] = -torch.inf
+    rows = 100_000
+    torch.manual_seed(0)
+    drawn = pick(logits.expand(rows, 4), temperature, greedy=False)
+    frequency = torch.bincount(drawn, minlength=4) / rows
+    expected = (logits / temperature).softmax(-1)
+    # 5 standard errors of a frequency from 100k draws is at most 5 * 0.5 / sqrt(1e5) < 0.008
+    torch.testing.assert_close(frequency, expected, atol=0.008, rtol=0)
+    assert frequency[3] == 0  # a token of probability 0 is never drawn
+    assert (pick(logits[None], temperature, greedy=True) == 2).all()
+
+
+def test_sampler_matches_an_uncached_greedy_loop_while_rows_leave_the_batch(
+    micro_policy, micro_task
+):
+    """Greedy `sample_tokens` against one full forward per token of each unpadded row, with a
+    frequent token standing in for EOS so that rows stop at different steps."""
+    policy = load(micro_policy)
+    model, pad = policy.model, policy.tokenizer.pad_token_id
+    prompt_ids, prompt_mask = encode_prompts(
+        policy.tokenizer, prompts(micro_task, policy, 4), torch.device("cpu")
+    )
+    free = sample_tokens(model, prompt_ids, prompt_mask, 2, 10, 1.0, True, -1, pad)  # no EOS
+    eos = int(free[0, 3])  # row 0 stops at step 4 at the latest
+    got = sample_tokens(model, prompt_ids, prompt_mask, 2, 10, 1.0, True, eos, pad)  # [8, Tc]
+    lengths = []
+    for row in range(8):
+        prompt = prompt_ids[row // 2][prompt_mask[row // 2].bool()].tolist()
+        expected: list[int] = []
+        while len(expected) < 10 and eos not in expected:
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt + expected])).logits[0, -1]
+            expected.append(int(logits.argmax()))
+        assert got[row, : len(expected)].tolist() == expected
+        assert (got[row, len(expected) :] == pad).all()
+        lengths.append(len(expected))
+    assert got.shape[1] == max(lengths)
+    assert min(lengths) < max(lengths)  # some rows left the batch before others
+
+
+def test_logprobs_under_gradient_checkpointing_match_the_shared_prompt_forward(
+    micro_policy, micro_task
+):
+    """Gradient checkpointing drops the KV cache, so training-mode scoring with gradients
+    runs prompt and completion in one forward; it gives the same log-probs."""
+    policy = load(micro_policy)
+    torch.manual_seed(0)
+    rollout = sample(policy.model, policy.tokenizer, prompts(micro_task, policy), 2, 8)
+    shared = token_logprobs(policy.model, rollout).logprobs.detach()
+    policy.model.gradient_checkpointing_enable()
+    policy.model.train()
+    whole = token_logprobs(policy.model, rollout).logprobs
+    assert whole.requires_grad
+    torch.testing.assert_close(whole.detach(), shared, atol=1e-5, rtol=1e-5)

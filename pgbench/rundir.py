@@ -1,0 +1,67 @@
+"""Run directories: their default names, finding an unfinished one, refusing a taken one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import pgbench
+from pgbench import checkpoint
+from pgbench.config import Config
+from pgbench.errors import ConfigError, PgbenchError
+
+
+def default_output_dir(config: Config) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"runs/{config.task.name}-{config.estimator.name}-s{config.seed}-{stamp}"
+
+
+def unfinished_run_like(config: Config, root: Path = Path("runs")) -> Path | None:
+    """The unfinished run under `root` with the same configuration and the newest checkpoint.
+
+    Same means every key but `output_dir` and `resume` (`resume=auto`).
+    """
+    from pgbench.config import resolve
+
+    ignore = {"output_dir", "resume"}
+    wanted = {k: v for k, v in config.to_flat().items() if k not in ignore}
+    found: list[tuple[float, Path]] = []
+    for saved in root.glob("*/config.json"):
+        run_dir = saved.parent
+        latest = checkpoint.latest(run_dir / "checkpoints")
+        if latest is None or (run_dir / "summary.json").exists():
+            continue
+        try:
+            values = resolve(json.loads(saved.read_text()) | {"resume": str(run_dir)})
+        except (ValueError, PgbenchError):  # written by another version: not the same config
+            continue
+        if {k: v for k, v in values.to_flat().items() if k not in ignore} == wanted:
+            found.append((latest.stat().st_mtime, run_dir))
+    return max(found)[1] if found else None
+
+
+def check_run_dir_free(config: Config) -> None:
+    """Refuse to start a new run in an existing, non-empty directory."""
+    run_dir = Path(config.output_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(
+            f"output_dir={run_dir} already exists and is not empty; "
+            f"continue it with resume={run_dir}, or pick another output_dir"
+        )
+
+
+def git_commit() -> str:
+    """The commit pgbench runs from (empty outside a git checkout), for provenance."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(pgbench.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except OSError:
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
