@@ -1,3 +1,4 @@
+import dataclasses
 import logging
 
 import pytest
@@ -15,23 +16,14 @@ from pgbench.tasks.poet import (
     tool_result,
 )
 from pgbench.tasks.poetry import rhyme, syllables, word_syllables
-from pgbench.tiny import TinySpec, tiny_policy_dir
+from pgbench.tiny import MICRO, tiny_policy_dir
 from pgbench.trainer import train
 
 COUPLET = FORMS["couplet"]  # AA, 4-8 syllables a line
 QUATRAIN = FORMS["quatrain"]  # ABAB, 3-5 syllables a line
 CALL = "<tool>rhymes(night)</tool>\n<result>right, write, tonight, might, quite</result>\n"
 MICRO_POET_TASK = {"train_size": "300", "valid_size": "20", "test_size": "20"}
-MICRO_POET_SPEC = TinySpec(
-    vocab_size=400,
-    hidden_size=32,
-    layers=1,
-    heads=2,
-    intermediate_size=64,
-    max_length=128,
-    sft_steps=30,
-    sft_batch_size=16,
-)
+MICRO_POET_SPEC = dataclasses.replace(MICRO, max_length=128)
 METRICS = {"score", "lines", "rhyme", "syllables", "theme", "distinct", "tool_calls"}
 
 
