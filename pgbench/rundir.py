@@ -1,7 +1,9 @@
-"""Run directories: their default names, finding an unfinished one, refusing a taken one."""
+"""Run directories: their default names, finding an unfinished one, refusing a taken one, and
+the greedy completions kept in `samples.csv`."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 from datetime import datetime
@@ -11,6 +13,7 @@ import pgbench
 from pgbench import checkpoint
 from pgbench.config import Config
 from pgbench.errors import ConfigError, PgbenchError
+from pgbench.tasks import Example
 
 
 def default_output_dir(config: Config) -> str:
@@ -65,3 +68,28 @@ def git_commit() -> str:
     except OSError:
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def append_samples(
+    run_dir: Path, step: int, split: str, examples: list[Example], texts: list[str]
+) -> None:
+    """Add one evaluation's completions to `samples.csv` (header written with the first rows)."""
+    path = run_dir / "samples.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["step", "split", "source", "reference", "completion"])
+        for example, text in zip(examples, texts, strict=True):
+            writer.writerow([step, split, example.source, example.references[0], text.strip()])
+
+
+def drop_samples_after(run_dir: Path, step: int) -> None:
+    """Remove the `samples.csv` rows of steps after `step` (a resumed run replays them)."""
+    path = run_dir / "samples.csv"
+    if path.is_file():
+        with path.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+        kept = [rows[0], *(row for row in rows[1:] if int(row[0]) <= step)]
+        with path.open("w", newline="") as handle:
+            csv.writer(handle).writerows(kept)

@@ -9,7 +9,6 @@ and after training.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -41,7 +40,13 @@ from pgbench.policy import (
     reset_peak_memory,
     resolve_model,
 )
-from pgbench.rundir import check_run_dir_free, default_output_dir, git_commit
+from pgbench.rundir import (
+    append_samples,
+    check_run_dir_free,
+    default_output_dir,
+    drop_samples_after,
+    git_commit,
+)
 from pgbench.tasks import Example
 from pgbench.tracking import (
     SPOOL,
@@ -182,16 +187,7 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = LoopState(**saved["loop"])
         if self.processes.main:
-            self._drop_samples_after(self.state.step)  # the steps after it are replayed
-
-    def _drop_samples_after(self, step: int) -> None:
-        path = self.run_dir / "samples.csv"
-        if path.is_file():
-            with path.open(newline="") as handle:
-                rows = list(csv.reader(handle))
-            kept = [rows[0], *(row for row in rows[1:] if int(row[0]) <= step)]
-            with path.open("w", newline="") as handle:
-                csv.writer(handle).writerows(kept)
+            drop_samples_after(self.run_dir, self.state.step)  # those steps are replayed
 
     def _save(self) -> None:
         loop = self.state.__dict__
@@ -210,20 +206,9 @@ class Trainer:
             self.policy, self.task, examples, cfg.max_new_tokens, cfg.batch_size
         )
         self.tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, self.state.step)
-        self._write_samples(prefix, examples[:SAMPLES_PER_EVAL], texts[:SAMPLES_PER_EVAL])
+        kept = slice(SAMPLES_PER_EVAL)
+        append_samples(self.run_dir, self.state.step, prefix, examples[kept], texts[kept])
         return metrics
-
-    def _write_samples(self, split: str, examples: list[Example], texts: list[str]) -> None:
-        path = self.run_dir / "samples.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as handle:
-            writer = csv.writer(handle)
-            if new:
-                writer.writerow(["step", "split", "source", "reference", "completion"])
-            for example, text in zip(examples, texts, strict=True):
-                writer.writerow(
-                    [self.state.step, split, example.source, example.references[0], text.strip()]
-                )
 
     # -- one training step ------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
