@@ -48,6 +48,8 @@ def _curves(
     out: dict[str, list[np.ndarray]] = {}
     for (estimator, _), run in history.groupby(["estimator", "run_id"]):
         wide = run.pivot_table(index="step", columns="metric", values="value").sort_index()
+        if x != "step" and 0 in wide.index:  # cumulative x (tokens, seconds): 0 before step 1
+            wide.loc[0, x] = 0.0
         ys = wide[y].rolling(smooth, min_periods=1).mean() if smooth > 1 else wide[y]
         xs = wide.index.to_numpy(float) if x == "step" else wide[x].to_numpy(float)
         keep = ~np.isnan(xs) & ~np.isnan(ys.to_numpy(float))
@@ -73,7 +75,8 @@ def line_figure(
         if ends is not None
         else history[history.metric == x].groupby("run_id").value.max().min()
     )
-    grid = np.linspace(max(xs.min(), 0), top, 100)
+    starts_at_zero = x != "step" and (history[history.metric == y].step == 0).any()
+    grid = np.linspace(0.0 if starts_at_zero else max(xs.min(), 0), top, 100)
     fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=120)
     palette = colours()
     for name, curves in sorted(_curves(history, x, y, grid, smooth).items()):
