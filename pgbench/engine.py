@@ -73,6 +73,23 @@ def completion_mask(completion_ids: Tensor, eos_token_id: int) -> Tensor:
     return (eos_before == 0).long()
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that pads completions: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def right_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Token-id lists as a right-padded tensor [N, W] (W = the longest, at least 1) and the
+    mask [N, W] of their real entries."""
+    width = max([1, *(len(row) for row in rows)])
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    real = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        real[index, : len(row)] = 1
+    return ids.to(device), real.to(device)
+
+
 @torch.no_grad()
 def sample(
     model: PreTrainedModel,
@@ -104,7 +121,6 @@ def sample(
             tools,
         )
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     completion_ids = sample_tokens(
         model,
         prompt_ids,
@@ -114,7 +130,7 @@ def sample(
         temperature,
         greedy,
         eos,
-        pad,
+        pad_token_id(tokenizer),
     )
     mask = completion_mask(completion_ids, eos)
     texts = tokenizer.batch_decode(
@@ -247,8 +263,7 @@ def sample_with_tools(
         model, prompt_ids, prompt_mask, samples_per_prompt
     )
     rows = logits.shape[0]
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    eos, pad = tokenizer.eos_token_id, pad_token_id(tokenizer)
     ids: list[list[int]] = [[] for _ in range(rows)]  # completion tokens of each row
     from_policy: list[list[int]] = [[] for _ in range(rows)]  # 1 = sampled, 0 = tool result
     pending: list[list[int]] = [[] for _ in range(rows)]  # tool-result tokens still to feed
@@ -294,17 +309,9 @@ def sample_with_tools(
         ).logits[:, -1]
         next_position = next_position + 1
 
-    width = max(len(row_ids) for row_ids in ids)
-    completion_ids = torch.full((rows, width), pad, dtype=torch.long)
-    real = torch.zeros((rows, width), dtype=torch.long)
-    policy = torch.zeros((rows, width), dtype=torch.long)
-    for row, row_ids in enumerate(ids):
-        completion_ids[row, : len(row_ids)] = torch.tensor(row_ids)
-        real[row, : len(row_ids)] = 1
-        policy[row, : len(row_ids)] = torch.tensor(from_policy[row])
+    completion_ids, real = right_pad(ids, pad, prompt_ids.device)  # [N, Tc]
+    policy, _ = right_pad(from_policy, 0, prompt_ids.device)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    device = prompt_ids.device
-    completion_ids, real, policy = completion_ids.to(device), real.to(device), policy.to(device)
     prompt_ids = prompt_ids.repeat_interleave(samples_per_prompt, dim=0)  # [N, Tp]
     prompt_mask = prompt_mask.repeat_interleave(samples_per_prompt, dim=0)
     return Rollout(prompt_ids, prompt_mask, completion_ids, real, policy, texts)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pgbench
 from pgbench import checkpoint
-from pgbench.config import Config
+from pgbench.config import Config, resolve
 from pgbench.errors import ConfigError, PgbenchError
 from pgbench.tasks import Example
 
@@ -26,8 +26,6 @@ def unfinished_run_like(config: Config, root: Path = Path("runs")) -> Path | Non
 
     Same means every key but `output_dir` and `resume` (`resume=auto`).
     """
-    from pgbench.config import resolve
-
     ignore = {"output_dir", "resume"}
     wanted = {k: v for k, v in config.to_flat().items() if k not in ignore}
     found: list[tuple[float, Path]] = []

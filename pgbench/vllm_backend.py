@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgbench.engine import Rollout, completion_mask, encode_prompts
+from pgbench.engine import Rollout, completion_mask, encode_prompts, pad_token_id, right_pad
 
 
 def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
@@ -171,19 +171,10 @@ def build_rollout(
     Completions are right-padded with the pad token; the mask covers each completion up to and
     including its first EOS (vLLM keeps a stop token in `token_ids`), as `engine.sample`'s does.
     """
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    rows, width = len(completions), max([1, *(len(c) for c in completions)])
-    completion_ids = torch.full((rows, width), pad, dtype=torch.long)
-    real = torch.zeros((rows, width), dtype=torch.long)
-    for row, ids in enumerate(completions):
-        completion_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        real[row, : len(ids)] = 1
-    mask = completion_mask(completion_ids, eos) * real  # [N, Tc]
+    completion_ids, real = right_pad(completions, pad_token_id(tokenizer), prompt_ids.device)
+    mask = completion_mask(completion_ids, tokenizer.eos_token_id) * real  # [N, Tc]
     texts = tokenizer.batch_decode(
         [ids[: int(m.sum())] for ids, m in zip(completions, mask, strict=True)],
         skip_special_tokens=True,
     )
-    device = prompt_ids.device
-    completion_ids, mask = completion_ids.to(device), mask.to(device)
     return Rollout(prompt_ids, prompt_mask, completion_ids, mask, mask, texts)
