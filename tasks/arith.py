@@ -83,11 +83,16 @@ class Arith(Task):
         total = self.train_size + self.valid_size + self.test_size
         available = problem_count(self.digits, self.ops)
         if total > available:
+            room = available - self.valid_size - self.test_size  # train problems that fit
+            fix = (
+                f"set task.train_size<={room}"
+                if room >= 1
+                else "lower task.valid_size and task.test_size"
+            )
             raise ConfigError(
                 f"task.train_size + task.valid_size + task.test_size = {total} exceeds the "
                 f"{available} distinct problems with task.digits={self.digits} and "
-                f"task.ops={self.ops}; set task.train_size<="
-                f"{max(available - self.valid_size - self.test_size, 0)} or raise task.digits"
+                f"task.ops={self.ops}; {fix} or raise task.digits"
             )
 
     def splits(self) -> Splits:

@@ -87,6 +87,11 @@ def test_ops_and_digits_are_respected():
             "= 46 exceeds the 45 distinct problems with task.digits=1 and task.ops=+; "
             "set task.train_size<=39 or raise task.digits",
         ),
+        (
+            {"digits": "1", "train_size": "1", "valid_size": "40", "test_size": "40"},
+            "= 81 exceeds the 45 distinct problems with task.digits=1 and task.ops=+; "
+            "lower task.valid_size and task.test_size or raise task.digits",
+        ),
     ],
 )
 def test_bad_fields_raise_config_error(fields, message):
