@@ -100,7 +100,9 @@ def run(overrides: dict[str, str]) -> int:
     check_reachable(config.tracking.uri)
     config.task.check_reward()  # a missing reward model fails now, not after the bootstrap
     summary = train(config)
-    if not parallel.current(config.device).main:  # `accelerate launch`: one report, not N
+    processes = parallel.current(config.device)
+    processes.close()
+    if not processes.main:  # `accelerate launch`: one report, not N
         return 0
     print(f"\nrun {summary['run_id']} in {summary['output_dir']} ({summary['steps']} steps)")
     print(_metrics_table(summary["eval_before"], summary["eval_after"]))

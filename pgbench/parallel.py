@@ -78,6 +78,16 @@ class Processes:
             for param in params:
                 dist.broadcast(param.data, src=0)
 
+    def close(self) -> None:
+        """Wait for every process, then leave the process group (once, before exiting).
+
+        A process that exits still in the group can abort (SIGABRT, "terminate called without
+        an active exception") as gloo's threads outlive the interpreter.
+        """
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
     def combine_gradients_(
         self, params: list[torch.nn.Parameter], mask: Tensor, aggregation: str
     ) -> float:
