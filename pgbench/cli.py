@@ -15,7 +15,10 @@ from pgbench import __version__
 from pgbench.config import SECTIONS, Config, TopLevel, help_rows, parse_overrides, resolve
 from pgbench.errors import ConfigError, DataError, PgbenchError
 
-EVAL_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "eval", "reward"}
+EVAL_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "threads"} | {
+    "eval",
+    "reward",
+}
 RUN_KEYS = ({f.name for f in fields(TopLevel)} | set(SECTIONS)) - {
     "estimators",
     "seeds",
@@ -34,7 +37,8 @@ COMPARE_KEYS = RUN_KEYS - {"estimator", "seed", "resume"} | {
     "compare",
     "sweep",
 }
-VARIANCE_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "estimators"} | {
+VARIANCE_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "threads"} | {
+    "estimators",
     "trainer",
     "rollout",
     "loss",
@@ -90,13 +94,22 @@ def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
     return json.loads(saved.read_text()) | {"resume": str(run_dir), "output_dir": str(run_dir)}
 
 
+def _configure(values: dict[str, Any], allowed: set[str] | None) -> Config:
+    """Resolve and check the configuration, then set this process's torch threads."""
+    from pgbench.hardware import use_threads
+
+    config = resolve(values, allowed)
+    use_threads(config.threads)
+    return config
+
+
 def run(overrides: dict[str, str]) -> int:
     """Train one policy with one estimator, tracked in MLflow."""
     from pgbench import parallel
     from pgbench.tracking import check_reachable
     from pgbench.trainer import train
 
-    config = resolve(_run_values(overrides), None if "resume" in overrides else RUN_KEYS)
+    config = _configure(_run_values(overrides), None if "resume" in overrides else RUN_KEYS)
     check_reachable(config.tracking.uri)
     config.task.check_reward()  # a missing reward model fails now, not after the bootstrap
     summary = train(config)
@@ -115,7 +128,7 @@ def evaluate_policy(overrides: dict[str, str]) -> int:
     from pgbench.policy import load_policy, pick_device, resolve_model
     from pgbench.tracking import write_json
 
-    config: Config = resolve(overrides, EVAL_KEYS)
+    config = _configure(overrides, EVAL_KEYS)
     config.task.check_reward()  # the embed metric's model loads before any decoding
     out = Path(config.output_dir or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
     test = config.task.splits().test
@@ -136,7 +149,7 @@ def variance(overrides: dict[str, str]) -> int:
     """Gradient variance of each estimator on the same rollouts of a fixed policy."""
     from pgbench.variance import run_variance
 
-    config = resolve(overrides, VARIANCE_KEYS)
+    config = _configure(overrides, VARIANCE_KEYS)
     config.task.check_reward()
     config.output_dir = config.output_dir or f"runs/variance-{datetime.now():%Y%m%d-%H%M%S}"
     table, path = run_variance(config)
@@ -166,7 +179,7 @@ def compare(overrides: dict[str, str]) -> int:
     """Train every estimator for every seed with the same budget, under one comparison id."""
     from pgbench.compare import run_compare
 
-    config = resolve(overrides, COMPARE_KEYS)
+    config = _configure(overrides, COMPARE_KEYS)
     config.task.check_reward()
     outcome = run_compare(config)
     metric = outcome["metric"]

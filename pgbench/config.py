@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from pgbench import estimators, tasks
+from pgbench import estimators, hardware, tasks
 from pgbench.errors import ConfigError
 from pgbench.estimators import Estimator
 from pgbench.fields import build, describe, field_keys, knob
@@ -179,6 +179,12 @@ class TopLevel:
     )
     cache_dir: str = knob("~/.cache/pgbench", "where the tiny policy is cached")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "torch device (auto = cuda if present)")
+    threads: int = knob(
+        0,
+        "torch CPU threads per process (0 = OMP_NUM_THREADS if set, "
+        "else the available cores divided among sweep.workers)",
+        ge=0,
+    )
     estimators: str = knob(
         ",".join(estimators.REGISTRY.names()), "comma-separated estimators (variance, compare)"
     )
@@ -199,6 +205,7 @@ class Config:
     resume: str = ""
     cache_dir: str = "~/.cache/pgbench"
     device: str = "auto"
+    threads: int = 0
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -328,9 +335,23 @@ def _check(config: Config) -> None:
         )
     if config.engine.backend == "vllm":
         _check_vllm(config)
-    if config.trainer.precision == "bf16" and config.device != "cpu" and torch.cuda.is_available():
-        if not torch.cuda.is_bf16_supported():
-            raise ConfigError("trainer.precision=bf16 but this GPU has no bfloat16; use fp32")
+    if config.trainer.precision == "bf16":
+        _check_bf16(config.device)
+
+
+def _check_bf16(device_name: str) -> None:
+    """bf16 autocast where the device would emulate it is refused (~20x slower than fp32)."""
+    cuda = device_name != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if hardware.native_bf16(device):
+        return
+    if cuda:
+        raise ConfigError("trainer.precision=bf16 but this GPU has no bfloat16; use fp32")
+    raise ConfigError(
+        f"trainer.precision=bf16 but this CPU (torch capability {hardware.cpu_capability()}) "
+        "has no native bfloat16, so autocast would be emulated, about 20x slower; "
+        "use trainer.precision=fp32"
+    )
 
 
 def _check_vllm(config: Config) -> None:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 import pgbench
-from pgbench import checkpoint, parallel
+from pgbench import checkpoint, hardware, parallel
 from pgbench.config import Config
 from pgbench.engine import sample
 from pgbench.errors import ConfigError, TrainingError
@@ -48,6 +48,7 @@ from pgbench.rundir import (
     git_commit,
 )
 from pgbench.tasks import Example
+from pgbench.tiny import build_params
 from pgbench.tracking import (
     SPOOL,
     MLflowTracker,
@@ -437,6 +438,8 @@ class Trainer:
             | {f"data.{name}_size": size for name, size in sizes.items()}
             | {"pgbench_version": pgbench.__version__, "git_commit": git_commit()}
             | {"model_path": self.policy.source}
+            | hardware.describe(self.device)
+            | build_params(self.policy.source)
         )
         self.tracker.log_artifact(self.run_dir / "config.json")
         self.state.eval_before = self._evaluate(self.splits.test, "test")

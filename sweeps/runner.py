@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from pgbench.config import Config, resolve
 from pgbench.errors import ConfigError
+from pgbench.hardware import use_threads
 from pgbench.sweeps import spaces
 from pgbench.tracking import MLflowTracker, check_reachable, write_json
 
@@ -169,6 +170,7 @@ def work(values: dict[str, Any], worker: int, progress: bool = False) -> None:
     """One worker: run trials until the study has `sweep.n_trials` finished ones."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     config = resolve(values)
+    use_threads(config.threads, config.sweep.workers)  # the workers share this machine's cores
     study = optuna.load_study(
         study_name=study_name(config),
         storage=open_storage(config),

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from transformers import AutoTokenizer
 
 from pgbench import config as config_module
+from pgbench import hardware
 from pgbench.config import LoraConfig, help_rows, resolve
 from pgbench.engine import encode_prompts, sample, token_logprobs
 from pgbench.errors import ConfigError
@@ -153,7 +154,8 @@ def test_sync_loads_the_policys_weights_by_hf_name(micro_policy, rank):
 
 
 # -- precision and memory switches ----------------------------------------------------------
-def test_bf16_autocast_step_is_finite_and_keeps_fp32_weights(run_overrides):
+def test_bf16_autocast_step_is_finite_and_keeps_fp32_weights(run_overrides, monkeypatch):
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)  # correctness, not speed
     overrides = run_overrides | {"trainer.precision": "bf16", "estimator": "ppo"}
     trainer = Trainer(resolve(overrides), NullTracker())
     metrics = trainer.train_step()

@@ -1,10 +1,19 @@
 import json
 from types import SimpleNamespace
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pgbench import tasks
-from pgbench.tiny import TinySpec, cache_key, task_spec, tiny_policy_dir, train_tokenizer
+from pgbench.tiny import (
+    TinySpec,
+    answer_loss,
+    cache_key,
+    sft_batch,
+    task_spec,
+    tiny_policy_dir,
+    train_tokenizer,
+)
 
 
 def test_micro_policy_loads_and_renders_chat(micro_policy):
@@ -68,14 +77,24 @@ def test_task_spec_applies_the_task_overrides():
     assert task_spec(tasks.get("fr_en", limit=10, valid_size=1, test_size=1)) == TinySpec()
 
 
-def test_fields_added_after_v3_keep_the_v3_cache_key():
+def test_every_spec_field_enters_the_cache_key():
     task = SimpleNamespace(name="fr_en")
     pairs = [([{"role": "user", "content": "Translate French to English:\nBonjour."}], "Hello.")]
-    # the key of these pairs under pgbench-tiny-v3, before split_digits and
-    # sft_final_lr_ratio existed (computed with that commit's cache_key)
-    assert cache_key(task, pairs, TinySpec()) == "a9d008d5357c2ec2"
     keys = {
-        cache_key(task, pairs, TinySpec(split_digits=True)),
-        cache_key(task, pairs, TinySpec(sft_final_lr_ratio=0.3)),
+        cache_key(task, pairs, spec)
+        for spec in (
+            TinySpec(),
+            TinySpec(split_digits=True),
+            TinySpec(sft_final_lr_ratio=0.3),
+            TinySpec(precision="bf16"),
+        )
     }
-    assert len(keys) == 2 and "a9d008d5357c2ec2" not in keys
+    assert len(keys) == 4
+
+
+def test_answer_loss_equals_the_models_own_loss(micro_policy):
+    model = AutoModelForCausalLM.from_pretrained(micro_policy)
+    encoded = [([5, 6, 7, 8, 9], 3), ([5, 6, 10], 2), ([11, 12, 13, 14], 1)]
+    ids, mask, labels = sft_batch(encoded, [0, 1, 2], pad_id=0)
+    expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert torch.allclose(answer_loss(model, ids, mask, labels), expected, atol=1e-6)
