@@ -201,7 +201,8 @@ def report(overrides: dict[str, str]) -> int:
     name = config.comparison or config.experiment
     out = Path(config.report.out or f"reports_out/{name}")
     result = build_report(config.tracking.uri, config.comparison, config.experiment, out)
-    print(f"report of {result['runs']} runs: {out}/report.md, report.html, runs.csv")
+    print(f"report of {result['runs']} runs: {out}/report.md, report.html")
+    print(f"tables: {out}/runs.csv, leaderboard.csv, pairs.csv")
     if not result["intervals"]:
         print("one seed per estimator: confidence intervals are unavailable")
     return 0

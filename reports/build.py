@@ -10,7 +10,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from pgbench import tasks
-from pgbench.reports import collect, render, tables
+from pgbench.reports import collect, render, stats, tables
 from pgbench.tracking import MLflowTracker
 
 CURVES = ["train/reward_mean", "train/tokens", "train/wall_clock_s"]
@@ -39,8 +39,47 @@ def variance_frame(client: MlflowClient, task: str, names: list[str]) -> pd.Data
     return pd.DataFrame(rows) if rows else None
 
 
+def comparison_tables(
+    client: MlflowClient, runs: pd.DataFrame, task: str, metric: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Leaderboard and paired comparisons of each run's final `test/<metric>` (stats.py)."""
+    main = f"test/{metric}"
+    scores = runs.assign(task=task, value=runs[main])[["task", "estimator", "seed", "value"]]
+    scores = scores.dropna(subset=["value"])
+    start = collect.start_score(client, runs, main)
+    pair_table = stats.pairs(scores)
+    board = stats.leaderboard(
+        scores, start=None if start is None else {task: start}, pair_table=pair_table
+    )
+    return board, pair_table
+
+
+def paired_section(board: pd.DataFrame, pair_table: pd.DataFrame, metric: str) -> str:
+    """Markdown of the leaderboard and the paired comparisons, with how to read them."""
+    return "\n\n".join(
+        [
+            "## Leaderboard",
+            f"Final test/{metric} per estimator: mean over seeds with its 95% percentile "
+            "bootstrap interval, and the interquartile mean (IQM). Rank 1 is the best mean plus "
+            "every estimator not significantly different from it (Holm-corrected paired t-test, "
+            "alpha 0.05), then the same on the rest. Task `all`: scores normalised to 0 at the "
+            "starting policy (the worst run if its score was not logged) and 1 at the best run, "
+            "IQM with a stratified bootstrap interval (Agarwal et al. 2021), unranked.",
+            render.leaderboard_markdown(board),
+            "## Paired comparison",
+            "a - b over the seeds both ran (same seed, same prompts): mean difference with its "
+            "95% bootstrap interval (seeds resampled), P(a > b) over runs (ties count 1/2), the "
+            "paired t-test's p-value Holm-corrected over all pairs, the minimum detectable "
+            "effect (MDE: the difference a paired t-test on these seeds detects with power 0.8 "
+            "at alpha 0.05) and the seeds needed to detect the observed difference likewise.",
+            render.pairs_markdown(pair_table),
+        ]
+    )
+
+
 def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[str, Any]:
-    """Write report.md, report.html, runs.csv and figures under `out`; log them to MLflow."""
+    """Write report.md, report.html, runs.csv, leaderboard.csv, pairs.csv and figures under
+    `out`; log them to MLflow."""
     client = MlflowClient(uri)
     runs = collect.runs_frame(collect.find_runs(client, comparison, experiment))
     task = runs.task.iloc[0]
@@ -52,6 +91,9 @@ def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[
     table = tables.summary_table(runs, history, metric)
     out.mkdir(parents=True, exist_ok=True)
     history.to_csv(out / "runs.csv", index=False)
+    board, pair_table = comparison_tables(client, runs, task, metric)
+    board.to_csv(out / "leaderboard.csv", index=False)
+    pair_table.to_csv(out / "pairs.csv", index=False)
     figures = [
         render.line_figure(
             history,
@@ -103,12 +145,15 @@ def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[
         f"{table.attrs['budget_seconds']:.0f} s.",
     ]
     markdown = "\n\n".join(["# pgbench report", *intro, render.markdown_table(table)])
+    markdown += "\n\n" + paired_section(board, pair_table, metric)
     if variance is not None:
         markdown += "\n\n## Gradient variance (latest `pgbench variance`)\n\n"
         markdown += render.frame_markdown(variance)
     markdown += "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n"
     (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(render.html_page("\n".join(intro), table, figures))
+    (out / "report.html").write_text(
+        render.html_page("\n".join(intro), [table, board, pair_table], figures)
+    )
     tracker = MLflowTracker(
         uri,
         f"{task}-reports",
@@ -124,5 +169,7 @@ def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[
         "best": table.attrs["best"],
         "best_score": best[f"test/{metric}"],
         "runs": len(runs),
+        "leaderboard": board,
+        "pairs": pair_table,
         "intervals": not math.isnan(best.get(f"test/{metric}_ci", math.nan)),
     }

@@ -88,3 +88,16 @@ def history_frame(client: MlflowClient, runs: pd.DataFrame, metrics: list[str]) 
                     }
                 )
     return pd.DataFrame(rows, columns=["run_id", "estimator", "seed", "metric", "step", "value"])
+
+
+def start_score(client: MlflowClient, runs: pd.DataFrame, metric: str) -> float | None:
+    """The starting policy's `metric`: the mean over runs of its first logged value.
+
+    Training runs score the test split before the first step and again at the end, so a run
+    whose `metric` history has two or more points holds the starting score at its first step.
+    None when no run has such a history.
+    """
+    history = history_frame(client, runs, [metric]).sort_values("step")
+    per_run = history.groupby("run_id").value
+    first = per_run.first()[per_run.size() >= 2]
+    return float(first.mean()) if len(first) else None

@@ -149,8 +149,8 @@ def frame_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
-def html_page(markdown_intro: str, table: pd.DataFrame, figures: list[Path]) -> str:
-    """A self-contained HTML page: the intro, the table and the figures inlined as PNG."""
+def html_page(markdown_intro: str, tables: list[pd.DataFrame], figures: list[Path]) -> str:
+    """A self-contained HTML page: the intro, the tables and the figures inlined as PNG."""
     images = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"/><figcaption>{p.stem}</figcaption></figure>'
@@ -162,6 +162,52 @@ def html_page(markdown_intro: str, table: pd.DataFrame, figures: list[Path]) -> 
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
         "img{max-width:100%}</style></head><body><h1>pgbench report</h1>"
-        f"{paragraphs}{table.to_html(index=False, float_format=lambda v: f'{v:.4g}')}{images}"
+        f"{paragraphs}{''.join(t.to_html(index=False, float_format=_g4) for t in tables)}"
+        f"{images}"
         "</body></html>"
     )
+
+
+def _g4(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _interval(low: float, high: float) -> str:
+    """`[low, high]`, or `-` when the interval is unavailable (NaN)."""
+    if math.isnan(low) or math.isnan(high):
+        return "-"
+    return f"[{_number(low, 3)}, {_number(high, 3)}]"
+
+
+def _cell(value: float, digits: int = 3) -> str:
+    return "-" if math.isnan(value) else _number(value, digits)
+
+
+def leaderboard_markdown(board: pd.DataFrame) -> str:
+    """The leaderboard (stats.leaderboard) as Markdown, best rank first within each task."""
+    header = ["task", "rank", "estimator", "n", "mean", "95% CI", "IQM"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in board.sort_values(
+        ["task", "rank", "mean"], ascending=[True, True, False]
+    ).itertuples():
+        rank = "-" if math.isnan(row.rank) else str(int(row.rank))
+        cells = [row.task, rank, row.estimator, str(row.n), _cell(row.mean)]
+        cells += [_interval(row.ci_low, row.ci_high), _cell(row.iqm)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pairs_markdown(pairs: pd.DataFrame) -> str:
+    """Paired comparisons (stats.pairs) as Markdown: one row per pair of estimators."""
+    header = ["task", "a - b", "seeds", "mean diff [95% CI]", "P(a > b)", "p (Holm)", "MDE"]
+    header.append("seeds needed")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in pairs.itertuples():
+        diff = _cell(row.mean_diff)
+        if not math.isnan(row.diff_ci_low):
+            diff += " " + _interval(row.diff_ci_low, row.diff_ci_high)
+        needed = "-" if math.isnan(row.seeds_needed) else f"{row.seeds_needed:.0f}"
+        cells = [row.task, f"{row.a} - {row.b}", str(row.n), diff]
+        cells += [f"{row.prob_improvement:.2f}", _cell(row.p_holm), _cell(row.mde), needed]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

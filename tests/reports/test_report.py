@@ -75,9 +75,53 @@ def test_report_of_a_small_comparison(run_overrides, tmp_path, monkeypatch, caps
         half = 12.706 * group.chrf.std(ddof=1) / 2**0.5  # t(0.975, 1 dof) * s / sqrt(n)
         assert table.loc[estimator, "test/chrf_ci"] == pytest.approx(half, rel=1e-3)
         assert table.loc[estimator, "step_time_s_mean"] == pytest.approx(group.step_s.mean())
+    check_leaderboard_and_pairs(client, runs, out)
     tidy = pd.read_csv(out / "runs.csv")
     assert set(tidy.columns) == {"run_id", "estimator", "seed", "metric", "step", "value"}
     assert len(tidy[tidy.metric == "train/reward_mean"]) == 4 * 3
+
+
+def check_leaderboard_and_pairs(client: MlflowClient, runs: list, out) -> None:
+    """leaderboard.csv and pairs.csv hold the contract columns and the runs' final test/chrf."""
+    board = pd.read_csv(out / "leaderboard.csv")
+    found = pd.read_csv(out / "pairs.csv")
+    leaderboard = "task estimator n mean iqm ci_low ci_high rank"
+    contract = "task a b mean_diff diff_ci_low diff_ci_high prob_improvement p_holm mde"
+    assert list(board.columns) == leaderboard.split()
+    assert list(found.columns[:9]) == contract.split()
+    final = pd.DataFrame(
+        [
+            {
+                "estimator": r.data.params["estimator"],
+                "seed": int(r.data.params["seed"]),
+                "chrf": r.data.metrics["test/chrf"],
+                # scored before the first step, then at the end
+                "before": client.get_metric_history(r.info.run_id, "test/chrf")[0].value,
+            }
+            for r in runs
+        ]
+    )
+    per_task = board[board.task == "fr_en"].set_index("estimator")
+    for estimator, group in final.groupby("estimator"):
+        assert per_task.loc[estimator, "n"] == 2
+        assert per_task.loc[estimator, "mean"] == pytest.approx(group.chrf.mean())
+        assert per_task.loc[estimator, "rank"] >= 1
+    (pair,) = found.itertuples()
+    wide = final.pivot(index="seed", columns="estimator", values="chrf")
+    assert pair.n == 2
+    assert pair.mean_diff == pytest.approx((wide[pair.a] - wide[pair.b]).mean())
+    # `all`: (value - start) / (best - start), start = the starting policy's test/chrf
+    start, best = final.before.mean(), final.chrf.max()
+    aggregate = board[board.task == "all"].set_index("estimator")
+    if best > start:
+        for estimator, group in final.groupby("estimator"):
+            normalised = (group.chrf - start) / (best - start)
+            assert aggregate.loc[estimator, "mean"] == pytest.approx(normalised.mean())
+    else:  # no run beat the starting policy: nothing to normalise
+        assert aggregate.empty
+    markdown = (out / "report.md").read_text()
+    assert "## Paired comparison" in markdown and "## Leaderboard" in markdown
+    assert f"| fr_en | {pair.a} - {pair.b} | 2 |" in markdown
 
 
 def test_one_seed_renders_without_intervals(run_overrides, tmp_path, monkeypatch, capsys):
