@@ -27,11 +27,16 @@ def pick_device(name: str) -> torch.device:
 
 
 def resolve_model(model: str, task: Task, cache_dir: str) -> str:
-    """Folder or hub id of the policy named by `model=`: tiny, a run dir, a path or an id."""
+    """Folder or hub id of the policy named by `model=`: tiny, smollm2, a run dir, a path or
+    an id."""
     if model == "tiny":
         from pgbench.tiny import tiny_policy_dir
 
         return str(tiny_policy_dir(task, Path(cache_dir).expanduser()))
+    if model == "smollm2":
+        from pgbench.smollm2 import smollm2_dir
+
+        return str(smollm2_dir(Path(cache_dir).expanduser()))
     path = Path(model).expanduser()
     if (path / "summary.json").is_file():  # a pgbench run directory: its final policy
         final = path / "final"
@@ -43,7 +48,9 @@ def resolve_model(model: str, task: Task, cache_dir: str) -> str:
             raise DataError(f"model={model}: {path} is not a Hugging Face model folder")
         return str(path)
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise DataError(f"model={model}: no such folder; use tiny, a hub id or a model folder")
+        raise DataError(
+            f"model={model}: no such folder; use tiny, smollm2, a hub id or a model folder"
+        )
     return model
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from statistics import fmean
-from typing import Literal
+from typing import Any, Literal
 
 from pgbench.errors import ConfigError, DataError
 from pgbench.fields import knob
@@ -27,6 +27,11 @@ from pgbench.tasks.rewards import (
 from pgbench.tasks.tsv import read_pairs, split
 
 HUB_DATASET = "haoranxu/X-ALMA-Preference"
+# task.system=auto for pretrained chat models: measured on SmolLM2-135M-Instruct (greedy chrF,
+# first 100 valid pairs) 20.9 against 17.1 with its template's default system prompt
+SYSTEM = (
+    "Translate the user's French sentence into English. Reply with the English translation only."
+)
 
 
 def load_hub_pairs(limit: int) -> list[Example]:
@@ -62,6 +67,11 @@ class FrEn(Task):
     valid_size: int = knob(500, "held-out pairs for evaluation during training", ge=1)
     test_size: int = knob(500, "held-out pairs for the final evaluation", ge=1)
     split_seed: int = knob(0, "seed of the train/valid/test split (fixed across run seeds)")
+    system: str = knob(
+        "auto",
+        "system message: auto (a translation instruction, none for pgbench's tiny policy whose "
+        "chat template has no system turn), none, or your own text",
+    )
 
     metric = "chrf"
 
@@ -97,6 +107,19 @@ class FrEn(Task):
 
     def messages(self, example: Example) -> list[dict[str, str]]:
         return [{"role": "user", "content": f"Translate French to English:\n{example.source}"}]
+
+    def prompt(self, example: Example, tokenizer: Any) -> str:
+        """The request in the chat template, after the system message of `task.system`."""
+        from pgbench.tiny import CHAT_TEMPLATE  # here: pgbench.tiny imports the tasks
+
+        system = self.system
+        if system == "auto":
+            tiny = getattr(tokenizer, "chat_template", None) == CHAT_TEMPLATE
+            system = "none" if tiny else SYSTEM
+        messages = self.messages(example)
+        if system != "none":
+            messages = [{"role": "system", "content": system}, *messages]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def _names(self) -> set[str]:
         return {term.name for term in self.reward_terms}

@@ -8,7 +8,8 @@ from pgbench import tasks
 from pgbench.cli import main
 from pgbench.config import resolve
 from pgbench.errors import ConfigError, DataError
-from pgbench.tasks import model_rewards
+from pgbench.tasks import Example, model_rewards
+from pgbench.tasks.fr_en import SYSTEM
 from pgbench.tasks.model_rewards import DEFAULT_COMET, ModelRewards
 from pgbench.tasks.rewards import corpus_metrics, sentence_chrf
 
@@ -198,3 +199,25 @@ def test_reward_keys_are_in_the_help_of_the_verbs_that_score(capsys):
         assert "  reward.model " in out and "  reward.batch_size " in out, verb
     assert main(["report", "--help"]) == 0
     assert "reward.model" not in capsys.readouterr().out
+
+
+def test_system_message_auto_for_chat_models_none_for_tiny(micro_policy):
+    from transformers import AutoTokenizer
+
+    tiny_tokenizer = AutoTokenizer.from_pretrained(micro_policy)
+    chat_tokenizer = AutoTokenizer.from_pretrained(micro_policy)
+    chat_tokenizer.chat_template = (  # a template that inserts its own system turn, as SmolLM2's
+        "{% if messages[0]['role'] != 'system' %}[system]You are a helpful assistant.{% endif %}"
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}[assistant]"
+    )
+    example = Example("Bonjour.", ("Hello.",))
+    request = "[user]Translate French to English:\nBonjour.[assistant]"
+    auto = tasks.get("fr_en")
+    assert auto.prompt(example, tiny_tokenizer) == (
+        "<|user|>Translate French to English:\nBonjour.<|end|><|assistant|>"
+    )
+    assert auto.prompt(example, chat_tokenizer) == f"[system]{SYSTEM}{request}"
+    none = tasks.get("fr_en", system="none")
+    assert none.prompt(example, chat_tokenizer) == f"[system]You are a helpful assistant.{request}"
+    own = tasks.get("fr_en", system="Be brief.")
+    assert own.prompt(example, chat_tokenizer) == f"[system]Be brief.{request}"
