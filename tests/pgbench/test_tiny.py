@@ -10,6 +10,8 @@ from pgbench.tiny import (
     answer_loss,
     cache_key,
     sft_batch,
+    stop_metric,
+    supervised_fine_tune,
     task_spec,
     tiny_policy_dir,
     train_tokenizer,
@@ -98,3 +100,30 @@ def test_answer_loss_equals_the_models_own_loss(micro_policy):
     ids, mask, labels = sft_batch(encoded, [0, 1, 2], pad_id=0)
     expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     assert torch.allclose(answer_loss(model, ids, mask, labels), expected, atol=1e-6)
+
+
+def test_sft_stops_once_the_held_out_metric_reaches_stop_at(micro_policy):
+    model = AutoModelForCausalLM.from_pretrained(micro_policy)
+    encoded = [([5, 6, 7, 8, 9], 3), ([5, 6, 10], 2), ([11, 12, 13, 14], 1)]
+    spec = TinySpec(sft_steps=50, sft_batch_size=2, stop_at=30.0, stop_every=4)
+    checks = iter([10.0, 29.9, 30.0, 99.0])  # the metric at steps 4, 8, 12, 16
+    modes = []
+
+    def reached() -> float:
+        modes.append(model.training)
+        return next(checks)
+
+    losses = supervised_fine_tune(model, encoded, spec, 0, False, reached)
+    assert len(losses) == 12  # stopped at the third check, the first >= 30
+    assert modes == [False] * 3 and not model.training  # scored in eval mode
+
+
+def test_stop_metric_scores_the_valid_split(micro_task, micro_policy):
+    from pgbench.config import LoraConfig
+    from pgbench.evaluate import evaluate
+    from pgbench.policy import load_policy
+
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    metric = stop_metric(micro_task, policy.model, policy.tokenizer, 8)
+    expected, _ = evaluate(policy, micro_task, micro_task.splits().valid[:8], 48, 64)
+    assert metric() == expected["chrf"]
