@@ -5,12 +5,14 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 from transformers import AutoTokenizer
 
 from pgbench import tasks
 from pgbench.config import resolve
 from pgbench.errors import ConfigError
+from pgbench.hardware import auto_precision
 from pgbench.policy import resolve_model
 from pgbench.tasks import Example
 from pgbench.tasks.arith import Arith, parse_answer, problem_count
@@ -145,8 +147,10 @@ def test_model_tiny_builds_the_task_spec(monkeypatch, tmp_path):
     assert task_spec(task) == TinySpec(**Arith.tiny_overrides)
     folder = resolve_model("tiny", task, str(tmp_path))
     info = json.loads((Path(folder) / "tiny.json").read_text())
-    assert info["spec"] == dataclasses.asdict(TinySpec(**Arith.tiny_overrides))
+    built = TinySpec(**Arith.tiny_overrides, precision=auto_precision(torch.device("cpu")))
+    assert info["spec"] == dataclasses.asdict(built)  # "auto" precision is recorded resolved
     assert info["spec"]["split_digits"] and info["spec"]["sft_final_lr_ratio"] == 0.3
+    assert info["spec"]["stop_at"] == 40.0
     assert AutoTokenizer.from_pretrained(folder).tokenize("90710") == ["9", "0", "7", "1", "0"]
 
 
