@@ -28,6 +28,7 @@ RUN_KEYS = ({f.name for f in fields(TopLevel)} | set(SECTIONS)) - {
     "report",
     "comparison",
     "experiment",
+    "suite",
 }
 REPORT_KEYS = {"comparison", "experiment", "report", "tracking"}
 SWEEP_KEYS = RUN_KEYS - {"resume"} | {"sweep"}
@@ -37,6 +38,7 @@ COMPARE_KEYS = RUN_KEYS - {"estimator", "seed", "resume"} | {
     "compare",
     "sweep",
 }
+SUITE_KEYS = COMPARE_KEYS - {"compare", "sweep"} | {"suite"}
 VARIANCE_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "threads"} | {
     "estimators",
     "trainer",
@@ -191,6 +193,22 @@ def compare(overrides: dict[str, str]) -> int:
     return 0
 
 
+def suite(overrides: dict[str, str]) -> int:
+    """Tasks x estimators x seeds at fixed budgets (a protocol), resumable, in parallel."""
+    from pgbench.suite import plan_suite, run_suite
+
+    outcome = run_suite(plan_suite(overrides, SUITE_KEYS))
+    print(f"\nsuite {outcome['id']}: {outcome['runs']} runs finished in {outcome['out']}")
+    if outcome["missing"]:
+        print(f"missing (rerun to retry): {', '.join(outcome['missing'])}")
+    if outcome["leaderboard"] is not None:
+        board = outcome["leaderboard"][["task", "estimator", "n", "mean", "iqm", "rank"]]
+        print(board.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"tables: {outcome['out']}/runs.csv, leaderboard.csv, pairs.csv, suite.md")
+    print(f"MLflow runs: tags.\"pgbench.suite\" = '{outcome['id']}'")
+    return 0 if not outcome["missing"] else 1
+
+
 def report(overrides: dict[str, str]) -> int:
     """Tables and figures of a comparison (or an experiment) from MLflow."""
     from pgbench.reports.build import build_report
@@ -224,6 +242,9 @@ VERBS: dict[str, Verb] = {
     "run": Verb("train one policy with one estimator", run, RUN_KEYS),
     "sweep": Verb("tune one estimator with Optuna (resumable, parallel)", sweep, SWEEP_KEYS),
     "compare": Verb("every estimator x every seed at one budget", compare, COMPARE_KEYS),
+    "suite": Verb(
+        "a protocol of tasks x estimators x seeds (suite=cpu|gpu|file.toml)", suite, SUITE_KEYS
+    ),
     "report": Verb("tables and figures of a comparison from MLflow", report, REPORT_KEYS),
     "variance": Verb(
         "gradient variance of each estimator on the same rollouts", variance, VARIANCE_KEYS
@@ -253,6 +274,10 @@ def verb_help(name: str, overrides: dict[str, str]) -> str:
     lines = [f"usage: pgbench {name} [key=value ...]\n\n{verb.summary}.\n\nkeys (type, default):"]
     for key, type_name, default, text in rows:
         lines.append(f"  {key:<{width}}{text}  [{type_name}, default {default}]")
+    if name == "suite":
+        lines.append(
+            "\nShort forms: suite=NAME is suite.protocol=NAME, tasks=... is suite.tasks=..."
+        )
     lines.append(
         "\nTask and estimator keys depend on the selection: "
         "`pgbench run estimator=reinforce --help` shows estimator.baseline."

@@ -145,6 +145,22 @@ class CompareConfig:
 
 
 @dataclass
+class SuiteConfig:
+    protocol: str = knob(
+        "", "protocol: a shipped name (cpu, gpu) or a .toml file; `suite=NAME` on the CLI"
+    )
+    tasks: str = knob("", "comma-separated tasks of an inline suite; `tasks=...` on the CLI")
+    id: str = knob("", "suite id tagged on every run (empty = protocol name, or a config hash)")
+    workers: int = knob(1, "worker processes on this machine (torch threads = cores // N)", ge=1)
+    storage: str = knob(
+        "",
+        "Optuna storage of the cell queue: postgresql://... or a .journal file "
+        "(empty = <output_dir>/suite.journal)",
+    )
+    heartbeat_s: int = knob(30, "heartbeat of RDB storages; a dead worker's cell is re-run", ge=1)
+
+
+@dataclass
 class ReportConfig:
     out: str = knob("", "report folder (empty = reports_out/<comparison or experiment>)")
 
@@ -163,6 +179,7 @@ SECTIONS: dict[str, type] = {
     "variance": VarianceConfig,
     "sweep": SweepConfig,
     "compare": CompareConfig,
+    "suite": SuiteConfig,
     "report": ReportConfig,
 }
 
@@ -186,13 +203,14 @@ class TopLevel:
     threads: int = knob(
         0,
         "torch CPU threads per process (0 = OMP_NUM_THREADS if set, "
-        "else the available cores divided among sweep.workers)",
+        "else the available cores divided among sweep.workers or suite.workers)",
         ge=0,
     )
     estimators: str = knob(
-        ",".join(estimators.REGISTRY.names()), "comma-separated estimators (variance, compare)"
+        ",".join(estimators.REGISTRY.names()),
+        "comma-separated estimators (variance, compare, suite)",
     )
-    seeds: int = knob(3, "seeds 0..N-1 per estimator (compare)", ge=1)
+    seeds: int = knob(3, "seeds 0..N-1 per estimator (compare, suite)", ge=1)
     comparison: str = knob("", "comparison id to report (report)")
     experiment: str = knob("", "MLflow experiment to report, instead of a comparison (report)")
 
@@ -223,6 +241,7 @@ class Config:
     variance: VarianceConfig = field(default_factory=VarianceConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     estimators: str = ""
     seeds: int = 3

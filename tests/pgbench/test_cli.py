@@ -27,6 +27,7 @@ def test_help_lists_every_key_with_default(capsys):
             "report",
             "comparison",
             "experiment",
+            "suite",
         )
         if key.split(".")[0] not in other_verbs:
             assert f"  {key} " in out

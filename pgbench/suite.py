@@ -1,0 +1,348 @@
+"""`pgbench suite`: a declared protocol of tasks x estimators x seeds at fixed budgets.
+
+A suite is a shipped protocol (`suite=cpu`, `suite=gpu`: pgbench/protocols/*.toml), the user's
+TOML file (`suite=path.toml`) or inline keys (`tasks=arith,fr_en estimators=rloo,grpo seeds=10
+trainer.steps=100`). Keys apply in the order: protocol `[overrides]`, protocol `[task.NAME]`,
+command line. Every cell's config is resolved and checked before the first run starts.
+
+Scheduler: one Optuna study `suite-<id>` whose queue holds one enqueued trial per unfinished
+cell (`study.enqueue_trial({"cell": i})`); `suite.workers=N` processes on this machine pop
+cells from it, each with torch threads = cores // N. The storage is
+`<output_dir>/suite.journal` (JournalFileBackend), or `suite.storage=postgresql://...` for
+workers on several machines, with heartbeats: a cell whose worker died is re-queued.
+
+Resume rule: the same command (same suite id) continues. A cell whose run directory
+`<output_dir>/<task>-<estimator>-s<seed>` has summary.json is finished and never trained
+again; one with only run.json was killed mid-run and resumes from its last checkpoint, in the
+same MLflow run. Trials left RUNNING in a local journal by a killed suite are failed and
+their cells queued again.
+
+Outputs: runs.csv, leaderboard.csv, pairs.csv (pgbench.reports.stats) and suite.md, logged as
+artifacts of the MLflow run `suite-<id>`; cell runs are tagged pgbench.suite, .task,
+.estimator and .seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from pgbench import tasks
+from pgbench.config import Config, resolve
+from pgbench.errors import ConfigError
+from pgbench.hardware import use_threads
+from pgbench.tracking import SPOOL, MLflowTracker, check_reachable, write_json
+
+PROTOCOLS = Path(__file__).parent / "protocols"
+ALIASES = {"suite": "suite.protocol", "tasks": "suite.tasks"}  # short CLI keys
+SUITE_TABLE = {"tasks", "estimators", "seeds", "id"}  # keys of a protocol's [suite] table
+NOT_RUN = ("suite.", "output_dir", "resume", "estimators", "seeds", "compare.", "sweep.")
+PARENT_ATTR = "mlflow_parent_run_id"
+RUNS = ["task", "estimator", "seed", "metric", "value", "run_id"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the suite: its task, estimator, seed and whole flat config."""
+
+    task: str
+    estimator: str
+    seed: int
+    values: dict[str, Any]  # Config.to_flat() of the run, output_dir included
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.estimator}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the workers need; picklable, so spawned processes get a copy."""
+
+    id: str
+    out: Path
+    storage: str  # a .journal path or an RDB URL
+    workers: int
+    threads: int
+    heartbeat_s: int
+    tracking_uri: str
+    cells: list[Cell]
+
+
+def protocol_path(name: str) -> Path:
+    """A shipped protocol by name, or the user's TOML file."""
+    shipped = PROTOCOLS / f"{name}.toml"
+    if shipped.is_file():
+        return shipped
+    path = Path(name).expanduser()
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in PROTOCOLS.glob("*.toml")))
+        raise ConfigError(f"suite={name}: no such protocol; shipped: {names}, or a .toml file")
+    return path
+
+
+def read_protocol(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(keys for every run, keys per task) of a protocol TOML file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    extra = sorted(set(data) - {"suite", "overrides", "task"})
+    bad = sorted(set(data.get("suite", {})) - SUITE_TABLE)
+    if extra or bad:
+        wrong = ", ".join([f"[{t}]" for t in extra] + [f"suite.{k}" for k in bad])
+        raise ConfigError(
+            f"{path}: unknown {wrong}; valid: [suite] {sorted(SUITE_TABLE)}, "
+            "[overrides], [task.NAME]"
+        )
+    suite = {
+        k if k in ("estimators", "seeds") else f"suite.{k}": v
+        for k, v in data.get("suite", {}).items()
+    }
+    for key in ("suite.tasks", "estimators"):
+        if isinstance(suite.get(key), list):
+            suite[key] = ",".join(suite[key])
+    return suite | data.get("overrides", {}), data.get("task", {})
+
+
+def _checked(values: dict[str, Any], where: str, allowed: set[str] | None = None) -> Config:
+    try:
+        return resolve(values, allowed)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
+
+
+def plan_suite(overrides: dict[str, Any], allowed: set[str] | None = None) -> Plan:
+    """Resolve and check every cell's config before anything runs."""
+    cli = {ALIASES.get(k, k): v for k, v in overrides.items()}
+    for key in ("task", "estimator", "seed"):
+        if key in cli:
+            raise ConfigError(f"{key}= does not apply to a suite; use tasks=, estimators=, seeds=")
+    source = str(cli.get("suite.protocol", ""))
+    path = protocol_path(source) if source else None
+    common, per_task = read_protocol(path) if path else ({}, {})
+    where = str(path) if path else ""
+    _checked(common, where)  # a bad key in the file is named as the file's
+    config = _checked(common | cli, "", allowed)
+    names = [t.strip() for t in config.suite.tasks.split(",") if t.strip()]
+    if not names:
+        raise ConfigError("no tasks: give suite=<cpu|gpu|file.toml> or tasks=NAME,...")
+    digest = hashlib.sha1(json.dumps(common | cli, sort_keys=True, default=str).encode())
+    suite_id = config.suite.id or (path.stem if path else digest.hexdigest()[:8])
+    out = Path(config.output_dir or f"runs/suite-{suite_id}")
+    base = {k: v for k, v in (common | cli).items() if not k.startswith(NOT_RUN)}
+    cells = []
+    for task in names:
+        extra = {f"task.{k}" if "." not in k else k: v for k, v in per_task.get(task, {}).items()}
+        for seed in range(config.seeds):
+            for estimator in config.estimator_names():
+                run = {"task": task, "estimator": estimator, "seed": seed}
+                cell = Cell(task, estimator, seed, {})
+                run["output_dir"] = str(out / cell.name)
+                values = {k: v for k, v in common.items() if not k.startswith(NOT_RUN)}
+                resolved = _checked(values | extra | run, f"{where} (cell {cell.name})")
+                resolved = _checked(base | extra | run, f"cell {cell.name}")
+                cells.append(Cell(task, estimator, seed, resolved.to_flat()))
+    unknown = sorted(set(per_task) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: [task.{unknown[0]}] is not among the suite's tasks {names}")
+    storage = config.suite.storage or str((out / "suite.journal").resolve())
+    return Plan(
+        suite_id,
+        out,
+        storage,
+        config.suite.workers,
+        config.threads,
+        config.suite.heartbeat_s,
+        config.tracking.uri,
+        cells,
+    )
+
+
+def open_storage(plan: Plan) -> optuna.storages.BaseStorage:
+    """The study's storage: a journal file, or an RDB with heartbeats (as pgbench sweep)."""
+    from pgbench.sweeps.runner import open_storage as open_sweep_storage
+
+    probe = resolve({"sweep.storage": plan.storage, "sweep.heartbeat_s": plan.heartbeat_s})
+    return open_sweep_storage(probe)
+
+
+def run_cell(plan: Plan, cell: Cell) -> dict[str, Any]:
+    """Train one cell, resume it if it was killed mid-run, or read it if it finished."""
+    from pgbench.trainer import train
+
+    run_dir = Path(cell.values["output_dir"])
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    config = resolve(cell.values)
+    run_info = run_dir / "run.json"
+    if run_info.is_file():  # killed mid-run: continue its checkpoint and MLflow run
+        config.resume = str(run_dir)
+        run_id = json.loads(run_info.read_text())["run_id"]
+        tracker = MLflowTracker(
+            plan.tracking_uri,
+            config.mlflow_experiment,
+            run_id=run_id,
+            spool=run_dir / SPOOL,
+            once_per_step=True,
+        )
+    else:
+        tags = {
+            "pgbench.suite": plan.id,
+            "pgbench.task": cell.task,
+            "pgbench.estimator": cell.estimator,
+            "pgbench.seed": str(cell.seed),
+        }
+        tracker = MLflowTracker(
+            plan.tracking_uri,
+            config.mlflow_experiment,
+            run_name=f"suite-{plan.id}-{cell.name}",
+            tags=tags,
+        )
+    return train(config, tracker)
+
+
+def _queued(study: optuna.Study, number: int) -> bool:
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    return "fixed_params" in trial.system_attrs
+
+
+def work(plan: Plan, worker: int) -> None:
+    """One worker: train queued cells until the queue is empty."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    threads = use_threads(plan.threads, plan.workers)
+    study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
+
+    def objective(trial: optuna.Trial) -> float:
+        if not _queued(study, trial.number):  # another worker took the last cell
+            raise optuna.TrialPruned("no queued cell")
+        cell = plan.cells[trial.suggest_int("cell", 0, len(plan.cells) - 1)]
+        trial.set_user_attr("cell", cell.name)
+        print(f"suite {plan.id}: worker {worker} ({threads} threads) runs {cell.name}")
+        summary = run_cell(plan, cell)
+        metric = tasks.REGISTRY.get_class(cell.task).metric
+        # the study, not the run directories, is the record shared by every machine
+        trial.set_user_attr("run_id", summary["run_id"])
+        trial.set_user_attr("start", summary["eval_before"][metric])
+        return summary["eval_after"][metric]
+
+    def stop_when_empty(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.stop()
+
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.optimize(
+            objective, callbacks=[stop_when_empty], catch=(Exception,), gc_after_trial=True
+        )
+
+
+def _queue(plan: Plan, study: optuna.Study) -> int:
+    """Queue every cell without a finished or live trial; returns how many were queued."""
+    if plan.storage.endswith(".journal"):  # one machine: RUNNING trials are a killed suite's
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(trial.number, state=TrialState.FAIL)
+    live = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+    taken = {
+        t.params.get("cell", t.system_attrs.get("fixed_params", {}).get("cell"))
+        for t in study.get_trials(deepcopy=False, states=live)
+    }
+    todo = [i for i in range(len(plan.cells)) if i not in taken]
+    for index in todo:
+        study.enqueue_trial({"cell": index}, user_attrs={"cell": plan.cells[index].name})
+    return len(todo)
+
+
+def run_suite(plan: Plan) -> dict[str, Any]:
+    """Run (or continue) every cell with the workers, then write and log the tables."""
+    check_reachable(plan.tracking_uri)
+    for task in dict.fromkeys(c.task for c in plan.cells):  # a missing reward model fails now
+        resolve(next(c for c in plan.cells if c.task == task).values).task.check_reward()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    write_json(plan.out / "cells.json", {"id": plan.id, "cells": [c.name for c in plan.cells]})
+    study = optuna.create_study(
+        study_name=f"suite-{plan.id}",
+        storage=open_storage(plan),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    queued = _queue(plan, study)
+    parent_id = study.user_attrs.get(PARENT_ATTR, "")
+    parent = MLflowTracker(
+        plan.tracking_uri,
+        "pgbench-suites",
+        run_id=parent_id,
+        run_name=f"suite-{plan.id}",
+        tags={"pgbench.suite_of": plan.id},
+    )
+    if not parent_id:
+        study.set_user_attr(PARENT_ATTR, parent.run_id)
+    print(f"suite {plan.id}: {len(plan.cells)} cells, {queued} to run, {plan.workers} workers")
+    context = multiprocessing.get_context("spawn")
+    helpers = [context.Process(target=work, args=(plan, w)) for w in range(1, plan.workers)]
+    for process in helpers:
+        process.start()
+    try:
+        work(plan, 0)
+    finally:
+        for process in helpers:
+            process.join()
+    return _conclude(
+        plan, optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan)), parent
+    )
+
+
+def _conclude(plan: Plan, study: optuna.Study, parent: MLflowTracker) -> dict[str, Any]:
+    """runs.csv, leaderboard.csv, pairs.csv and suite.md from the study's finished trials."""
+    from pgbench.reports import render, stats
+
+    rows, start, missing = [], {}, []
+    finished = {
+        t.params["cell"]: t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.params
+    }
+    for index, cell in enumerate(plan.cells):
+        if index not in finished:
+            missing.append(cell.name)
+            continue
+        trial = finished[index]
+        metric = tasks.REGISTRY.get_class(cell.task).metric
+        rows.append(
+            [cell.task, cell.estimator, cell.seed, metric, trial.value, trial.user_attrs["run_id"]]
+        )
+        start[cell.task] = trial.user_attrs["start"]  # the same starting policy per task
+    runs = pd.DataFrame(rows, columns=RUNS)
+    runs.to_csv(plan.out / "runs.csv", index=False)
+    lines = [f"# Suite {plan.id}", f"{len(runs)} of {len(plan.cells)} runs finished."]
+    if missing:
+        lines.append(f"Missing (rerun the command to retry): {', '.join(missing)}.")
+    board = pair_table = None
+    if len(runs):
+        scores = runs[["task", "estimator", "seed", "value"]]
+        pair_table = stats.pairs(scores)
+        board = stats.leaderboard(scores, start=start, pair_table=pair_table)
+        board.to_csv(plan.out / "leaderboard.csv", index=False)
+        pair_table.to_csv(plan.out / "pairs.csv", index=False)
+        lines += ["## Leaderboard", render.leaderboard_markdown(board)]
+        lines += ["## Paired comparison", render.pairs_markdown(pair_table)]
+    (plan.out / "suite.md").write_text("\n\n".join(lines) + "\n")
+    for name in ("runs.csv", "leaderboard.csv", "pairs.csv", "suite.md"):
+        if (plan.out / name).is_file():
+            parent.log_artifact(plan.out / name)
+    parent.log_metrics({"suite/finished_runs": len(runs), "suite/missing_runs": len(missing)}, 0)
+    parent.finish("FINISHED" if not missing else "FAILED")
+    return {
+        "id": plan.id,
+        "out": str(plan.out),
+        "runs": len(runs),
+        "missing": missing,
+        "leaderboard": board,
+        "parent_run_id": parent.run_id,
+    }

@@ -1,0 +1,146 @@
+import optuna
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from pgbench.cli import SUITE_KEYS, main
+from pgbench.errors import ConfigError
+from pgbench.reports.stats import LEADERBOARD, PAIRS
+from pgbench.suite import _queue, open_storage, plan_suite, run_cell, run_suite
+
+
+def fast(run_overrides, tmp_path) -> dict[str, str]:
+    values = run_overrides | {"trainer.steps": "2", "eval.every": "0", "checkpoint.every": "0"}
+    return values | {"output_dir": str(tmp_path / "suite")}
+
+
+def suite_runs(uri: str, suite_id: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("fr_en")
+    return client.search_runs([experiment.experiment_id], f"tags.`pgbench.suite` = '{suite_id}'")
+
+
+def test_inline_suite_writes_tables_and_resumes_without_rerunning(run_overrides, tmp_path, capsys):
+    values = fast(run_overrides, tmp_path)
+    args = [f"{k}={v}" for k, v in values.items()]
+    args += ["tasks=fr_en", "estimators=reinforce,rloo", "seeds=2", "suite.id=t1"]
+    assert main(["suite", *args]) == 0
+    assert "suite t1: 4 runs finished" in capsys.readouterr().out
+    out = tmp_path / "suite"
+    runs = pd.read_csv(out / "runs.csv")
+    assert list(runs.columns) == ["task", "estimator", "seed", "metric", "value", "run_id"]
+    assert sorted(zip(runs.estimator, runs.seed, strict=True)) == [
+        ("reinforce", 0),
+        ("reinforce", 1),
+        ("rloo", 0),
+        ("rloo", 1),
+    ]
+    assert set(runs.metric) == {"chrf"}
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert list(board.columns) == LEADERBOARD
+    # `all` rows appear only where some run beat the starting policy (2 steps may not)
+    assert set(board[board.task == "fr_en"].estimator) == {"reinforce", "rloo"}
+    assert list(pd.read_csv(out / "pairs.csv").columns) == PAIRS
+    assert "## Leaderboard" in (out / "suite.md").read_text()
+    tagged = suite_runs(values["tracking.uri"], "t1")
+    assert len(tagged) == 4
+    assert {r.info.run_id for r in tagged} == set(runs.run_id)
+    assert {r.data.tags["pgbench.estimator"] for r in tagged} == {"reinforce", "rloo"}
+    assert all(r.info.status == "FINISHED" for r in tagged)
+    client = MlflowClient(values["tracking.uri"])
+    parent = client.search_runs(
+        [client.get_experiment_by_name("pgbench-suites").experiment_id],
+        "tags.`pgbench.suite_of` = 't1'",
+    )
+    assert len(parent) == 1
+    artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert {"runs.csv", "leaderboard.csv", "pairs.csv", "suite.md"} <= artifacts
+
+    # the same command again: every cell is finished, nothing is trained
+    summaries = sorted(out.glob("*-s*/summary.json"))
+    mtimes = [p.stat().st_mtime_ns for p in summaries]
+    assert main(["suite", *args]) == 0
+    assert "0 to run" in capsys.readouterr().out
+    assert len(suite_runs(values["tracking.uri"], "t1")) == 4
+    assert [p.stat().st_mtime_ns for p in summaries] == mtimes
+    assert pd.read_csv(out / "runs.csv").equals(runs)
+
+
+def test_two_workers_on_the_journal_run_every_cell_once(run_overrides, tmp_path):
+    values = fast(run_overrides, tmp_path) | {
+        "tasks": "fr_en",
+        "estimators": "reinforce,rloo",
+        "seeds": "2",
+        "suite.id": "t2",
+        "suite.workers": "2",
+        "threads": "1",
+    }
+    outcome = run_suite(plan_suite(values, SUITE_KEYS))
+    assert outcome["runs"] == 4 and not outcome["missing"]
+    tagged = suite_runs(values["tracking.uri"], "t2")
+    names = sorted((r.data.tags["pgbench.estimator"], r.data.tags["pgbench.seed"]) for r in tagged)
+    assert names == [("reinforce", "0"), ("reinforce", "1"), ("rloo", "0"), ("rloo", "1")]
+
+
+def test_protocol_file_is_read_and_a_bad_key_names_the_file(run_overrides, tmp_path):
+    protocol = tmp_path / "mine.toml"
+    protocol.write_text(
+        '[suite]\ntasks = ["fr_en"]\nestimators = ["rloo", "grpo"]\nseeds = 3\n'
+        '[overrides]\n"trainer.steps" = 7\n[task.fr_en]\n"eval.every" = 5\nlimit = 900\n'
+    )
+    plan = plan_suite({"suite": str(protocol), "output_dir": str(tmp_path / "o")}, SUITE_KEYS)
+    assert plan.id == "mine"
+    assert [c.name for c in plan.cells][:2] == ["fr_en-rloo-s0", "fr_en-grpo-s0"]
+    assert len(plan.cells) == 6
+    cell = plan.cells[0].values
+    assert (cell["trainer.steps"], cell["eval.every"], cell["task.limit"]) == (7, 5, 900)
+    # the command line wins over the file
+    plan = plan_suite({"suite": str(protocol), "trainer.steps": "3"}, SUITE_KEYS)
+    assert plan.cells[0].values["trainer.steps"] == 3
+
+    protocol.write_text('[suite]\ntasks = ["fr_en"]\n[overrides]\n"trainer.stepz" = 7\n')
+    with pytest.raises(ConfigError, match=f"^{protocol}: unknown key 'trainer.stepz'") as err:
+        plan_suite({"suite": str(protocol)}, SUITE_KEYS)
+    assert "\n" not in str(err.value)
+    protocol.write_text('[suite]\ntasks = ["fr_en"]\n[task.fr_en]\n"rollout.temperature" = -1\n')
+    with pytest.raises(ConfigError, match=f"^{protocol} \\(cell fr_en-.*-s0\\): .*temperature"):
+        plan_suite({"suite": str(protocol)}, SUITE_KEYS)
+    with pytest.raises(ConfigError, match="no such protocol; shipped: cpu, gpu"):
+        plan_suite({"suite": "nope"}, SUITE_KEYS)
+
+
+def test_shipped_cpu_protocol_resolves_every_cell():
+    plan = plan_suite({"suite": "cpu"}, SUITE_KEYS)
+    assert plan.id == "cpu" and len(plan.cells) == 2 * 5 * 10
+    assert {c.task for c in plan.cells} == {"arith", "fr_en"}
+    assert {c.values["trainer.steps"] for c in plan.cells} == {150}
+    assert {c.values["eval.every"] for c in plan.cells if c.task == "fr_en"} == {50}
+    assert len(plan_suite({"suite": "gpu"}, SUITE_KEYS).cells) == 3 * 5 * 10
+
+
+def test_a_killed_suite_requeues_its_running_cell(tmp_path):
+    # no training: a trial left RUNNING in the local journal is a killed suite's cell
+    plan = plan_suite(
+        {"tasks": "fr_en", "estimators": "rloo", "seeds": "2", "output_dir": str(tmp_path)},
+        SUITE_KEYS,
+    )
+    study = optuna.create_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
+    assert _queue(plan, study) == 2
+    running = study.ask()  # pops cell 0 from the queue, as a worker does
+    assert running.suggest_int("cell", 0, 1) == 0
+    assert _queue(plan, study) == 1  # cell 0 again; cell 1 is still queued
+    assert study.trials[0].state == TrialState.FAIL
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.system_attrs["fixed_params"]["cell"] for t in waiting) == [0, 1]
+
+
+def test_a_cell_killed_mid_run_resumes_in_its_mlflow_run(run_overrides, tmp_path):
+    values = fast(run_overrides, tmp_path) | {"tasks": "fr_en", "estimators": "rloo"}
+    plan = plan_suite(values | {"seeds": "1", "suite.id": "t3"}, SUITE_KEYS)
+    first = run_cell(plan, plan.cells[0])
+    summary = tmp_path / "suite" / "fr_en-rloo-s0" / "summary.json"
+    summary.unlink()  # as if killed after the last checkpoint, before summary.json
+    again = run_cell(plan, plan.cells[0])
+    assert again["run_id"] == first["run_id"] and summary.is_file()
+    assert len(suite_runs(values["tracking.uri"], "t3")) == 1
