@@ -35,7 +35,7 @@ CASES = [
     (["run", "task.reward=embed+comet", "reward.model=x"], "is ambiguous"),
     (["run", "trainer.lr"], "expected key=value"),
     (["run", "seed=1", "seed=2"], "key seed is given twice"),
-    (["run", "model=/nonexistent/model"], "no such folder; use tiny, a hub id or a model folder"),
+    (["run", "model=/nonexistent/model"], "no such folder; use tiny, smollm2, a hub id or a"),
     (["run", "model={tmp}"], "is not a Hugging Face model folder"),
     (["run", "tracking.uri=http://127.0.0.1:9"], "is unreachable"),
     (["run", "tracking.uri=./mlruns"], "file store is deprecated"),

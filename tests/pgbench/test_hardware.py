@@ -40,17 +40,17 @@ def test_cpu_precision_follows_capability(monkeypatch, capability, flags, native
 
 @pytest.fixture
 def autocast_seen(monkeypatch) -> list[bool]:
-    """Whether CPU autocast was on at each LlamaForCausalLM forward pass."""
-    from transformers import LlamaForCausalLM
+    """Whether CPU autocast was on at each forward pass of the Llama decoder stack."""
+    from transformers import LlamaModel
 
     seen: list[bool] = []
-    forward = LlamaForCausalLM.forward
+    forward = LlamaModel.forward
 
     def spy(self, *args, **kwargs):
         seen.append(torch.is_autocast_enabled("cpu"))
         return forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(LlamaForCausalLM, "forward", spy)
+    monkeypatch.setattr(LlamaModel, "forward", spy)
     return seen
 
 
