@@ -38,7 +38,9 @@ class TrainerConfig:
         5, "stop after N consecutive steps skipped for a NaN/inf reward, loss or gradient", ge=1
     )
     precision: Literal["fp32", "bf16"] = knob(
-        "fp32", "bf16 = bfloat16 autocast of the train step's forward passes; weights stay fp32"
+        "fp32",
+        "bf16 = bfloat16 autocast of the train step's forward passes; weights stay fp32 "
+        "(refused where the device would emulate bf16)",
     )
     gradient_checkpointing: bool = knob(
         False, "recompute activations in the backward pass (less memory, ~30% more compute)"
