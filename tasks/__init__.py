@@ -74,11 +74,18 @@ class Task:
         """Tools the policy may call mid-episode (multi-turn rollouts); None = single-turn."""
         return None
 
+    def system_message(self, tokenizer: Any) -> str | None:
+        """A system turn put before `messages` in prompts (None: none of pgbench's; the chat
+        template may still add its own). The tiny bootstrap trains on `messages` alone."""
+        return None
+
     def prompt(self, example: Example, tokenizer: Any) -> str:
-        """The prompt text, rendered with the tokenizer's chat template."""
-        return tokenizer.apply_chat_template(
-            self.messages(example), add_generation_prompt=True, tokenize=False
-        )
+        """The prompt text: the system turn, if any, and the messages in the chat template."""
+        messages = self.messages(example)
+        system = self.system_message(tokenizer)
+        if system is not None:
+            messages = [{"role": "system", "content": system}, *messages]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 REGISTRY: Registry[Task] = Registry("task")

@@ -108,18 +108,14 @@ class FrEn(Task):
     def messages(self, example: Example) -> list[dict[str, str]]:
         return [{"role": "user", "content": f"Translate French to English:\n{example.source}"}]
 
-    def prompt(self, example: Example, tokenizer: Any) -> str:
-        """The request in the chat template, after the system message of `task.system`."""
+    def system_message(self, tokenizer: Any) -> str | None:
+        """`task.system`: auto = SYSTEM, except for pgbench's tiny policy (no system turn)."""
         from pgbench.tiny import CHAT_TEMPLATE  # here: pgbench.tiny imports the tasks
 
-        system = self.system
-        if system == "auto":
+        if self.system == "auto":
             tiny = getattr(tokenizer, "chat_template", None) == CHAT_TEMPLATE
-            system = "none" if tiny else SYSTEM
-        messages = self.messages(example)
-        if system != "none":
-            messages = [{"role": "system", "content": system}, *messages]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return None if tiny else SYSTEM
+        return None if self.system == "none" else self.system
 
     def _names(self) -> set[str]:
         return {term.name for term in self.reward_terms}
