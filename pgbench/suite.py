@@ -140,6 +140,7 @@ def plan_suite(overrides: dict[str, Any], allowed: set[str] | None = None) -> Pl
     suite_id = config.suite.id or (path.stem if path else digest.hexdigest()[:8])
     out = Path(config.output_dir or f"runs/suite-{suite_id}")
     base = {k: v for k, v in (common | cli).items() if not k.startswith(NOT_RUN)}
+    from_file = {k: v for k, v in common.items() if not k.startswith(NOT_RUN)}
     cells = []
     for task in names:
         extra = {f"task.{k}" if "." not in k else k: v for k, v in per_task.get(task, {}).items()}
@@ -148,8 +149,7 @@ def plan_suite(overrides: dict[str, Any], allowed: set[str] | None = None) -> Pl
                 run = {"task": task, "estimator": estimator, "seed": seed}
                 cell = Cell(task, estimator, seed, {})
                 run["output_dir"] = str(out / cell.name)
-                values = {k: v for k, v in common.items() if not k.startswith(NOT_RUN)}
-                resolved = _checked(values | extra | run, f"{where} (cell {cell.name})")
+                _checked(from_file | extra | run, f"{where} (cell {cell.name})")  # names the file
                 resolved = _checked(base | extra | run, f"cell {cell.name}")
                 cells.append(Cell(task, estimator, seed, resolved.to_flat()))
     unknown = sorted(set(per_task) - set(names))
