@@ -299,7 +299,11 @@ def help_rows(task: str = "fr_en", estimator: str = "rloo") -> list[tuple[str, s
     rows += describe(estimators.REGISTRY.get_class(estimator), "estimator.")
     for name, cls in SECTIONS.items():
         rows += describe(cls, f"{name}.")
-    return rows
+    task_defaults = tasks.REGISTRY.get_class(task).run_defaults
+    return [
+        (key, kind, f"{task_defaults[key]!r} ({task})" if key in task_defaults else default, text)
+        for key, kind, default, text in rows
+    ]
 
 
 def resolve(values: dict[str, Any], allowed: set[str] | None = None) -> Config:
@@ -311,6 +315,9 @@ def resolve(values: dict[str, Any], allowed: set[str] | None = None) -> Config:
     top = build(TopLevel, "", {k: v for k, v in values.items() if "." not in k and k in _TOP})
     task_cls = tasks.REGISTRY.get_class(top.task)
     estimator_cls = estimators.REGISTRY.get_class(top.estimator)
+    for key, value in task_cls.run_defaults.items():
+        if allowed is None or key.partition(".")[0] in allowed:
+            values.setdefault(key, value)
     groups: dict[str, dict[str, Any]] = {}
     valid = set(all_keys(top.task, top.estimator))
     for key, value in values.items():

@@ -28,6 +28,7 @@ import hashlib
 import json
 import multiprocessing
 import tomllib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,10 @@ RUNS = ["task", "estimator", "seed", "metric", "value", "run_id"]
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the suite: its task, estimator, seed and whole flat config."""
+    """One run of the suite: its task, estimator (or variant name), seed and whole flat config."""
 
     task: str
-    estimator: str
+    estimator: str  # the column it is ranked in: an estimator, or a protocol [variant.NAME]
     seed: int
     values: dict[str, Any]  # Config.to_flat() of the run, output_dir included
 
@@ -90,19 +91,19 @@ def protocol_path(name: str) -> Path:
     return path
 
 
-def read_protocol(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(keys for every run, keys per task) of a protocol TOML file."""
+def read_protocol(path: Path) -> tuple[dict[str, Any], dict[str, dict], dict[str, dict]]:
+    """(keys for every run, keys per task, variants) of a protocol TOML file."""
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    extra = sorted(set(data) - {"suite", "overrides", "task"})
+    extra = sorted(set(data) - {"suite", "overrides", "task", "variant"})
     bad = sorted(set(data.get("suite", {})) - SUITE_TABLE)
     if extra or bad:
         wrong = ", ".join([f"[{t}]" for t in extra] + [f"suite.{k}" for k in bad])
         raise ConfigError(
             f"{path}: unknown {wrong}; valid: [suite] {sorted(SUITE_TABLE)}, "
-            "[overrides], [task.NAME]"
+            "[overrides], [task.NAME], [variant.NAME]"
         )
     suite = {
         k if k in ("estimators", "seeds") else f"suite.{k}": v
@@ -111,7 +112,11 @@ def read_protocol(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]
     for key in ("suite.tasks", "estimators"):
         if isinstance(suite.get(key), list):
             suite[key] = ",".join(suite[key])
-    return suite | data.get("overrides", {}), data.get("task", {})
+    variants = data.get("variant", {})
+    for name, keys in variants.items():
+        if "estimator" not in keys:
+            raise ConfigError(f'{path}: [variant.{name}] needs estimator = "<estimator>"')
+    return suite | data.get("overrides", {}), data.get("task", {}), variants
 
 
 def _checked(values: dict[str, Any], where: str, allowed: set[str] | None = None) -> Config:
@@ -129,7 +134,7 @@ def plan_suite(overrides: dict[str, Any], allowed: set[str] | None = None) -> Pl
             raise ConfigError(f"{key}= does not apply to a suite; use tasks=, estimators=, seeds=")
     source = str(cli.get("suite.protocol", ""))
     path = protocol_path(source) if source else None
-    common, per_task = read_protocol(path) if path else ({}, {})
+    common, per_task, variants = read_protocol(path) if path else ({}, {}, {})
     where = str(path) if path else ""
     _checked(common, where)  # a bad key in the file is named as the file's
     config = _checked(common | cli, "", allowed)
@@ -144,14 +149,17 @@ def plan_suite(overrides: dict[str, Any], allowed: set[str] | None = None) -> Pl
     cells = []
     for task in names:
         extra = {f"task.{k}" if "." not in k else k: v for k, v in per_task.get(task, {}).items()}
+        columns = {name: {"estimator": name} for name in config.estimator_names()}
+        for name, keys in variants.items():
+            if task in keys.get("tasks", [task]):
+                columns[name] = {k: v for k, v in keys.items() if k != "tasks"}
         for seed in range(config.seeds):
-            for estimator in config.estimator_names():
-                run = {"task": task, "estimator": estimator, "seed": seed}
-                cell = Cell(task, estimator, seed, {})
-                run["output_dir"] = str(out / cell.name)
+            for label, keys in columns.items():
+                cell = Cell(task, label, seed, {})
+                run = {"task": task, **keys, "seed": seed, "output_dir": str(out / cell.name)}
                 _checked(from_file | extra | run, f"{where} (cell {cell.name})")  # names the file
                 resolved = _checked(base | extra | run, f"cell {cell.name}")
-                cells.append(Cell(task, estimator, seed, resolved.to_flat()))
+                cells.append(Cell(task, label, seed, resolved.to_flat()))
     unknown = sorted(set(per_task) - set(names))
     if unknown:
         raise ConfigError(f"{where}: [task.{unknown[0]}] is not among the suite's tasks {names}")
@@ -221,12 +229,13 @@ def work(plan: Plan, worker: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     threads = use_threads(plan.threads, plan.workers)
     study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
+    by_name = {cell.name: cell for cell in plan.cells}
 
     def objective(trial: optuna.Trial) -> float:
         if not _queued(study, trial.number):  # another worker took the last cell
             raise optuna.TrialPruned("no queued cell")
-        cell = plan.cells[trial.suggest_int("cell", 0, len(plan.cells) - 1)]
-        trial.set_user_attr("cell", cell.name)
+        trial.suggest_int("cell", 0, len(plan.cells) - 1)  # the queued index, as a param
+        cell = by_name[trial.user_attrs["cell"]]  # the name, robust to a protocol's new cells
         print(f"suite {plan.id}: worker {worker} ({threads} threads) runs {cell.name}")
         summary = run_cell(plan, cell)
         metric = tasks.REGISTRY.get_class(cell.task).metric
@@ -239,6 +248,9 @@ def work(plan: Plan, worker: int) -> None:
         if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             study.stop()
 
+    with warnings.catch_warnings():  # RDB: a dead worker's cell is queued again now
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         study.optimize(
             objective, callbacks=[stop_when_empty], catch=(Exception,), gc_after_trial=True
@@ -251,11 +263,8 @@ def _queue(plan: Plan, study: optuna.Study) -> int:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(trial.number, state=TrialState.FAIL)
     live = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
-    taken = {
-        t.params.get("cell", t.system_attrs.get("fixed_params", {}).get("cell"))
-        for t in study.get_trials(deepcopy=False, states=live)
-    }
-    todo = [i for i in range(len(plan.cells)) if i not in taken]
+    taken = {t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False, states=live)}
+    todo = [i for i, cell in enumerate(plan.cells) if cell.name not in taken]
     for index in todo:
         study.enqueue_trial({"cell": index}, user_attrs={"cell": plan.cells[index].name})
     return len(todo)
@@ -305,14 +314,12 @@ def _conclude(plan: Plan, study: optuna.Study, parent: MLflowTracker) -> dict[st
     from pgbench.reports import render, stats
 
     rows, start, missing = [], {}, []
-    finished = {
-        t.params["cell"]: t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.params
-    }
-    for index, cell in enumerate(plan.cells):
-        if index not in finished:
+    finished = {t.user_attrs["cell"]: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    for cell in plan.cells:
+        if cell.name not in finished:
             missing.append(cell.name)
             continue
-        trial = finished[index]
+        trial = finished[cell.name]
         metric = tasks.REGISTRY.get_class(cell.task).metric
         rows.append(
             [cell.task, cell.estimator, cell.seed, metric, trial.value, trial.user_attrs["run_id"]]

@@ -44,6 +44,9 @@ class Task:
 
     name: ClassVar[str]
     metric: ClassVar[str]  # held-out metric that sweeps maximise
+    # Shared-knob defaults this task changes (e.g. {"trainer.prompts_per_step": 32}): applied by
+    # config.resolve unless the command line sets the key, and shown by --help.
+    run_defaults: ClassVar[dict[str, Any]] = {}
 
     def splits(self) -> Splits:
         raise NotImplementedError

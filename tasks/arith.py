@@ -12,6 +12,8 @@ larger models; the tiny policy learns almost none of it within a CPU budget.
 
 from __future__ import annotations
 
+import math
+
 import random
 import re
 from dataclasses import dataclass
@@ -129,5 +131,11 @@ class Arith(Task):
         ]
 
     def metrics(self, completions: list[str], examples: list[Example]) -> dict[str, float]:
+        """Accuracy (0-100) and the mean length in characters of the wrong completions (NaN
+        if none is wrong): GRPO's normalisations are said to lengthen wrong answers."""
         rewards = self.reward(completions, examples)
-        return {"accuracy": 100.0 * sum(rewards) / len(rewards)}
+        wrong = [len(c) for c, r in zip(completions, rewards, strict=True) if not r]
+        return {
+            "accuracy": 100.0 * sum(rewards) / len(rewards),
+            "wrong_chars": sum(wrong) / len(wrong) if wrong else math.nan,
+        }

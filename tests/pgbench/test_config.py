@@ -91,3 +91,19 @@ def test_help_rows_have_type_default_and_text():
     assert rows["kl.estimator"][1:3] == ("{k1|k3}", "'k1'")
     assert rows["estimator.baseline"][3]
     assert all(row[3] for row in rows.values())
+
+
+def test_task_run_defaults_apply_unless_set():
+    fr_en = resolve({"task": "fr_en"})
+    assert (fr_en.trainer.prompts_per_step, fr_en.rollout.samples_per_prompt) == (32, 8)
+    assert fr_en.eval.every == 50
+    arith = resolve({"task": "arith"})
+    assert (arith.trainer.prompts_per_step, arith.rollout.samples_per_prompt) == (8, 4)
+    assert arith.eval.every == 25
+    explicit = resolve({"task": "fr_en", "trainer.prompts_per_step": "4"})
+    assert explicit.trainer.prompts_per_step == 4 and explicit.rollout.samples_per_prompt == 8
+    restricted = resolve({"task": "fr_en"}, allowed={"task", "model"})
+    assert restricted.trainer.prompts_per_step == 8  # a section the verb ignores: global default
+    rows = {row[0]: row for row in help_rows(task="fr_en")}
+    assert rows["trainer.prompts_per_step"][2] == "32 (fr_en)"
+    assert {row[0]: row for row in help_rows(task="arith")}["trainer.prompts_per_step"][2] == "8"

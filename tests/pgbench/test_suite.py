@@ -1,7 +1,14 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import optuna
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from pgbench.cli import SUITE_KEYS, main
@@ -112,11 +119,31 @@ def test_protocol_file_is_read_and_a_bad_key_names_the_file(run_overrides, tmp_p
 
 def test_shipped_cpu_protocol_resolves_every_cell():
     plan = plan_suite({"suite": "cpu"}, SUITE_KEYS)
-    assert plan.id == "cpu" and len(plan.cells) == 2 * 5 * 10
-    assert {c.task for c in plan.cells} == {"arith", "fr_en"}
-    assert {c.values["trainer.steps"] for c in plan.cells} == {150}
-    assert {c.values["eval.every"] for c in plan.cells if c.task == "fr_en"} == {50}
+    columns = {"reinforce", "rloo", "grpo", "reinforce_pp", "ppo", "rloo_k3"}
+    assert plan.id == "cpu" and len(plan.cells) == (8 + 6) * 10
+    assert {c.estimator for c in plan.cells if c.task == "fr_en"} == columns
+    assert {c.estimator for c in plan.cells if c.task == "arith"} == columns | {
+        "grpo_seq",
+        "dr_grpo",
+    }
+    fr_en = [c.values for c in plan.cells if c.task == "fr_en"]
+    assert {
+        (v["trainer.steps"], v["trainer.prompts_per_step"], v["eval.every"]) for v in fr_en
+    } == {(75, 32, 25)}
+    dr_grpo = next(c.values for c in plan.cells if c.estimator == "dr_grpo")
+    assert (dr_grpo["estimator"], dr_grpo["estimator.scale"]) == ("grpo", "none")
+    assert dr_grpo["loss.aggregation"] == "seq_mean_token_sum_norm"
+    k3 = next(c.values for c in plan.cells if c.estimator == "rloo_k3")
+    assert (k3["estimator"], k3["kl.estimator"], k3["kl.placement"]) == ("rloo", "k3", "loss")
+    assert k3["output_dir"].endswith("arith-rloo_k3-s0")
     assert len(plan_suite({"suite": "gpu"}, SUITE_KEYS).cells) == 3 * 5 * 10
+
+
+def test_a_variant_needs_an_estimator(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[suite]\ntasks = ["arith"]\n[variant.mine]\n"kl.estimator" = "k3"\n')
+    with pytest.raises(ConfigError, match=r"\[variant.mine\] needs estimator"):
+        plan_suite({"suite": str(path)}, SUITE_KEYS)
 
 
 def test_a_killed_suite_requeues_its_running_cell(tmp_path):
@@ -144,3 +171,56 @@ def test_a_cell_killed_mid_run_resumes_in_its_mlflow_run(run_overrides, tmp_path
     again = run_cell(plan, plan.cells[0])
     assert again["run_id"] == first["run_id"] and summary.is_file()
     assert len(suite_runs(values["tracking.uri"], "t3")) == 1
+
+
+def test_a_killed_workers_cell_is_rerun_by_another_on_postgresql(
+    run_overrides, postgres_url, tmp_path
+):
+    values = fast(run_overrides, tmp_path) | {
+        "tasks": "fr_en",
+        "estimators": "rloo",
+        "seeds": "2",
+        "suite.id": "pg",
+        "suite.storage": postgres_url,
+        "suite.heartbeat_s": "1",
+    }
+    slow = values | {"trainer.steps": "400", "output_dir": str(tmp_path / "first")}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pgbench", "suite", *(f"{k}={v}" for k, v in slow.items())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    plan = plan_suite(values | {"output_dir": str(tmp_path / "second")}, SUITE_KEYS)
+    deadline, running = time.monotonic() + 120, []
+    while not running and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="suite-pg", storage=open_storage(plan))
+        except KeyError:  # the study is not created yet
+            continue
+        # a cell with its run.json is inside its objective, so it has a heartbeat
+        running = [
+            t
+            for t in study.get_trials(states=(TrialState.RUNNING,))
+            if (tmp_path / "first" / t.user_attrs["cell"] / "run.json").is_file()
+        ]
+    assert running, "the first worker never started a cell"
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(3)  # longer than the grace period (2 heartbeats of 1 s)
+
+    result = run_suite(plan)  # "another machine": its own run directories, the same study
+    assert result["runs"] == 2 and result["missing"] == []
+    study = optuna.load_study(study_name="suite-pg", storage=open_storage(plan))
+    killed = study.trials[running[0].number]
+    assert killed.state == TrialState.FAIL
+    retried = [
+        t
+        for t in study.trials
+        if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number
+    ]
+    assert retried and retried[0].state == TrialState.COMPLETE
+    assert retried[0].user_attrs["cell"] == killed.user_attrs["cell"]
+    runs = pd.read_csv(tmp_path / "second" / "runs.csv")
+    assert sorted(runs.seed) == [0, 1]

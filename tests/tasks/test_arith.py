@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -135,7 +136,9 @@ def test_reward_and_accuracy_by_hand():
     completions = ["The answer is 82.", "80", "", "1,258"]
     # correct, wrong, no number, correct with a separator -> 1, 0, 0, 1; accuracy 2/4 = 50%
     assert task.reward(completions, examples) == [1.0, 0.0, 0.0, 1.0]
-    assert task.metrics(completions, examples) == {"accuracy": 50.0}
+    # the wrong ones are "80" and "": (2 + 0) / 2 characters
+    assert task.metrics(completions, examples) == {"accuracy": 50.0, "wrong_chars": 1.0}
+    assert math.isnan(task.metrics(completions[:1], examples[:1])["wrong_chars"])
     assert task.metric == "accuracy"
     assert task.messages(examples[0]) == [{"role": "user", "content": "What is 37 + 45?"}]
     assert task.target(examples[0]) == "82"
@@ -174,7 +177,7 @@ def test_micro_grpo_run_logs_accuracy(tmp_path):
         "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     summary = train(resolve(overrides))
-    assert set(summary["eval_before"]) == set(summary["eval_after"]) == {"accuracy"}
+    assert set(summary["eval_before"]) == set(summary["eval_after"]) == {"accuracy", "wrong_chars"}
     client = MlflowClient(overrides["tracking.uri"])
     valid = client.get_metric_history(summary["run_id"], "eval/accuracy")
     assert [m.step for m in valid] == [0, 2, 3]
