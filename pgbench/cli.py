@@ -38,7 +38,7 @@ COMPARE_KEYS = RUN_KEYS - {"estimator", "seed", "resume"} | {
     "compare",
     "sweep",
 }
-SUITE_KEYS = COMPARE_KEYS - {"compare", "sweep"} | {"suite"}
+SUITE_KEYS = COMPARE_KEYS - {"compare", "sweep"} | {"suite", "variance"}
 VARIANCE_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "threads"} | {
     "estimators",
     "trainer",
@@ -204,7 +204,7 @@ def suite(overrides: dict[str, str]) -> int:
     if outcome["leaderboard"] is not None:
         board = outcome["leaderboard"][["task", "estimator", "n", "mean", "iqm", "rank"]]
         print(board.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"tables: {outcome['out']}/runs.csv, leaderboard.csv, pairs.csv, suite.md")
+    print(f"report: {outcome['out']}/suite.md (and .html, leaderboard/pairs/findings .csv)")
     print(f"MLflow runs: tags.\"pgbench.suite\" = '{outcome['id']}'")
     return 0 if not outcome["missing"] else 1
 

@@ -160,6 +160,9 @@ class SuiteConfig:
         "(empty = <output_dir>/suite.journal)",
     )
     heartbeat_s: int = knob(30, "heartbeat of RDB storages; a dead worker's cell is re-run", ge=1)
+    variance: bool = knob(
+        False, "also measure each task's gradient variance (pgbench variance) for the Findings"
+    )
 
 
 @dataclass

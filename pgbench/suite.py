@@ -17,9 +17,9 @@ again; one with only run.json was killed mid-run and resumes from its last check
 same MLflow run. Trials left RUNNING in a local journal by a killed suite are failed and
 their cells queued again.
 
-Outputs: runs.csv, leaderboard.csv, pairs.csv (pgbench.reports.stats) and suite.md, logged as
-artifacts of the MLflow run `suite-<id>`; cell runs are tagged pgbench.suite, .task,
-.estimator and .seed.
+Outputs: runs.csv and the report of reports/suite_report.py (leaderboards, pairs, findings,
+suite.md, suite.html, figures), logged as artifacts of the MLflow run `suite-<id>`; cell runs
+are tagged pgbench.suite, .task, .estimator (the column: estimator or variant) and .seed.
 """
 
 from __future__ import annotations
@@ -45,10 +45,17 @@ from pgbench.tracking import SPOOL, MLflowTracker, check_reachable, write_json
 
 PROTOCOLS = Path(__file__).parent / "protocols"
 ALIASES = {"suite": "suite.protocol", "tasks": "suite.tasks"}  # short CLI keys
-SUITE_TABLE = {"tasks", "estimators", "seeds", "id"}  # keys of a protocol's [suite] table
+SUITE_TABLE = {
+    "tasks",
+    "estimators",
+    "seeds",
+    "id",
+    "variance",
+}  # keys of a protocol's [suite] table
 NOT_RUN = ("suite.", "output_dir", "resume", "estimators", "seeds", "compare.", "sweep.")
 PARENT_ATTR = "mlflow_parent_run_id"
 RUNS = ["task", "estimator", "seed", "metric", "value", "run_id"]
+VARIANCE = "variance"  # the column name of a task's `pgbench variance` cell
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,12 @@ def plan_suite(overrides: dict[str, Any], allowed: set[str] | None = None) -> Pl
         for name, keys in variants.items():
             if task in keys.get("tasks", [task]):
                 columns[name] = {k: v for k, v in keys.items() if k != "tasks"}
+        if config.suite.variance:  # the estimators' gradient variance on this task's policy
+            cell = Cell(task, VARIANCE, 0, {})
+            run = {"task": task, "output_dir": str(out / cell.name)}
+            estimators = ",".join(config.estimator_names())
+            values = _checked(base | extra | run | {"estimators": estimators}, cell.name)
+            cells.append(Cell(task, VARIANCE, 0, values.to_flat()))
         for seed in range(config.seeds):
             for label, keys in columns.items():
                 cell = Cell(task, label, seed, {})
@@ -185,10 +198,15 @@ def open_storage(plan: Plan) -> optuna.storages.BaseStorage:
 
 
 def run_cell(plan: Plan, cell: Cell) -> dict[str, Any]:
-    """Train one cell, resume it if it was killed mid-run, or read it if it finished."""
+    """Train one cell, resume it if it was killed mid-run, or read it if it finished; a
+    variance cell measures (`pgbench variance`) and returns {estimator: total_variance}."""
     from pgbench.trainer import train
+    from pgbench.variance import run_variance
 
     run_dir = Path(cell.values["output_dir"])
+    if cell.estimator == VARIANCE:
+        table, _ = run_variance(resolve(cell.values))
+        return dict(zip(table.estimator, table.total_variance, strict=True))
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
     config = resolve(cell.values)
@@ -238,6 +256,9 @@ def work(plan: Plan, worker: int) -> None:
         cell = by_name[trial.user_attrs["cell"]]  # the name, robust to a protocol's new cells
         print(f"suite {plan.id}: worker {worker} ({threads} threads) runs {cell.name}")
         summary = run_cell(plan, cell)
+        if cell.estimator == VARIANCE:
+            trial.set_user_attr(VARIANCE, summary)
+            return 0.0
         metric = tasks.REGISTRY.get_class(cell.task).metric
         # the study, not the run directories, is the record shared by every machine
         trial.set_user_attr("run_id", summary["run_id"])
@@ -310,16 +331,20 @@ def run_suite(plan: Plan) -> dict[str, Any]:
 
 
 def _conclude(plan: Plan, study: optuna.Study, parent: MLflowTracker) -> dict[str, Any]:
-    """runs.csv, leaderboard.csv, pairs.csv and suite.md from the study's finished trials."""
-    from pgbench.reports import render, stats
+    """runs.csv and the report (reports/suite_report.py) from the study's finished trials."""
+    from pgbench.reports.suite_report import write_report
 
     rows, start, missing = [], {}, []
     finished = {t.user_attrs["cell"]: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    variance = {}  # task -> {estimator: total gradient variance}
     for cell in plan.cells:
         if cell.name not in finished:
             missing.append(cell.name)
             continue
         trial = finished[cell.name]
+        if cell.estimator == VARIANCE:
+            variance[cell.task] = trial.user_attrs[VARIANCE]
+            continue
         metric = tasks.REGISTRY.get_class(cell.task).metric
         rows.append(
             [cell.task, cell.estimator, cell.seed, metric, trial.value, trial.user_attrs["run_id"]]
@@ -327,22 +352,17 @@ def _conclude(plan: Plan, study: optuna.Study, parent: MLflowTracker) -> dict[st
         start[cell.task] = trial.user_attrs["start"]  # the same starting policy per task
     runs = pd.DataFrame(rows, columns=RUNS)
     runs.to_csv(plan.out / "runs.csv", index=False)
-    lines = [f"# Suite {plan.id}", f"{len(runs)} of {len(plan.cells)} runs finished."]
+    title = f"# Suite {plan.id}\n\n{len(runs)} of {len(plan.cells)} cells finished."
     if missing:
-        lines.append(f"Missing (rerun the command to retry): {', '.join(missing)}.")
-    board = pair_table = None
+        title += f" Missing (rerun the command to retry): {', '.join(missing)}."
+    report = {"leaderboard": None}
     if len(runs):
-        scores = runs[["task", "estimator", "seed", "value"]]
-        pair_table = stats.pairs(scores)
-        board = stats.leaderboard(scores, start=start, pair_table=pair_table)
-        board.to_csv(plan.out / "leaderboard.csv", index=False)
-        pair_table.to_csv(plan.out / "pairs.csv", index=False)
-        lines += ["## Leaderboard", render.leaderboard_markdown(board)]
-        lines += ["## Paired comparison", render.pairs_markdown(pair_table)]
-    (plan.out / "suite.md").write_text("\n\n".join(lines) + "\n")
-    for name in ("runs.csv", "leaderboard.csv", "pairs.csv", "suite.md"):
-        if (plan.out / name).is_file():
-            parent.log_artifact(plan.out / name)
+        report = write_report(plan.out, title, runs, start, variance, plan.tracking_uri)
+    else:
+        (plan.out / "suite.md").write_text(title + "\n")
+    for path in sorted(plan.out.iterdir()):
+        if path.suffix in (".csv", ".md", ".html", ".png"):
+            parent.log_artifact(path)
     parent.log_metrics({"suite/finished_runs": len(runs), "suite/missing_runs": len(missing)}, 0)
     parent.finish("FINISHED" if not missing else "FAILED")
     return {
@@ -350,6 +370,6 @@ def _conclude(plan: Plan, study: optuna.Study, parent: MLflowTracker) -> dict[st
         "out": str(plan.out),
         "runs": len(runs),
         "missing": missing,
-        "leaderboard": board,
+        "leaderboard": report["leaderboard"],
         "parent_run_id": parent.run_id,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -12,33 +13,59 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from pgbench import estimators  # noqa: E402
+from pgbench.reports import stats  # noqa: E402
 
 SMOOTH = 5  # steps in the rolling mean of noisy per-step curves
+SIGNIFICANT = 0.05  # Holm-corrected p below which a pair is drawn filled
 
 
-def colours() -> dict[str, str]:
-    """One colour per registered estimator, the same in every figure and report."""
-    palette = plt.get_cmap("tab10").colors
-    return {
-        name: matplotlib.colors.to_hex(palette[i])
-        for i, name in enumerate(estimators.REGISTRY.names())
-    }
+def colours(names: Iterable[str] = ()) -> dict[str, str]:
+    """One colour per registered estimator and per extra label in `names`, fixed per label.
+
+    Registered estimators take tab10 in registry order; other labels (variants such as
+    "dr_grpo"), sorted, take the colours after them: the rest of tab10, then tab20, tab20b and
+    tab20c without repeats.
+    """
+    registered = estimators.REGISTRY.names()
+    extra = sorted(set(names) - set(registered))
+    maps = ("tab10", "tab20", "tab20b", "tab20c")
+    palette = list(
+        dict.fromkeys(matplotlib.colors.to_hex(c) for m in maps for c in plt.get_cmap(m).colors)
+    )
+    return {name: palette[i % len(palette)] for i, name in enumerate([*registered, *extra])}
 
 
-def _band(ax, x: np.ndarray, curves: np.ndarray, colour: str, label: str) -> None:
-    """Mean of curves [runs, points] with its 95% t-interval as a shaded band."""
+def mean_band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over runs of curves [runs, points] and its 95% percentile bootstrap band [points].
+
+    Whole runs are resampled (`stats.bootstrap_ci`, the same resamples at every point); with
+    one run the band is NaN.
+    """
     mean = curves.mean(axis=0)
+    if len(curves) < 2:
+        return mean, np.full_like(mean, math.nan), np.full_like(mean, math.nan)
+    low, high = stats.bootstrap_ci([curves], stats.mean)
+    return mean, low, high
+
+
+def _band(ax: Axes, x: np.ndarray, curves: np.ndarray, colour: str, label: str) -> None:
+    """Mean of curves [runs, points] with its bootstrap band (`mean_band`) shaded."""
+    mean, low, high = mean_band(curves)
     ax.plot(x, mean, color=colour, label=f"{label} (n={len(curves)})")
     if len(curves) > 1:
-        half = (
-            stats.t.ppf(0.975, len(curves) - 1)
-            * curves.std(axis=0, ddof=1)
-            / math.sqrt(len(curves))
-        )
-        ax.fill_between(x, mean - half, mean + half, color=colour, alpha=0.12, linewidth=0)
+        ax.fill_between(x, low, high, color=colour, alpha=0.12, linewidth=0)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _curves(
@@ -67,7 +94,12 @@ def line_figure(
     path: Path,
     smooth: int = SMOOTH,
 ) -> Path:
-    """Mean curve and 95% band per estimator of y against x (a step-logged metric or 'step')."""
+    """Mean curve per estimator (any label) of y against x, a step-logged metric or 'step'.
+
+    Runs are interpolated on a common grid of x up to the shortest run; the shaded band is the
+    95% percentile bootstrap interval of the mean over runs at each x (`mean_band`), absent for
+    an estimator with one run.
+    """
     xs = history[history.metric == x].value if x != "step" else history.step
     ends = history[history.metric == y].groupby("run_id").step.max() if x == "step" else None
     top = (
@@ -78,23 +110,21 @@ def line_figure(
     starts_at_zero = x != "step" and (history[history.metric == y].step == 0).any()
     grid = np.linspace(0.0 if starts_at_zero else max(xs.min(), 0), top, 100)
     fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=120)
-    palette = colours()
-    for name, curves in sorted(_curves(history, x, y, grid, smooth).items()):
+    runs = _curves(history, x, y, grid, smooth)
+    palette = colours(runs)
+    for name, curves in sorted(runs.items()):
         _band(ax, grid, curves, palette[name], name)
     if smooth > 1:
         title += f" (rolling mean of {smooth} points)"
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def variance_figure(variance: pd.DataFrame, path: Path) -> Path:
     """Bar chart of total gradient variance (log scale) and cosine to the reference."""
-    palette = colours()
+    palette = colours(variance.estimator)
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.6), dpi=120)
     bar_colours = [palette[e] for e in variance.estimator]
     left.bar(variance.estimator, variance.total_variance, color=bar_colours)
@@ -107,10 +137,121 @@ def variance_figure(variance: pd.DataFrame, path: Path) -> Path:
     for ax in (left, right):
         ax.grid(axis="y", alpha=0.3)
         ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def _task_panels(table: pd.DataFrame) -> tuple[Figure, list[tuple[str, pd.DataFrame, Axes]]]:
+    """One panel per task of `table` (the `all` aggregate last), each as tall as its rows."""
+    tasks = sorted(table.task.unique(), key=lambda task: (task == stats.ALL, task))
+    groups = [table[table.task == task] for task in tasks]
+    fig, axes = plt.subplots(
+        len(tasks),
+        1,
+        figsize=(8.0, 1.0 + 0.9 * len(tasks) + 0.35 * len(table)),
+        dpi=120,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [len(g) + 1 for g in groups]},
+    )
+    return fig, list(zip(tasks, groups, axes[:, 0], strict=True))
+
+
+def _interval_panel(ax: Axes, rows: pd.DataFrame, palette: dict[str, str]) -> None:
+    """Leaderboard rows of one task, best first: interval as a line, mean dot, IQM diamond."""
+    rows = rows.sort_values(["rank", "mean"], ascending=[True, False])
+    y = np.arange(len(rows))
+    row_colours = [palette[e] for e in rows.estimator]
+    ax.hlines(y, rows.ci_low, rows.ci_high, colors=row_colours, linewidth=2)
+    ax.scatter(rows["mean"], y, c=row_colours, marker="o", zorder=3)
+    ax.scatter(rows.iqm, y, c="none", edgecolors=row_colours, marker="D", zorder=3)
+    ranked = rows.estimator + " (rank " + rows["rank"].astype("Int64").astype(str) + ")"
+    ax.set_yticks(y, ranked.where(rows["rank"].notna(), rows.estimator))
+    ax.invert_yaxis()  # best at the top
+    ax.grid(axis="x", alpha=0.3)
+
+
+def interval_figure(board: pd.DataFrame, path: Path) -> Path:
+    """Leaderboard (stats.leaderboard) per task: mean, IQM and 95% bootstrap interval.
+
+    Task panels show the interval of the mean; the `all` panel (normalised scores pooled over
+    tasks) the stratified interval of the IQM, as `stats.leaderboard` computes them.
+    """
+    fig, panels = _task_panels(board)
+    palette = colours(board.estimator)
+    for task, rows, ax in panels:
+        _interval_panel(ax, rows, palette)
+        if task == stats.ALL:
+            ax.set_title("all tasks, normalised score (interval of the IQM)", fontsize=10)
+        else:
+            ax.set_title(f"{task} (interval of the mean)", fontsize=10)
+    key = [  # neutral markers: the colours are the estimators'
+        Line2D([], [], color="k", linewidth=2, label="95% interval"),
+        Line2D([], [], color="k", marker="o", linestyle="", label="mean"),
+        Line2D([], [], color="k", marker="D", markerfacecolor="none", linestyle="", label="IQM"),
+    ]
+    panels[0][2].legend(handles=key, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Final score: mean and 95% bootstrap interval over seeds")
+    return _save(fig, path)
+
+
+def _pairs_panel(ax: Axes, rows: pd.DataFrame) -> None:
+    """Pairs of one task: mean_diff with its interval; filled if p (Holm) < SIGNIFICANT."""
+    y = np.arange(len(rows))
+    significant = (rows.p_holm < SIGNIFICANT).to_numpy()  # NaN (untestable) is not
+    for chosen, filled in ((significant, True), (~significant, False)):
+        part = rows[chosen]
+        label = f"p (Holm) < {SIGNIFICANT}" if filled else "not significant"
+        width = 2.5 if filled else 1.0
+        ax.hlines(y[chosen], part.diff_ci_low, part.diff_ci_high, colors="k", linewidth=width)
+        ax.plot(
+            part.mean_diff,
+            y[chosen],
+            "o",
+            color="k",
+            markerfacecolor="k" if filled else "white",
+            label=label,
+        )
+    ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(y, rows.a + " - " + rows.b)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+
+
+def pairs_figure(pairs: pd.DataFrame, path: Path) -> Path:
+    """Paired differences (stats.pairs) per task: mean a - b and its 95% bootstrap interval.
+
+    Filled, bold: the Holm-corrected paired t-test rejects "no difference" at SIGNIFICANT;
+    hollow: it does not, or is untestable (one seed, constant differences).
+    """
+    fig, panels = _task_panels(pairs)
+    for task, rows, ax in panels:
+        _pairs_panel(ax, rows)
+        ax.set_title(task, fontsize=10)
+    panels[-1][2].set_xlabel("mean difference a - b over matched seeds")
+    panels[0][2].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Paired differences: mean and 95% bootstrap interval")
+    return _save(fig, path)
+
+
+def profile_figure(profile: pd.DataFrame, path: Path) -> Path:
+    """rliable performance profile (stats.performance_profile): P(normalised score > tau).
+
+    One line per estimator with its stratified 95% bootstrap band (none where NaN).
+    """
+    palette = colours(profile.estimator)
+    fig, ax = plt.subplots(figsize=(7.0, 4.0), dpi=120)
+    for name, rows in profile.groupby("estimator"):
+        colour = palette[name]
+        ax.plot(rows.tau, rows.fraction, color=colour, label=name)
+        ax.fill_between(rows.tau, rows.ci_low, rows.ci_high, color=colour, alpha=0.15, linewidth=0)
+    ax.set(
+        xlabel="normalised score tau (0 = start or worst run, 1 = best run)",
+        ylabel="fraction of runs with score > tau",
+        title="Performance profile with 95% bootstrap band",
+        ylim=(-0.02, 1.02),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
 
 
 def _number(value: float, digits: int) -> str:

@@ -234,8 +234,13 @@ def seeds_needed(mean_diff: float, sd: float, alpha: float = 0.05, power: float 
     return float(n)
 
 
-def _pair_row(
-    task: str, a: pd.Series, b: pd.Series, confidence: float, n_resamples: int, seed: int
+def pair_row(
+    task: str,
+    a: pd.Series,
+    b: pd.Series,
+    confidence: float = 0.95,
+    n_resamples: int = RESAMPLES,
+    seed: int = 0,
 ) -> dict:
     """Statistics of a - b on one task; `a`, `b` are values indexed by seed."""
     matched = pd.concat({"a": a, "b": b}, axis=1, join="inner")  # seeds both ran
@@ -290,7 +295,7 @@ def pairs(
         by = {e: g.set_index("seed").value.rename(e) for e, g in group.groupby("estimator")}
         order = sorted(by, key=lambda e: (-by[e].mean(), e))  # best first
         for a, b in combinations(order, 2):
-            rows.append(_pair_row(task, by[a], by[b], confidence, n_resamples, seed))
+            rows.append(pair_row(task, by[a], by[b], confidence, n_resamples, seed))
     table = pd.DataFrame(rows, columns=[c for c in PAIRS if c != "p_holm"])
     table["p_holm"] = holm(table.p_value)
     return table[PAIRS]

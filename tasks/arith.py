@@ -13,7 +13,6 @@ larger models; the tiny policy learns almost none of it within a CPU budget.
 from __future__ import annotations
 
 import math
-
 import random
 import re
 from dataclasses import dataclass

@@ -119,8 +119,11 @@ def test_protocol_file_is_read_and_a_bad_key_names_the_file(run_overrides, tmp_p
 
 def test_shipped_cpu_protocol_resolves_every_cell():
     plan = plan_suite({"suite": "cpu"}, SUITE_KEYS)
-    columns = {"reinforce", "rloo", "grpo", "reinforce_pp", "ppo", "rloo_k3"}
-    assert plan.id == "cpu" and len(plan.cells) == (8 + 6) * 10
+    columns = {"reinforce", "rloo", "grpo", "reinforce_pp", "ppo", "rloo_k3", "variance"}
+    assert plan.id == "cpu" and len(plan.cells) == (8 + 6) * 10 + 2  # + a variance cell each
+    variance = [c for c in plan.cells if c.estimator == "variance"]
+    assert [c.task for c in variance] == ["arith", "fr_en"]
+    assert variance[0].values["estimators"] == "reinforce,rloo,grpo,reinforce_pp,ppo"
     assert {c.estimator for c in plan.cells if c.task == "fr_en"} == columns
     assert {c.estimator for c in plan.cells if c.task == "arith"} == columns | {
         "grpo_seq",
@@ -224,3 +227,46 @@ def test_a_killed_workers_cell_is_rerun_by_another_on_postgresql(
     assert retried[0].user_attrs["cell"] == killed.user_attrs["cell"]
     runs = pd.read_csv(tmp_path / "second" / "runs.csv")
     assert sorted(runs.seed) == [0, 1]
+
+
+def test_variants_variance_and_findings_in_the_report(run_overrides, tmp_path):
+    protocol = tmp_path / "mine.toml"
+    protocol.write_text(
+        '[suite]\ntasks = ["fr_en"]\nestimators = ["reinforce", "rloo", "grpo"]\nseeds = 2\n'
+        'variance = true\n[variant.rloo_k3]\nestimator = "rloo"\n"kl.estimator" = "k3"\n'
+        '"kl.placement" = "loss"\n'
+    )
+    values = fast(run_overrides, tmp_path) | {
+        "suite": str(protocol),
+        "variance.batches": "2",
+        "variance.reference_batches": "1",
+    }
+    plan = plan_suite(values, SUITE_KEYS)
+    result = run_suite(plan)
+    assert result["runs"] == 8 and result["missing"] == []
+    out = tmp_path / "suite"
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs.estimator.unique()) == ["grpo", "reinforce", "rloo", "rloo_k3"]
+    tagged = suite_runs(values["tracking.uri"], "mine")
+    k3 = [r for r in tagged if r.data.tags["pgbench.estimator"] == "rloo_k3"]
+    assert len(k3) == 2 and k3[0].data.params["kl.estimator"] == "k3"
+    assert (out / "fr_en-variance-s0" / "variance.csv").is_file()
+    found = pd.read_csv(out / "findings.csv")
+    assert set(zip(found.a, found.b, strict=True)) == {
+        ("rloo", "reinforce"),
+        ("rloo", "rloo_k3"),
+        ("total_variance", "auc"),
+    }
+    assert set(found.verdict) <= {"supported", "contradicted", "inconclusive"}
+    auc = pd.read_csv(out / "leaderboard_auc.csv")
+    assert set(auc[auc.task == "fr_en"].estimator) == set(runs.estimator)
+    text = (out / "suite.md").read_text()
+    assert "## Findings" in text and "![leaderboard](leaderboard.png)" in text
+    for name in ("leaderboard.png", "pairs.png", "fr_en_valid_chrf.png"):
+        assert (out / name).stat().st_size > 0
+    # the profile needs a run that beat the starting policy (2 steps may not)
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert (out / "performance_profile.png").is_file() == (board.task == "all").any()
+    client = MlflowClient(values["tracking.uri"])
+    artifacts = {a.path for a in client.list_artifacts(result["parent_run_id"])}
+    assert {"findings.csv", "suite.html", "pairs.png", "leaderboard_auc.csv"} <= artifacts

@@ -1,0 +1,121 @@
+"""The report of `pgbench suite`: tables, findings and figures from its finished runs.
+
+Per run it reads from MLflow the valid-metric curve (its area, `tables.area_under_curve`, is
+the run's learning speed) and, where the task logs it, `test/wrong_chars`. Writes, in `out`:
+leaderboard.csv (final held-out metric), leaderboard_auc.csv (area under the valid curve),
+pairs.csv, findings.csv, suite.md, suite.html and the figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from pgbench import tasks
+from pgbench.reports import collect, findings, render, stats, tables
+
+TAUS = np.linspace(0.0, 1.0, 21)  # normalised-score thresholds of the performance profile
+
+
+def per_run_frame(client: MlflowClient, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curves, quantities) of `runs` (columns of suite.RUNS).
+
+    curves: tidy histories of eval/<metric> and train/tokens (collect.history_frame, plus
+    task); quantities: task, estimator, seed, quantity (metric, auc, wrong_chars), value.
+    """
+    curves, rows = [], []
+    for task, group in runs.groupby("task"):
+        valid = f"eval/{tasks.REGISTRY.get_class(task).metric}"
+        history = collect.history_frame(client, group, [valid, "train/tokens"]).assign(task=task)
+        curves.append(history)
+        auc = tables.area_under_curve(history, valid)
+        for run in group.itertuples():
+            key = {"task": task, "estimator": run.estimator, "seed": run.seed}
+            rows.append(key | {"quantity": "metric", "value": run.value})
+            if run.run_id in auc.index:
+                rows.append(key | {"quantity": "auc", "value": float(auc[run.run_id])})
+            wrong = client.get_run(run.run_id).data.metrics.get("test/wrong_chars")
+            if wrong is not None:
+                rows.append(key | {"quantity": "wrong_chars", "value": wrong})
+    return pd.concat(curves, ignore_index=True), pd.DataFrame(rows)
+
+
+def _scores(quantities: pd.DataFrame, quantity: str) -> pd.DataFrame:
+    chosen = quantities[quantities.quantity == quantity]
+    return chosen[["task", "estimator", "seed", "value"]].reset_index(drop=True)
+
+
+def _figures(
+    out: Path,
+    board: pd.DataFrame,
+    pair_table: pd.DataFrame,
+    scores: pd.DataFrame,
+    start: dict[str, float],
+    curves: pd.DataFrame,
+) -> list[Path]:
+    profile = stats.performance_profile(stats.normalise(scores, start), TAUS)
+    figures = [render.interval_figure(board, out / "leaderboard.png")]
+    if len(pair_table):  # one estimator: no pairs
+        figures.append(render.pairs_figure(pair_table, out / "pairs.png"))
+    if len(profile):  # no task whose best run beat its start: nothing to normalise
+        figures.append(render.profile_figure(profile, out / "performance_profile.png"))
+    for task, history in curves.groupby("task"):
+        metric = tasks.REGISTRY.get_class(task).metric
+        figures.append(
+            render.line_figure(
+                history,
+                "train/tokens",
+                f"eval/{metric}",
+                "completion tokens generated",
+                f"valid {metric}",
+                f"{task}: valid {metric} vs tokens",
+                out / f"{task}_valid_{metric}.png",
+                smooth=1,
+            )
+        )
+    return figures
+
+
+def write_report(
+    out: Path,
+    title: str,
+    runs: pd.DataFrame,
+    start: dict[str, float],
+    variance: dict[str, dict[str, float]],
+    uri: str,
+) -> dict[str, Any]:
+    """Write the tables, findings, Markdown, HTML and figures of these runs into `out`."""
+    curves, quantities = per_run_frame(MlflowClient(uri), runs)
+    scores = _scores(quantities, "metric")
+    pair_table = stats.pairs(scores)
+    board = stats.leaderboard(scores, start=start, pair_table=pair_table)
+    auc = _scores(quantities, "auc")
+    auc_board = stats.leaderboard(auc, pair_table=stats.pairs(auc))
+    found = findings.findings(quantities, variance)
+    board.to_csv(out / "leaderboard.csv", index=False)
+    auc_board.to_csv(out / "leaderboard_auc.csv", index=False)
+    pair_table.to_csv(out / "pairs.csv", index=False)
+    found.to_csv(out / "findings.csv", index=False)
+    figures = _figures(out, board, pair_table, scores, start, curves)
+    sections = [
+        title,
+        "## Leaderboard (final held-out metric)",
+        render.leaderboard_markdown(board),
+        "## Leaderboard (area under the valid curve per step: learning speed)",
+        render.leaderboard_markdown(auc_board),
+        "## Paired comparison",
+        render.pairs_markdown(pair_table),
+        "## Findings",
+        findings.__doc__.split("\n\n", 1)[1].strip(),
+        findings.markdown(found),
+        "\n".join(f"![{p.stem}]({p.name})" for p in figures),
+    ]
+    (out / "suite.md").write_text("\n\n".join(sections) + "\n")
+    (out / "suite.html").write_text(
+        render.html_page(title, [board, auc_board, pair_table, found], figures)
+    )
+    return {"leaderboard": board, "pairs": pair_table, "findings": found, "figures": figures}
