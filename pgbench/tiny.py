@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -299,7 +300,7 @@ def tiny_policy_dir(
         reached = stop_metric(task, model, tokenizer, spec.stop_examples)
     losses = supervised_fine_tune(model, encoded, spec, tokenizer.pad_token_id, progress, reached)
 
-    tmp = target_dir.with_name(target_dir.name + ".tmp")
+    tmp = target_dir.with_name(f"{target_dir.name}.tmp{os.getpid()}")  # one per builder
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -315,6 +316,9 @@ def tiny_policy_dir(
         "cpu_capability": cpu_capability(),
     }
     (tmp / "tiny.json").write_text(json.dumps(info, indent=2) + "\n")
+    if (target_dir / "tiny.json").is_file():  # another process (a suite worker) finished first
+        shutil.rmtree(tmp)
+        return target_dir
     shutil.rmtree(target_dir, ignore_errors=True)
     tmp.rename(target_dir)
     return target_dir

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pgbench import tasks
+from pgbench import tasks, tiny
 from pgbench.tiny import (
     TinySpec,
     answer_loss,
@@ -42,7 +42,7 @@ def test_sft_lowers_the_loss(micro_policy):
     assert info["train_pairs"] > 1000
 
 
-def test_cache_is_reused_and_keyed_by_spec(micro_task, micro_policy, tmp_path):
+def test_cache_is_reused_and_keyed_by_spec(micro_task, micro_policy, tmp_path, monkeypatch):
     spec = TinySpec(
         vocab_size=300,
         hidden_size=16,
@@ -59,7 +59,22 @@ def test_cache_is_reused_and_keyed_by_spec(micro_task, micro_policy, tmp_path):
     other = tiny_policy_dir(
         micro_task, tmp_path, TinySpec(**{**spec.__dict__, "seed": 1}), progress=False
     )
-    assert other != first and not list(tmp_path.glob("*.tmp"))
+    assert other != first and not list(tmp_path.glob("*.tmp*"))
+
+    # a second process building the same policy: the first to finish wins, the other's copy
+    # is discarded (suite workers may start the same task's bootstrap at once)
+    real, seed2, other = tiny.supervised_fine_tune, TinySpec(**{**spec.__dict__, "seed": 2}), {}
+
+    def meanwhile(*args, **kwargs):
+        monkeypatch.setattr(tiny, "supervised_fine_tune", real)
+        other["dir"] = tiny_policy_dir(micro_task, tmp_path, seed2, progress=False)
+        other["stamp"] = (other["dir"] / "tiny.json").stat().st_mtime_ns
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny, "supervised_fine_tune", meanwhile)
+    assert tiny_policy_dir(micro_task, tmp_path, seed2, progress=False) == other["dir"]
+    assert (other["dir"] / "tiny.json").stat().st_mtime_ns == other["stamp"]
+    assert not list(tmp_path.glob("*.tmp*"))
 
 
 def test_split_digits_tokenizer_gives_one_token_per_digit():
