@@ -33,8 +33,8 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     so a tool result between two turns is part of the environment's transition.
     """
     advantages = torch.zeros_like(rewards)
-    running = torch.zeros(rewards.shape[0])  # A of the next policy token (0 after the last)
-    next_value = torch.zeros(rewards.shape[0])  # V of the next policy token (0 after the last)
+    running = rewards.new_zeros(rewards.shape[0])  # A of the next policy token (0 after the last)
+    next_value = rewards.new_zeros(rewards.shape[0])  # V of the next policy token (0 after it)
     for t in reversed(range(rewards.shape[1])):
         valid = mask[:, t].bool()
         delta = rewards[:, t] + gamma * next_value - values[:, t]

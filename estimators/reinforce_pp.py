@@ -25,7 +25,7 @@ def token_rewards(batch: Batch) -> torch.Tensor:
     steps = batch.mask.shape[1]
     # last policy token: tool results may leave gaps in the mask, so not mask.sum() - 1
     last = steps - 1 - batch.mask.flip(1).argmax(dim=1)  # [N]
-    rows = torch.arange(batch.mask.shape[0])
+    rows = torch.arange(batch.mask.shape[0], device=batch.mask.device)
     rewards[rows, last] += batch.rewards.reshape(-1)
     return rewards
 

@@ -82,10 +82,10 @@ def right_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[Te
     """Token-id lists as a right-padded tensor [N, W] (W = the longest, at least 1) and the
     mask [N, W] of their real entries."""
     width = max([1, *(len(row) for row in rows)])
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    real = torch.zeros((len(rows), width), dtype=torch.long)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device="cpu")  # host staging,
+    real = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")  # one copy below
     for index, row in enumerate(rows):
-        ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        ids[index, : len(row)] = torch.tensor(row, dtype=torch.long, device="cpu")
         real[index, : len(row)] = 1
     return ids.to(device), real.to(device)
 

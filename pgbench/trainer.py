@@ -250,7 +250,8 @@ class Trainer:
         rollout_s = time.perf_counter() - started
         tokens = int(processes.sum(rollout.tokens))
         repeated = [example for example in examples for _ in range(samples)]
-        local_rewards = torch.tensor(self.task.reward(rollout.texts, repeated)).view(-1, samples)
+        scores = self.task.reward(rollout.texts, repeated)  # floats: onto the device here, once
+        local_rewards = torch.tensor(scores, device=self.device).view(-1, samples)
         rewards = processes.gather(local_rewards)  # [P, K] of every process
         if not torch.isfinite(rewards).all():
             return self._skip("reward", tokens, started)
@@ -273,8 +274,10 @@ class Trainer:
         shuffle = torch.Generator().manual_seed(seed)
         updates = []
         for _ in range(estimator.epochs):
-            order = torch.randperm(rows, generator=shuffle) if estimator.epochs > 1 else None
-            order = torch.arange(rows) if order is None else order
+            if estimator.epochs > 1:  # a CPU generator, the same order on every device
+                order = torch.randperm(rows, generator=shuffle, device="cpu").to(self.device)
+            else:
+                order = torch.arange(rows, device=self.device)
             for minibatch in order.chunk(estimator.minibatches):
                 with self._autocast():
                     stats = accumulate_gradients(

@@ -103,7 +103,7 @@ def accumulate_gradients(
     )
     stats = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "value_loss": 0.0}
     live, prepared.live = prepared.live, None  # a graph is back-propagated at most once
-    all_rows = torch.arange(len(prepared.mask))
+    all_rows = torch.arange(len(prepared.mask), device=prepared.mask.device)
     for chunk in rows.split(config.trainer.micro_batch_size):
         chunk_mask = prepared.mask[chunk]
         if live is not None and torch.equal(chunk, all_rows):

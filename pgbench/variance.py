@@ -72,7 +72,8 @@ def draw_batches(config: Config, policy: Policy, count: int, offset: int) -> lis
             cfg.rollout.temperature,
             tools=cfg.task.tools(),
         )
-        rewards = torch.tensor(cfg.task.reward(rollout.texts, repeated)).view(-1, samples)
+        scores = cfg.task.reward(rollout.texts, repeated)
+        rewards = torch.tensor(scores, device=policy.model.device).view(-1, samples)
         draws.append(Draw(rollout, rewards))
     return draws
 
@@ -91,13 +92,13 @@ def policy_gradient(
     model.zero_grad(set_to_none=True)
     started = time.perf_counter()
     prepared = prepare(config, estimator, model, None, value_head, draw.rollout, draw.rewards, {})
-    rows = torch.arange(len(draw.rollout.texts))
+    rows = torch.arange(len(draw.rollout.texts), device=model.device)
     accumulate_gradients(
         config, estimator, model, value_head, prepared, rows, with_value_loss=False
     )
     seconds = time.perf_counter() - started
     grad = torch.cat(
-        [p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in params]
+        [p.grad.flatten() if p.grad is not None else p.new_zeros(p.numel()) for p in params]
     )
     model.zero_grad(set_to_none=True)
     return grad.cpu(), seconds

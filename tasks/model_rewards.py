@@ -105,7 +105,6 @@ class ModelRewards:
 
     def embed(self, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
         """Per hypothesis, the max over its references of the embedding cosine, in [-1, 1]."""
-        counts = torch.tensor([len(refs) for refs in references])
         texts = list(hypotheses) + [ref for refs in references for ref in refs]
         vectors = self.embedder().encode(
             texts,
@@ -115,7 +114,8 @@ class ModelRewards:
             show_progress_bar=False,
         )  # [N + R, D], unit length
         hyps, refs = vectors[: len(hypotheses)], vectors[len(hypotheses) :]
-        owner = torch.repeat_interleave(torch.arange(len(hypotheses)), counts).to(refs.device)
+        counts = torch.tensor([len(r) for r in references], device=refs.device)
+        owner = torch.repeat_interleave(torch.arange(len(hypotheses), device=refs.device), counts)
         cosine = (hyps[owner] * refs).sum(-1)  # [R]
         best = torch.full((len(hypotheses),), -torch.inf, device=refs.device)
         return best.scatter_reduce(0, owner, cosine, "amax").tolist()
