@@ -27,7 +27,6 @@ from transformers import get_cosine_schedule_with_warmup
 import pgbench
 from pgbench import checkpoint, hardware, parallel
 from pgbench.config import Config
-from pgbench.engine import sample
 from pgbench.errors import ConfigError, TrainingError
 from pgbench.evaluate import evaluate
 from pgbench.policy import (
@@ -40,6 +39,7 @@ from pgbench.policy import (
     reset_peak_memory,
     resolve_model,
 )
+from pgbench.rollout import collect_rollout
 from pgbench.rundir import (
     append_samples,
     check_run_dir_free,
@@ -91,6 +91,28 @@ class LoopState:
     eval_valid: dict[str, float] = field(default_factory=dict)  # last valid-split metrics
     skipped_steps: int = 0  # steps skipped for a non-finite reward, loss or gradient
     consecutive_skips: int = 0
+
+
+def step_metrics(
+    prepared: Prepared, updates: list[dict[str, float]], rewards: torch.Tensor
+) -> dict[str, float]:
+    """What a step's rollout, advantages and updates say: rewards [P, K] of every process,
+    advantages, loss terms (mean over the optimiser steps), KL, entropy, completion length."""
+    advantages = prepared.advantages[prepared.mask.bool()]
+    mean = {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
+    return {
+        "train/reward_mean": rewards.mean().item(),
+        "train/reward_std": rewards.std().item(),
+        "train/advantage_mean": advantages.mean().item(),
+        "train/advantage_std": advantages.std().item(),
+        "train/loss": mean["loss"],
+        "train/value_loss": mean["value_loss"],
+        "train/clip_fraction": mean["clip_fraction"],
+        "train/kl": prepared.seq_kl.mean().item(),
+        "train/entropy": updates[0]["entropy"],
+        "train/completion_len": prepared.mask.sum(1).mean().item(),
+        "train/grad_norm": mean["grad_norm"],
+    }
 
 
 class Trainer:
@@ -215,8 +237,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """Sample, score, estimate advantages and take the estimator's optimiser steps."""
         cfg, state, estimator = self.config, self.state, self.config.estimator
-        model, tokenizer, processes = self.policy.model, self.policy.tokenizer, self.processes
-        samples = cfg.rollout.samples_per_prompt
+        model, processes = self.policy.model, self.processes
         started = time.perf_counter()
 
         # Rollout: P prompts x K samples, rows grouped by prompt (this process's share of them).
@@ -224,34 +245,19 @@ class Trainer:
         torch.manual_seed(processes.seed(seed))
         examples = random.Random(seed).sample(self.splits.train, cfg.trainer.prompts_per_step)
         examples = processes.share(examples)
-        prompts = [self.task.prompt(example, tokenizer) for example in examples]
-        sync_s = 0.0
-        with self._autocast():
-            if self.vllm is not None:
-                sync_s = self.vllm.sync_if_due(model, state.step)
-                rollout = self.vllm.sample(
-                    prompts,
-                    samples,
-                    cfg.rollout.max_new_tokens,
-                    cfg.rollout.temperature,
-                    self.device,
-                    processes.seed(seed),
-                )
-            else:
-                rollout = sample(
-                    model,
-                    tokenizer,
-                    prompts,
-                    samples,
-                    cfg.rollout.max_new_tokens,
-                    cfg.rollout.temperature,
-                    tools=self.task.tools(),
-                )
-        rollout_s = time.perf_counter() - started
+        sync_s = self.vllm.sync_if_due(model, state.step) if self.vllm is not None else 0.0
+        collected = collect_rollout(
+            self.config,
+            self.policy,
+            examples,
+            self.device,
+            self.vllm,
+            processes.seed(seed),
+            self._autocast(),
+        )
+        rollout, local_rewards = collected.rollout, collected.rewards
+        rollout_s = sync_s + collected.sample_s
         tokens = int(processes.sum(rollout.tokens))
-        repeated = [example for example in examples for _ in range(samples)]
-        scores = self.task.reward(rollout.texts, repeated)  # floats: onto the device here, once
-        local_rewards = torch.tensor(scores, device=self.device).view(-1, samples)
         rewards = processes.gather(local_rewards)  # [P, K] of every process
         if not torch.isfinite(rewards).all():
             return self._skip("reward", tokens, started)
@@ -299,20 +305,7 @@ class Trainer:
 
         step_s = self._advance(tokens, started)
         state.consecutive_skips = 0
-        valid_advantages = prepared.advantages[prepared.mask.bool()]
-        mean = {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
-        metrics = {
-            "train/reward_mean": rewards.mean().item(),
-            "train/reward_std": rewards.std().item(),
-            "train/advantage_mean": valid_advantages.mean().item(),
-            "train/advantage_std": valid_advantages.std().item(),
-            "train/loss": mean["loss"],
-            "train/value_loss": mean["value_loss"],
-            "train/clip_fraction": mean["clip_fraction"],
-            "train/kl": prepared.seq_kl.mean().item(),
-            "train/entropy": updates[0]["entropy"],
-            "train/completion_len": prepared.mask.sum(1).mean().item(),
-            "train/grad_norm": mean["grad_norm"],
+        metrics = step_metrics(prepared, updates, rewards) | {
             "train/lr": lr,
             "train/tokens": state.tokens,
             "train/step_time_s": step_s,

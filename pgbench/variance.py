@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 
 from pgbench import estimators
 from pgbench.config import Config
-from pgbench.engine import Rollout, sample
+from pgbench.engine import Rollout
 from pgbench.errors import ConfigError
 from pgbench.estimators import Estimator
 from pgbench.policy import Policy, load_policy, pick_device, resolve_model
+from pgbench.rollout import collect_rollout
 from pgbench.update import accumulate_gradients, prepare
 
 COLUMNS = [
@@ -57,24 +58,11 @@ def draw_batches(config: Config, policy: Policy, count: int, offset: int) -> lis
     """`count` independent rollout batches of the same prompts, seeded by (seed, offset + b)."""
     cfg = config
     examples = random.Random(cfg.seed).sample(cfg.task.splits().train, cfg.trainer.prompts_per_step)
-    prompts = [cfg.task.prompt(example, policy.tokenizer) for example in examples]
-    samples = cfg.rollout.samples_per_prompt
-    repeated = [example for example in examples for _ in range(samples)]
     draws = []
     for batch in tqdm(range(count), desc="rollouts", unit="batch", leave=False):
         torch.manual_seed(cfg.seed * 1_000_003 + offset + batch)
-        rollout = sample(
-            policy.model,
-            policy.tokenizer,
-            prompts,
-            samples,
-            cfg.rollout.max_new_tokens,
-            cfg.rollout.temperature,
-            tools=cfg.task.tools(),
-        )
-        scores = cfg.task.reward(rollout.texts, repeated)
-        rewards = torch.tensor(scores, device=policy.model.device).view(-1, samples)
-        draws.append(Draw(rollout, rewards))
+        collected = collect_rollout(cfg, policy, examples, policy.model.device)
+        draws.append(Draw(collected.rollout, collected.rewards))
     return draws
 
 
