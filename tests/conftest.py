@@ -4,12 +4,19 @@ and a throwaway PostgreSQL server for the distributed sweep and suite tests."""
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
 from pgbench import tasks
 from pgbench.tiny import MICRO, tiny_policy_dir
@@ -89,3 +96,54 @@ def postgres_url():
         prefix + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
     )
     shutil.rmtree(root, ignore_errors=True)
+
+
+def kill_when_running(
+    args: list[str], study_name: str, storage: Callable, started: Callable[[FrozenTrial], bool]
+) -> FrozenTrial:
+    """Start `python -m pgbench <args>`, SIGKILL it once a RUNNING trial of the study passes
+    `started`, then wait past the heartbeat grace period (2 heartbeats of 1 s); returns it."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pgbench", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline, running = time.monotonic() + 120, []
+    while not running and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage())
+        except KeyError:  # the study is not created yet
+            continue
+        running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if started(t)]
+    assert running, "the worker never started a trial"
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(3)
+    return running[0]
+
+
+def killed_and_retry(study: optuna.Study, number: int) -> tuple[FrozenTrial, FrozenTrial]:
+    """The killed trial `number` (now FAIL) and the retry of it that completed."""
+    killed = study.trials[number]
+    assert killed.state == TrialState.FAIL
+    retries = [
+        t
+        for t in study.trials
+        if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == number
+    ]
+    assert retries and retries[0].state == TrialState.COMPLETE
+    return killed, retries[0]
+
+
+@pytest.fixture
+def kill_worker() -> Callable:
+    """`kill_when_running`, for the distributed sweep and suite tests."""
+    return kill_when_running
+
+
+@pytest.fixture
+def retry_of() -> Callable:
+    """`killed_and_retry`, for the distributed sweep and suite tests."""
+    return killed_and_retry

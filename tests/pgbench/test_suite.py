@@ -1,14 +1,7 @@
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import optuna
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from pgbench.cli import SUITE_KEYS, main
@@ -177,7 +170,7 @@ def test_a_cell_killed_mid_run_resumes_in_its_mlflow_run(run_overrides, tmp_path
 
 
 def test_a_killed_workers_cell_is_rerun_by_another_on_postgresql(
-    run_overrides, postgres_url, tmp_path
+    run_overrides, postgres_url, tmp_path, kill_worker, retry_of
 ):
     values = fast(run_overrides, tmp_path) | {
         "tasks": "fr_en",
@@ -188,43 +181,20 @@ def test_a_killed_workers_cell_is_rerun_by_another_on_postgresql(
         "suite.heartbeat_s": "1",
     }
     slow = values | {"trainer.steps": "400", "output_dir": str(tmp_path / "first")}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "pgbench", "suite", *(f"{k}={v}" for k, v in slow.items())],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     plan = plan_suite(values | {"output_dir": str(tmp_path / "second")}, SUITE_KEYS)
-    deadline, running = time.monotonic() + 120, []
-    while not running and time.monotonic() < deadline and worker.poll() is None:
-        time.sleep(0.5)
-        try:
-            study = optuna.load_study(study_name="suite-pg", storage=open_storage(plan))
-        except KeyError:  # the study is not created yet
-            continue
+    killed = kill_worker(
+        ["suite", *(f"{k}={v}" for k, v in slow.items())],
+        "suite-pg",
+        lambda: open_storage(plan),
         # a cell with its run.json is inside its objective, so it has a heartbeat
-        running = [
-            t
-            for t in study.get_trials(states=(TrialState.RUNNING,))
-            if (tmp_path / "first" / t.user_attrs["cell"] / "run.json").is_file()
-        ]
-    assert running, "the first worker never started a cell"
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
-    time.sleep(3)  # longer than the grace period (2 heartbeats of 1 s)
+        lambda t: (tmp_path / "first" / t.user_attrs["cell"] / "run.json").is_file(),
+    )
 
     result = run_suite(plan)  # "another machine": its own run directories, the same study
     assert result["runs"] == 2 and result["missing"] == []
     study = optuna.load_study(study_name="suite-pg", storage=open_storage(plan))
-    killed = study.trials[running[0].number]
-    assert killed.state == TrialState.FAIL
-    retried = [
-        t
-        for t in study.trials
-        if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number
-    ]
-    assert retried and retried[0].state == TrialState.COMPLETE
-    assert retried[0].user_attrs["cell"] == killed.user_attrs["cell"]
+    killed, retry = retry_of(study, killed.number)
+    assert retry.user_attrs["cell"] == killed.user_attrs["cell"]
     runs = pd.read_csv(tmp_path / "second" / "runs.csv")
     assert sorted(runs.seed) == [0, 1]
 
