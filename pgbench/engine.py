@@ -13,6 +13,7 @@ count looks at.
 from __future__ import annotations
 
 import inspect
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -105,23 +106,12 @@ def sample(
 
     Each token is drawn from softmax(logits / temperature) (argmax if `greedy`), with no
     top-k, top-p or other logits processing. With `tools`, episodes are multi-turn (see
-    `sample_with_tools`); `max_new_tokens` then caps the policy's own tokens of an episode.
+    `sample_episodes`, the one loop for both); `max_new_tokens` then caps the policy's own
+    tokens of an episode.
     """
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, model.device)  # [P, Tp]
-    if tools is not None:
-        return sample_with_tools(
-            model,
-            tokenizer,
-            prompt_ids,
-            prompt_mask,
-            samples_per_prompt,
-            max_new_tokens,
-            temperature,
-            greedy,
-            tools,
-        )
-    eos = tokenizer.eos_token_id
-    completion_ids = sample_tokens(
+    episodes = ToolCalls(tools, tokenizer, len(prompts) * samples_per_prompt) if tools else None
+    completion_ids, policy_mask, lengths = sample_episodes(
         model,
         prompt_ids,
         prompt_mask,
@@ -129,16 +119,19 @@ def sample(
         max_new_tokens,
         temperature,
         greedy,
-        eos,
+        tokenizer.eos_token_id,
         pad_token_id(tokenizer),
+        episodes,
     )
-    mask = completion_mask(completion_ids, eos)
+    width = torch.arange(completion_ids.shape[1], device=completion_ids.device)
+    real = (width < lengths[:, None]).long()  # [N, Tc] through EOS
     texts = tokenizer.batch_decode(
-        completion_ids * mask + eos * (1 - mask), skip_special_tokens=True
+        [row[:n] for row, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)],
+        skip_special_tokens=True,
     )
     prompt_ids = prompt_ids.repeat_interleave(samples_per_prompt, dim=0)  # [N, Tp]
     prompt_mask = prompt_mask.repeat_interleave(samples_per_prompt, dim=0)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, mask, texts)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, real, policy_mask, texts)
 
 
 def cache_keyword(model: PreTrainedModel) -> str:
@@ -192,8 +185,53 @@ def pick(logits: Tensor, temperature: float, greedy: bool) -> Tensor:
     return torch.searchsorted(cdf, uniform, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
+class ToolCalls:
+    """Tool-call bookkeeping of multi-turn episodes (only with a ToolEnv): the tool-result
+    tokens each row must still be fed, and the text of its current policy turn, extended by
+    the one new token's text at each step (never re-decoded whole)."""
+
+    def __init__(self, tools: ToolEnv, tokenizer: PreTrainedTokenizerBase, rows: int) -> None:
+        self.tools, self.tokenizer = tools, tokenizer
+        self.pending: list[list[int]] = [[] for _ in range(rows)]
+        self.turn_text = [""] * rows
+        self.turns = [1] * rows
+
+    def force(self, active: Tensor, token: Tensor) -> tuple[Tensor, Tensor]:
+        """Sampled tokens [n] of the `active` rows, with pending tool-result tokens forced in
+        their place; and the mask [n] of the forced ones."""
+        rows = active.tolist()
+        forced = [bool(self.pending[row]) for row in rows]
+        if any(forced):
+            values = token.tolist()
+            for i, row in enumerate(rows):
+                if forced[i]:
+                    values[i] = self.pending[row].pop(0)
+            token = torch.tensor(values, dtype=token.dtype, device=token.device)
+        return token, torch.tensor(forced, device=token.device)
+
+    def after(self, active: Tensor, token: Tensor, live: Tensor, ids: Tensor) -> Tensor:
+        """Look for a call in each live sampled token's turn: queue the tool's answer, or,
+        in a row's last turn, end it. `ids` [N, t] holds every row's tokens so far (a running
+        row has written all t). Returns the mask [n] of rows that end here."""
+        ending = [False] * len(token)
+        for i, (row, value) in enumerate(zip(active.tolist(), token.tolist(), strict=True)):
+            if not live[i]:
+                continue
+            self.turn_text[row] += self.tokenizer.decode([value], skip_special_tokens=True)
+            if self.tools.stop not in self.turn_text[row]:
+                continue
+            if self.turns[row] >= self.tools.max_turns:
+                ending[i] = True
+                continue
+            episode = self.tokenizer.decode(ids[row].tolist(), skip_special_tokens=True)
+            answer = self.tools.call(episode)
+            self.pending[row] = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            self.turn_text[row], self.turns[row] = "", self.turns[row] + 1
+        return torch.tensor(ending, device=token.device)
+
+
 @torch.no_grad()
-def sample_tokens(
+def sample_episodes(
     model: PreTrainedModel,
     prompt_ids: Tensor,
     prompt_mask: Tensor,
@@ -203,30 +241,49 @@ def sample_tokens(
     greedy: bool,
     eos: int,
     pad: int,
-) -> Tensor:
-    """Completion ids [N, Tc] of the distinct left-padded prompts [P, Tp], K rows each
-    (row = p * K + k), `pad` after each row's first EOS; Tc <= `max_new_tokens`.
+    tool_calls: ToolCalls | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """K episodes of each distinct left-padded prompt [P, Tp] (N = P * K rows, row = p * K +
+    k): completion ids [N, Tc] (`pad` after each row's end), the policy mask [N, Tc] (1 =
+    sampled, 0 = tool result or padding) and the lengths [N].
 
-    One token per writing row per step through the KV cache. A row that wrote EOS leaves the
-    batch and the cache, so a step costs only the rows still writing.
+    One token per running row per step through the KV cache: drawn by `pick`, or, with
+    `tool_calls`, the next token of a pending tool result (forced). A row ends at a sampled
+    EOS, after `max_new_tokens` sampled tokens, or at a tool call in its last turn
+    (`tools.max_turns`); an ended row leaves the batch and the cache, so a step costs only
+    the rows still running. Tokens stay ids, never re-tokenised, so log-probs are exact.
     """
     cache, logits, attention, position = prefill(model, prompt_ids, prompt_mask, samples_per_prompt)
     rows = logits.shape[0]
-    completion_ids = torch.full((rows, max_new_tokens), pad, device=prompt_ids.device)
-    writing = torch.arange(rows, device=prompt_ids.device)  # [n] rows with no EOS yet
-    for step in range(max_new_tokens):
+    ids = prompt_ids.new_full((rows, max_new_tokens), pad)
+    policy = prompt_ids.new_zeros((rows, max_new_tokens))
+    lengths = prompt_ids.new_zeros(rows)
+    spent = prompt_ids.new_zeros(rows)  # sampled tokens per row
+    active = torch.arange(rows, device=prompt_ids.device)  # [n] rows still running
+    for step in itertools.count():  # every running row writes its token `step` now
         token = pick(logits, temperature, greedy)  # [n]
-        completion_ids[writing, step] = token
-        going_on = token != eos
-        if step + 1 == max_new_tokens or not going_on.any():
+        forced = torch.zeros_like(token, dtype=torch.bool)
+        if tool_calls is not None:
+            token, forced = tool_calls.force(active, token)
+        if step == ids.shape[1]:  # tool results outgrew the buffer
+            ids = torch.cat([ids, ids.new_full((rows, max_new_tokens), pad)], dim=1)
+            policy = torch.cat([policy, policy.new_zeros((rows, max_new_tokens))], dim=1)
+        ids[active, step] = token
+        policy[active, step] = (~forced).long()
+        lengths[active] = step + 1
+        spent[active] += (~forced).long()
+        ended = ~forced & ((token == eos) | (spent[active] >= max_new_tokens))
+        if tool_calls is not None:
+            ended |= tool_calls.after(active, token, ~forced & ~ended, ids[:, : step + 1])
+        if ended.all():
             break
-        if not going_on.all():
-            keep = going_on.nonzero().squeeze(1)
-            writing, token, attention, position = (
-                t[keep] for t in (writing, token, attention, position)
+        if ended.any():
+            keep = (~ended).nonzero().squeeze(1)
+            active, token, attention, position = (
+                t[keep] for t in (active, token, attention, position)
             )
             next(iter(cache.values())).batch_select_indices(keep)
-        attention = torch.cat([attention, attention.new_ones(len(writing), 1)], dim=1)
+        attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
         logits = model(
             input_ids=token[:, None],
             attention_mask=attention,
@@ -235,86 +292,8 @@ def sample_tokens(
             **cache,
         ).logits[:, -1]
         position = position + 1
-    return completion_ids[:, : step + 1]
-
-
-@torch.no_grad()
-def sample_with_tools(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    samples_per_prompt: int,
-    max_new_tokens: int,
-    temperature: float,
-    greedy: bool,
-    tools: ToolEnv,
-) -> Rollout:
-    """Multi-turn episodes, K per distinct left-padded prompt [P, Tp]; one token per row per step.
-
-    Each step feeds every row one token through the KV cache: the next token of a pending
-    tool result (forced, policy_mask 0) or one sampled from softmax(logits / temperature)
-    (argmax if `greedy`; policy_mask 1). A row ends at EOS, after `max_new_tokens` policy
-    tokens, or at a tool call in its last turn (`tools.max_turns`); otherwise a call (the
-    text of the current turn contains `tools.stop`) queues the tokens of `tools.call(text)`.
-    Sampled tokens are kept as ids, never re-tokenised, so their log-probs stay exact.
-    """
-    cache, logits, attention, next_position = prefill(
-        model, prompt_ids, prompt_mask, samples_per_prompt
-    )
-    rows = logits.shape[0]
-    eos, pad = tokenizer.eos_token_id, pad_token_id(tokenizer)
-    ids: list[list[int]] = [[] for _ in range(rows)]  # completion tokens of each row
-    from_policy: list[list[int]] = [[] for _ in range(rows)]  # 1 = sampled, 0 = tool result
-    pending: list[list[int]] = [[] for _ in range(rows)]  # tool-result tokens still to feed
-    turn_start = [0] * rows  # index in ids[row] where the current policy turn starts
-    turns, spent, done = [1] * rows, [0] * rows, [False] * rows
-    while True:
-        sampled = pick(logits, temperature, greedy)  # [N]
-        step = sampled.tolist()
-        for row in range(rows):
-            if done[row]:
-                step[row] = pad
-                continue
-            forced = bool(pending[row])
-            token = pending[row].pop(0) if forced else step[row]
-            step[row] = token
-            ids[row].append(token)
-            from_policy[row].append(0 if forced else 1)
-            if forced:
-                continue
-            spent[row] += 1
-            if token == eos or spent[row] >= max_new_tokens:
-                done[row] = True
-                continue
-            turn = tokenizer.decode(ids[row][turn_start[row] :], skip_special_tokens=True)
-            if tools.stop not in turn:
-                continue
-            if turns[row] >= tools.max_turns:
-                done[row] = True
-                continue
-            result = tools.call(tokenizer.decode(ids[row], skip_special_tokens=True))
-            pending[row] = tokenizer(result, add_special_tokens=False)["input_ids"]
-            turn_start[row] = len(ids[row]) + len(pending[row])
-            turns[row] += 1
-        if all(done):
-            break
-        attention = torch.cat([attention, attention.new_ones(rows, 1)], dim=1)
-        logits = model(
-            input_ids=torch.tensor(step, device=prompt_ids.device)[:, None],
-            attention_mask=attention,
-            position_ids=next_position,
-            use_cache=True,
-            **cache,
-        ).logits[:, -1]
-        next_position = next_position + 1
-
-    completion_ids, real = right_pad(ids, pad, prompt_ids.device)  # [N, Tc]
-    policy, _ = right_pad(from_policy, 0, prompt_ids.device)
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    prompt_ids = prompt_ids.repeat_interleave(samples_per_prompt, dim=0)  # [N, Tp]
-    prompt_mask = prompt_mask.repeat_interleave(samples_per_prompt, dim=0)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, real, policy, texts)
+    width = int(lengths.max())
+    return ids[:, :width], policy[:, :width], lengths
 
 
 def generate_greedy(

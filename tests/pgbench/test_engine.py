@@ -8,7 +8,7 @@ from pgbench.engine import (
     generate_greedy,
     pick,
     sample,
-    sample_tokens,
+    sample_episodes,
     token_logprobs,
     token_logprobs_chunked,
 )
@@ -157,21 +157,18 @@ def test_a_tool_call_in_the_last_turn_ends_the_episode(micro_policy, micro_task)
     tokenizer = policy.tokenizer
     texts = prompts(micro_task, policy, 4)
     tools, calls = scripted_tools(max_turns=1)
-    never = ToolEnv(stop="\x00never\x00", call=lambda text: "", max_turns=1)
     torch.manual_seed(0)
     stopped = sample(policy.model, tokenizer, texts, 3, 16, 1.0, tools=tools)
-    torch.manual_seed(0)
-    free = sample(policy.model, tokenizer, texts, 3, 16, 1.0, tools=never)
     assert calls == []  # one turn: no call is ever answered
     assert torch.equal(stopped.policy_mask, stopped.completion_mask)
     cut = 0
     for row in range(len(texts) * 3):
         ids = stopped.completion_ids[row][stopped.completion_mask[row].bool()].tolist()
-        full = free.completion_ids[row][free.completion_mask[row].bool()].tolist()
-        assert full[: len(ids)] == ids  # same draws, cut at the call
-        if len(ids) < len(full):  # cut by the call: the last token completed "e "
+        if "e " in tokenizer.decode(ids):  # the call ended the row at the token completing it
             cut += 1
-            assert "e " in tokenizer.decode(ids) and "e " not in tokenizer.decode(ids[:-1])
+            assert "e " not in tokenizer.decode(ids[:-1])
+        else:  # no call: the row ran to EOS or to the token budget
+            assert ids[-1] == tokenizer.eos_token_id or len(ids) == 16
     assert cut > 0
 
 
@@ -219,16 +216,16 @@ def test_pick_draws_from_softmax_of_logits_over_temperature(temperature):
 def test_sampler_matches_an_uncached_greedy_loop_while_rows_leave_the_batch(
     micro_policy, micro_task
 ):
-    """Greedy `sample_tokens` against one full forward per token of each unpadded row, with a
+    """Greedy `sample_episodes` against one full forward per token of each unpadded row, with a
     frequent token standing in for EOS so that rows stop at different steps."""
     policy = load(micro_policy)
     model, pad = policy.model, policy.tokenizer.pad_token_id
     prompt_ids, prompt_mask = encode_prompts(
         policy.tokenizer, prompts(micro_task, policy, 4), torch.device("cpu")
     )
-    free = sample_tokens(model, prompt_ids, prompt_mask, 2, 10, 1.0, True, -1, pad)  # no EOS
+    free = sample_episodes(model, prompt_ids, prompt_mask, 2, 10, 1.0, True, -1, pad)[0]  # no EOS
     eos = int(free[0, 3])  # row 0 stops at step 4 at the latest
-    got = sample_tokens(model, prompt_ids, prompt_mask, 2, 10, 1.0, True, eos, pad)  # [8, Tc]
+    got, policy, ends = sample_episodes(model, prompt_ids, prompt_mask, 2, 10, 1.0, True, eos, pad)
     lengths = []
     for row in range(8):
         prompt = prompt_ids[row // 2][prompt_mask[row // 2].bool()].tolist()
@@ -240,7 +237,8 @@ def test_sampler_matches_an_uncached_greedy_loop_while_rows_leave_the_batch(
         assert got[row, : len(expected)].tolist() == expected
         assert (got[row, len(expected) :] == pad).all()
         lengths.append(len(expected))
-    assert got.shape[1] == max(lengths)
+    assert got.shape[1] == max(lengths) and ends.tolist() == lengths
+    assert torch.equal(policy, (got != pad).long() | (torch.arange(got.shape[1]) < ends[:, None]))
     assert min(lengths) < max(lengths)  # some rows left the batch before others
 
 
