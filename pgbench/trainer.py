@@ -26,19 +26,11 @@ from transformers import get_cosine_schedule_with_warmup
 
 import pgbench
 from pgbench import checkpoint, hardware, parallel
+from pgbench.components import Parts, build_parts
 from pgbench.config import Config
-from pgbench.errors import ConfigError, TrainingError
+from pgbench.errors import TrainingError
 from pgbench.evaluate import evaluate
-from pgbench.policy import (
-    Policy,
-    Reference,
-    enable_gradient_checkpointing,
-    load_policy,
-    peak_memory_mb,
-    pick_device,
-    reset_peak_memory,
-    resolve_model,
-)
+from pgbench.policy import peak_memory_mb
 from pgbench.rollout import collect_rollout
 from pgbench.rundir import (
     append_samples,
@@ -118,35 +110,17 @@ def step_metrics(
 class Trainer:
     """Trains one policy with one estimator; everything else comes from the shared config."""
 
-    def __init__(self, config: Config, tracker: Tracker | None = None) -> None:
+    def __init__(
+        self, config: Config, tracker: Tracker | None = None, parts: Parts | None = None
+    ) -> None:
+        """`parts` default to `build_parts(config)`; `tracker` to an MLflow run of the config."""
         self.config = config
         self.run_dir = Path(config.output_dir)
         self.task = config.task
         self.splits = self.task.splits()
-        self.processes = parallel.current(config.device)
-        world = self.processes.world
-        if config.trainer.prompts_per_step % world:
-            raise ConfigError(
-                f"trainer.prompts_per_step={config.trainer.prompts_per_step} must be divisible "
-                f"by the {world} launched processes (each samples an equal share)"
-            )
-        self.device = pick_device(config.device)
-        if world > 1 and self.device.type == "cuda":
-            self.device = self.processes.device  # this process's own GPU
-        reset_peak_memory(self.device)
-        torch.manual_seed(config.seed)
-        self.policy: Policy = load_policy(
-            resolve_model(config.model, self.task, config.cache_dir), config.lora, self.device
-        )
-        self.reference = Reference(self.policy) if config.kl.coef > 0 else None
-        if config.trainer.gradient_checkpointing:
-            enable_gradient_checkpointing(self.policy.model)
-        self.value_head = None
-        if config.estimator.uses_value_head:
-            hidden = self.policy.model.config.hidden_size
-            self.value_head = torch.nn.Linear(hidden, 1).to(self.device)
-            torch.nn.init.zeros_(self.value_head.weight)  # V = 0 until it learns
-            torch.nn.init.zeros_(self.value_head.bias)
+        parts = parts or build_parts(config)
+        self.device, self.processes, self.policy = parts.device, parts.processes, parts.policy
+        self.reference, self.value_head, self.vllm = parts.reference, parts.value_head, parts.vllm
         self.modules = {"policy": self.policy.model, "value_head": self.value_head}
         self.params = [
             p
@@ -173,19 +147,6 @@ class Trainer:
         if latest is not None:
             self._restore(latest)
         self.processes.broadcast_parameters(self.params)  # every process starts from rank 0's
-        self.vllm = None
-        if config.engine.backend == "vllm":
-            from pgbench.vllm_backend import VLLMSampler
-
-            engine = config.engine
-            self.vllm = VLLMSampler.create(
-                self.policy.source,
-                self.policy.tokenizer,
-                engine.sync_every,
-                engine.gpu_memory_utilization,
-                self.processes.seed(config.seed),
-                world,
-            )
         if not self.processes.main:  # only the main process logs, evaluates and writes files
             self.tracker: Tracker = NullTracker()
             return

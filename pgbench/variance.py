@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pgbench import estimators
+from pgbench.components import new_value_head
 from pgbench.config import Config
 from pgbench.engine import Rollout
 from pgbench.errors import ConfigError
@@ -71,11 +72,7 @@ def policy_gradient(
 ) -> tuple[torch.Tensor, float]:
     """The estimator's flattened policy gradient on one batch, and the seconds it took."""
     model = policy.model
-    value_head = None
-    if estimator.uses_value_head:
-        value_head = torch.nn.Linear(model.config.hidden_size, 1).to(model.device)
-        torch.nn.init.zeros_(value_head.weight)
-        torch.nn.init.zeros_(value_head.bias)
+    value_head = new_value_head(model) if estimator.uses_value_head else None
     params = [p for p in model.parameters() if p.requires_grad]
     model.zero_grad(set_to_none=True)
     started = time.perf_counter()
