@@ -12,8 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from pgbench.config import LoraConfig
-from pgbench.engine import Rollout, token_logprobs_chunked
+from pgbench.engine import Rollout
 from pgbench.errors import ConfigError, DataError
+from pgbench.scoring import token_logprobs_chunked
 from pgbench.tasks import Task
 
 

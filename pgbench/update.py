@@ -23,10 +23,11 @@ import torch
 from torch import Tensor
 
 from pgbench.config import Config
-from pgbench.engine import Rollout, TokenScores, token_logprobs, token_logprobs_chunked
+from pgbench.engine import Rollout
 from pgbench.estimators import Batch, Estimator
 from pgbench.losses import aggregate, kl_per_token, policy_loss
 from pgbench.policy import Reference
+from pgbench.scoring import TokenScores, token_logprobs, token_logprobs_chunked
 
 
 @dataclass

@@ -1,3 +1,5 @@
+"""The engine: sampling (pgbench.engine) and scoring (pgbench.scoring) of rollouts."""
+
 import pytest
 import torch
 
@@ -9,10 +11,9 @@ from pgbench.engine import (
     pick,
     sample,
     sample_episodes,
-    token_logprobs,
-    token_logprobs_chunked,
 )
 from pgbench.policy import load_policy
+from pgbench.scoring import token_logprobs, token_logprobs_chunked
 from pgbench.tasks import ToolEnv
 
 

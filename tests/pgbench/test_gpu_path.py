@@ -16,9 +16,10 @@ from transformers import AutoTokenizer
 from pgbench import config as config_module
 from pgbench import hardware
 from pgbench.config import LoraConfig, help_rows, resolve
-from pgbench.engine import encode_prompts, sample, token_logprobs
+from pgbench.engine import encode_prompts, sample
 from pgbench.errors import ConfigError
 from pgbench.policy import enable_gradient_checkpointing, load_policy
+from pgbench.scoring import token_logprobs
 from pgbench.tracking import NullTracker
 from pgbench.trainer import Trainer
 from pgbench.vllm_backend import VLLMSampler, build_rollout, policy_weights

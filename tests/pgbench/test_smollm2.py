@@ -21,9 +21,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from pgbench import smollm2
 from pgbench.config import LoraConfig, resolve
-from pgbench.engine import sample, token_logprobs_chunked
+from pgbench.engine import sample
 from pgbench.errors import DataError
 from pgbench.policy import Reference, load_policy, resolve_model
+from pgbench.scoring import token_logprobs_chunked
 from pgbench.smollm2 import GGUF_IN_WHEEL, GGUF_NAME, INFO, convert_gguf, smollm2_dir
 from pgbench.trainer import train
 
