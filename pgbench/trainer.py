@@ -31,7 +31,7 @@ from pgbench.config import Config
 from pgbench.errors import TrainingError
 from pgbench.evaluate import evaluate
 from pgbench.policy import peak_memory_mb
-from pgbench.rollout import collect_rollout
+from pgbench.rollout import Collected, collect_rollout
 from pgbench.rundir import (
     append_samples,
     check_run_dir_free,
@@ -105,6 +105,10 @@ def step_metrics(
         "train/completion_len": prepared.mask.sum(1).mean().item(),
         "train/grad_norm": mean["grad_norm"],
     }
+
+
+class NonFinite(Exception):
+    """A step's loss or gradient is NaN/inf (the message names which); the step is skipped."""
 
 
 class Trainer:
@@ -196,81 +200,40 @@ class Trainer:
 
     # -- one training step ------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        """Sample, score, estimate advantages and take the estimator's optimiser steps."""
-        cfg, state, estimator = self.config, self.state, self.config.estimator
-        model, processes = self.policy.model, self.processes
+        """One step, in its phases: rollout and rewards, advantages, updates, metrics."""
+        cfg, state, processes = self.config, self.state, self.processes
         started = time.perf_counter()
-
-        # Rollout: P prompts x K samples, rows grouped by prompt (this process's share of them).
         seed = step_seed(cfg.seed, state.step)
-        torch.manual_seed(processes.seed(seed))
-        examples = random.Random(seed).sample(self.splits.train, cfg.trainer.prompts_per_step)
-        examples = processes.share(examples)
-        sync_s = self.vllm.sync_if_due(model, state.step) if self.vllm is not None else 0.0
-        collected = collect_rollout(
-            self.config,
-            self.policy,
-            examples,
-            self.device,
-            self.vllm,
-            processes.seed(seed),
-            self._autocast(),
-        )
-        rollout, local_rewards = collected.rollout, collected.rewards
-        rollout_s = sync_s + collected.sample_s
-        tokens = int(processes.sum(rollout.tokens))
-        rewards = processes.gather(local_rewards)  # [P, K] of every process
+        collected, sync_s = self._rollout(seed)
+        tokens = int(processes.sum(collected.rollout.tokens))
+        rewards = processes.gather(collected.rewards)  # [P, K] of every process
         if not torch.isfinite(rewards).all():
             return self._skip("reward", tokens, started)
-
-        # Advantages: the only place where estimators differ.
-        with self._autocast():
+        with self._autocast():  # advantages: the only place where estimators differ
             prepared = prepare(
                 cfg,
-                estimator,
-                model,
+                cfg.estimator,
+                self.policy.model,
                 self.reference,
                 self.value_head,
-                rollout,
-                local_rewards,
+                collected.rollout,
+                collected.rewards,
                 state.estimator,
             )
-
-        # Updates: `epochs` passes of `minibatches` optimiser steps (1 x 1 for most estimators).
-        rows = len(rollout.texts)
-        shuffle = torch.Generator().manual_seed(seed)
-        updates = []
-        for _ in range(estimator.epochs):
-            if estimator.epochs > 1:  # a CPU generator, the same order on every device
-                order = torch.randperm(rows, generator=shuffle, device="cpu").to(self.device)
-            else:
-                order = torch.arange(rows, device=self.device)
-            for minibatch in order.chunk(estimator.minibatches):
-                with self._autocast():
-                    stats = accumulate_gradients(
-                        cfg, estimator, model, self.value_head, prepared, minibatch
-                    )
-                self._combine_gradients(prepared, minibatch, stats)
-                stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                    self.params, cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
-                ).item()
-                for key, cause in (("loss", "loss"), ("grad_norm", "gradient")):
-                    if not math.isfinite(stats[key]):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        return self._skip(cause, tokens, started)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                updates.append(stats)
+        try:
+            updates = self._update(prepared, seed)
+        except NonFinite as err:
+            return self._skip(str(err), tokens, started)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
-
         step_s = self._advance(tokens, started)
         state.consecutive_skips = 0
         metrics = step_metrics(prepared, updates, rewards) | {
             "train/lr": lr,
             "train/tokens": state.tokens,
             "train/step_time_s": step_s,
-            "train/rollout_tokens_per_s": tokens / max(rollout_s, 1e-9),  # every process's
+            # every process's tokens over this one's sampling time
+            "train/rollout_tokens_per_s": tokens / max(sync_s + collected.sample_s, 1e-9),
             "train/wall_clock_s": state.wall_clock_s,
             "train/peak_memory_mb": peak_memory_mb(self.device),
             "train/skipped_steps": state.skipped_steps,
@@ -281,6 +244,56 @@ class Trainer:
         for key in PER_PROCESS_METRICS:  # several processes: the mean of theirs
             metrics[key] = processes.mean(metrics[key])
         return metrics
+
+    def _rollout(self, seed: int) -> tuple[Collected, float]:
+        """P prompts x K samples (this process's share; rows grouped by prompt) and their
+        rewards; and the seconds spent syncing vLLM's weights first (0 without vLLM)."""
+        cfg, processes = self.config, self.processes
+        torch.manual_seed(processes.seed(seed))
+        examples = random.Random(seed).sample(self.splits.train, cfg.trainer.prompts_per_step)
+        examples = processes.share(examples)
+        sync_s = 0.0
+        if self.vllm is not None:
+            sync_s = self.vllm.sync_if_due(self.policy.model, self.state.step)
+        collected = collect_rollout(
+            cfg,
+            self.policy,
+            examples,
+            self.device,
+            self.vllm,
+            processes.seed(seed),
+            self._autocast(),
+        )
+        return collected, sync_s
+
+    def _update(self, prepared: Prepared, seed: int) -> list[dict[str, float]]:
+        """`epochs` passes of `minibatches` clipped AdamW steps (1 x 1 for most estimators);
+        the statistics of each. Raises NonFinite on a NaN/inf loss or gradient."""
+        cfg, estimator = self.config, self.config.estimator
+        rows = len(prepared.mask)
+        shuffle = torch.Generator().manual_seed(seed)
+        clip = cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
+        updates = []
+        for _ in range(estimator.epochs):
+            if estimator.epochs > 1:  # a CPU generator, the same order on every device
+                order = torch.randperm(rows, generator=shuffle, device="cpu").to(self.device)
+            else:
+                order = torch.arange(rows, device=self.device)
+            for minibatch in order.chunk(estimator.minibatches):
+                with self._autocast():
+                    stats = accumulate_gradients(
+                        cfg, estimator, self.policy.model, self.value_head, prepared, minibatch
+                    )
+                self._combine_gradients(prepared, minibatch, stats)
+                stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, clip).item()
+                for key, cause in (("loss", "loss"), ("grad_norm", "gradient")):
+                    if not math.isfinite(stats[key]):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        raise NonFinite(cause)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                updates.append(stats)
+        return updates
 
     def _autocast(self) -> torch.autocast:
         """bfloat16 autocast of forward passes with trainer.precision=bf16 (weights stay fp32)."""
