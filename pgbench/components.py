@@ -1,6 +1,7 @@
 """What a training run is built from: its device and processes, the policy, the reference,
-PPO's value head and the vLLM sampler. `build_parts(config)` makes them from the config; the
-Trainer receives them, so a test (or another verb) can hand it its own.
+PPO's value head and the vLLM sampler (`build_parts`), and the optimiser with its schedule
+(`build_optimizer`). The Trainer receives the parts, so a test (or another verb) can hand it
+its own.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from pgbench import parallel
 from pgbench.config import Config
@@ -79,3 +80,19 @@ def build_parts(config: Config) -> Parts:
             processes.world,
         )
     return Parts(device, processes, policy, reference, head, vllm)
+
+
+def build_optimizer(
+    config: Config, params: list[torch.nn.Parameter], device: torch.device
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `params` (fused: one kernel for all tensors, same maths) and its cosine
+    schedule with linear warm-up over `trainer.steps`."""
+    trainer = config.trainer
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=trainer.lr,
+        weight_decay=trainer.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
+    )
+    warmup = round(trainer.warmup_ratio * trainer.steps)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, trainer.steps)

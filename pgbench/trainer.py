@@ -22,11 +22,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 import pgbench
 from pgbench import checkpoint, hardware, parallel
-from pgbench.components import Parts, build_parts
+from pgbench.components import Parts, build_optimizer, build_parts
 from pgbench.config import Config
 from pgbench.errors import TrainingError
 from pgbench.evaluate import evaluate
@@ -49,7 +48,7 @@ from pgbench.tracking import (
     check_reachable,
     write_json,
 )
-from pgbench.update import Prepared, accumulate_gradients, prepare
+from pgbench.update import Prepared, accumulate_gradients, prepare, step_metrics
 
 StepCallback = Callable[[int, dict[str, float]], None]
 SAMPLES_PER_EVAL = 8  # valid completions kept per evaluation in samples.csv
@@ -85,28 +84,6 @@ class LoopState:
     consecutive_skips: int = 0
 
 
-def step_metrics(
-    prepared: Prepared, updates: list[dict[str, float]], rewards: torch.Tensor
-) -> dict[str, float]:
-    """What a step's rollout, advantages and updates say: rewards [P, K] of every process,
-    advantages, loss terms (mean over the optimiser steps), KL, entropy, completion length."""
-    advantages = prepared.advantages[prepared.mask.bool()]
-    mean = {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
-    return {
-        "train/reward_mean": rewards.mean().item(),
-        "train/reward_std": rewards.std().item(),
-        "train/advantage_mean": advantages.mean().item(),
-        "train/advantage_std": advantages.std().item(),
-        "train/loss": mean["loss"],
-        "train/value_loss": mean["value_loss"],
-        "train/clip_fraction": mean["clip_fraction"],
-        "train/kl": prepared.seq_kl.mean().item(),
-        "train/entropy": updates[0]["entropy"],
-        "train/completion_len": prepared.mask.sum(1).mean().item(),
-        "train/grad_norm": mean["grad_norm"],
-    }
-
-
 class NonFinite(Exception):
     """A step's loss or gradient is NaN/inf (the message names which); the step is skipped."""
 
@@ -133,16 +110,7 @@ class Trainer:
             for p in m.parameters()
             if p.requires_grad
         ]
-        steps = config.trainer.steps
-        self.optimizer = torch.optim.AdamW(  # fused: one kernel for all tensors, same maths
-            self.params,
-            lr=config.trainer.lr,
-            weight_decay=config.trainer.weight_decay,
-            fused=self.device.type in ("cpu", "cuda"),
-        )
-        self.scheduler = get_cosine_schedule_with_warmup(
-            self.optimizer, round(config.trainer.warmup_ratio * steps), steps
-        )
+        self.optimizer, self.scheduler = build_optimizer(config, self.params, self.device)
         self.state = LoopState()
         self.on_eval: StepCallback | None = None
         run_info = self.run_dir / "run.json"

@@ -143,3 +143,25 @@ def accumulate_gradients(
         "entropy": stats["entropy"] / tokens,
         "clip_fraction": stats["clipped"] / tokens,
     }
+
+
+def step_metrics(
+    prepared: Prepared, updates: list[dict[str, float]], rewards: torch.Tensor
+) -> dict[str, float]:
+    """What a step's rollout, advantages and updates say: rewards [P, K] of every process,
+    advantages, loss terms (mean over the optimiser steps), KL, entropy, completion length."""
+    advantages = prepared.advantages[prepared.mask.bool()]
+    mean = {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
+    return {
+        "train/reward_mean": rewards.mean().item(),
+        "train/reward_std": rewards.std().item(),
+        "train/advantage_mean": advantages.mean().item(),
+        "train/advantage_std": advantages.std().item(),
+        "train/loss": mean["loss"],
+        "train/value_loss": mean["value_loss"],
+        "train/clip_fraction": mean["clip_fraction"],
+        "train/kl": prepared.seq_kl.mean().item(),
+        "train/entropy": updates[0]["entropy"],
+        "train/completion_len": prepared.mask.sum(1).mean().item(),
+        "train/grad_norm": mean["grad_norm"],
+    }
