@@ -277,6 +277,7 @@ def verb_help(name: str, overrides: dict[str, str]) -> str:
     if name == "suite":
         lines.append(
             "\nShort forms: suite=NAME is suite.protocol=NAME, tasks=... is suite.tasks=..."
+            "\nA protocol file may add [variant.NAME] columns: an estimator with its own keys."
         )
     lines.append(
         "\nTask and estimator keys depend on the selection: "
