@@ -23,6 +23,7 @@ class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
@@ -33,6 +34,7 @@ class NullTracker:
         self.run_id = ""
         self.params: dict[str, Any] = {}
         self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.tags: dict[str, str] = {}
         self.status = "RUNNING"
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -43,6 +45,9 @@ class NullTracker:
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.tags.update(tags)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.status = status
@@ -157,6 +162,19 @@ class MLflowTracker:
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._send({"kind": "artifact", "path": str(Path(path).resolve()), "folder": folder})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags on this run (a sweep trial's state, a sweep's best parameters)."""
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def fail_if_running(self, run_id: str, tags: dict[str, str]) -> None:
+        """Tag another run of this store and end it FAILED if it still claims to be RUNNING
+        (its worker died without saying so)."""
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+            self.client.set_terminated(run_id, "FAILED")
 
     def finish(self, status: str = "FINISHED") -> None:
         self._send({"kind": "finish", "status": status})

@@ -110,9 +110,10 @@ def run_values(config: Config) -> dict[str, Any]:
 
 
 def _mark(tracker: MLflowTracker, state: str, reason: str, status: str) -> None:
-    tracker.client.set_tag(tracker.run_id, "pgbench.trial_state", state)
+    tags = {"pgbench.trial_state": state}
     if reason:
-        tracker.client.set_tag(tracker.run_id, "pgbench.fail_reason", reason[:5000])
+        tags["pgbench.fail_reason"] = reason[:5000]
+    tracker.set_tags(tags)
     tracker.finish(status)
 
 
@@ -266,7 +267,7 @@ def _conclude(config: Config, study: optuna.Study, parent: MLflowTracker) -> dic
             "command": shlex.join(command),
         }
         parent.log_metrics({"sweep/best_value": best.value}, 0)
-        parent.client.set_tag(parent.run_id, "pgbench.best_params", json.dumps(best.params))
+        parent.set_tags({"pgbench.best_params": json.dumps(best.params)})
     write_json(sweep_dir(config) / "best.json", result)
     parent.log_artifact(sweep_dir(config) / "best.json")
     parent.finish("FINISHED")
@@ -277,10 +278,11 @@ def _close_dead_trials(study: optuna.Study, parent: MLflowTracker) -> None:
     """Mark MLflow runs of trials whose worker died (still RUNNING there) as failed."""
     for trial in study.get_trials(states=(TrialState.FAIL,)):
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and parent.client.get_run(run_id).info.status == "RUNNING":
-            parent.client.set_tag(run_id, "pgbench.trial_state", "FAIL")
-            parent.client.set_tag(run_id, "pgbench.fail_reason", "worker stopped (stale heartbeat)")
-            parent.client.set_terminated(run_id, "FAILED")
+        if run_id:
+            reason = "worker stopped (stale heartbeat)"
+            parent.fail_if_running(
+                run_id, {"pgbench.trial_state": "FAIL", "pgbench.fail_reason": reason}
+            )
 
 
 def _overrides(config: Config) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pgbench.errors import DataError
-from pgbench.tracking import SPOOL, MLflowTracker, sync
+from pgbench.tracking import SPOOL, MLflowTracker, NullTracker, sync
 
 
 def _tracker(tmp_path, spool=True) -> tuple[MLflowTracker, str]:
@@ -71,3 +71,23 @@ def test_without_spool_errors_propagate(tmp_path, monkeypatch):
 def test_sync_needs_a_run_directory(tmp_path):
     with pytest.raises(DataError, match="not a pgbench run directory"):
         sync(tmp_path)
+
+
+def test_tags_and_a_dead_workers_run_go_through_the_tracker(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = MLflowTracker(uri, "tags", run_name="parent")
+    parent.set_tags({"pgbench.best_params": "{}"})
+    dead = MLflowTracker(uri, "tags", run_name="dead")  # its worker dies: never finished
+    done = MLflowTracker(uri, "tags", run_name="done")
+    done.finish("FINISHED")
+    for run in (dead, done):
+        parent.fail_if_running(run.run_id, {"pgbench.fail_reason": "stale"})
+    client = MlflowClient(uri)
+    assert client.get_run(parent.run_id).data.tags["pgbench.best_params"] == "{}"
+    assert client.get_run(dead.run_id).info.status == "FAILED"
+    assert client.get_run(dead.run_id).data.tags["pgbench.fail_reason"] == "stale"
+    assert client.get_run(done.run_id).info.status == "FINISHED"
+    assert "pgbench.fail_reason" not in client.get_run(done.run_id).data.tags
+    null = NullTracker()
+    null.set_tags({"a": "b"})
+    assert null.tags == {"a": "b"}
