@@ -111,7 +111,8 @@ def sample(
     tokens of an episode.
     """
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, model.device)  # [P, Tp]
-    episodes = ToolCalls(tools, tokenizer, len(prompts) * samples_per_prompt) if tools else None
+    rows = len(prompts) * samples_per_prompt
+    episodes = ToolCalls(tools, tokenizer, rows) if tools is not None else None
     completion_ids, policy_mask, lengths = sample_episodes(
         model,
         prompt_ids,

@@ -45,13 +45,8 @@ from pgbench.tracking import SPOOL, MLflowTracker, check_reachable, write_json
 
 PROTOCOLS = Path(__file__).parent / "protocols"
 ALIASES = {"suite": "suite.protocol", "tasks": "suite.tasks"}  # short CLI keys
-SUITE_TABLE = {
-    "tasks",
-    "estimators",
-    "seeds",
-    "id",
-    "variance",
-}  # keys of a protocol's [suite] table
+# keys of a protocol's [suite] table
+SUITE_TABLE = {"tasks", "estimators", "seeds", "id", "variance"}
 NOT_RUN = ("suite.", "output_dir", "resume", "estimators", "seeds", "compare.", "sweep.")
 PARENT_ATTR = "mlflow_parent_run_id"
 RUNS = ["task", "estimator", "seed", "metric", "value", "run_id"]
