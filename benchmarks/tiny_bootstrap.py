@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from pgbench import tasks
-from pgbench.config import LoraConfig
 from pgbench.evaluate import evaluate
 from pgbench.policy import load_policy
+from pgbench.sections import LoraConfig
 from pgbench.tiny import tiny_policy_dir
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from pgbench.config import LoraConfig
 from pgbench.engine import Rollout
 from pgbench.errors import ConfigError, DataError
 from pgbench.scoring import token_logprobs_chunked
+from pgbench.sections import LoraConfig
 from pgbench.tasks import Task
 
 

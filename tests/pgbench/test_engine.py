@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from pgbench.config import LoraConfig
 from pgbench.engine import (
     completion_mask,
     encode_prompts,
@@ -14,6 +13,7 @@ from pgbench.engine import (
 )
 from pgbench.policy import load_policy
 from pgbench.scoring import token_logprobs, token_logprobs_chunked
+from pgbench.sections import LoraConfig
 from pgbench.tasks import ToolEnv
 
 

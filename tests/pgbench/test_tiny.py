@@ -134,9 +134,9 @@ def test_sft_stops_once_the_held_out_metric_reaches_stop_at(micro_policy):
 
 
 def test_stop_metric_scores_the_valid_split(micro_task, micro_policy):
-    from pgbench.config import LoraConfig
     from pgbench.evaluate import evaluate
     from pgbench.policy import load_policy
+    from pgbench.sections import LoraConfig
 
     policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
     metric = stop_metric(micro_task, policy.model, policy.tokenizer, 8)

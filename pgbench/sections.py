@@ -1,0 +1,178 @@
+"""The shared sections of every verb's configuration: one default per knob, here and nowhere else.
+
+Each section is a dataclass of `knob` fields; `pgbench <verb> --help` lists them as
+`section.key`. Which verb accepts which section is decided in `pgbench.config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pgbench.fields import knob
+from pgbench.losses import Aggregation, KLEstimator
+from pgbench.tasks.model_rewards import DEFAULT_BATCH_SIZE, DEFAULT_COMET
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = knob(150, "optimiser steps (one rollout batch each)", ge=1)
+    lr: float = knob(1e-4, "AdamW learning rate", gt=0.0)
+    prompts_per_step: int = knob(8, "prompts P per rollout batch", ge=1)
+    warmup_ratio: float = knob(0.1, "fraction of steps with linear warm-up", ge=0.0, le=1.0)
+    grad_clip: float = knob(1.0, "max global gradient norm (0 = no clipping)", ge=0.0)
+    weight_decay: float = knob(0.0, "AdamW weight decay", ge=0.0)
+    micro_batch_size: int = knob(32, "sequences per forward/backward pass", ge=1)
+    max_skipped: int = knob(
+        5, "stop after N consecutive steps skipped for a NaN/inf reward, loss or gradient", ge=1
+    )
+    precision: Literal["fp32", "bf16"] = knob(
+        "fp32",
+        "bf16 = bfloat16 autocast of the train step's forward passes; weights stay fp32 "
+        "(refused where the device would emulate bf16)",
+    )
+    gradient_checkpointing: bool = knob(
+        False, "recompute activations in the backward pass (less memory, ~30% more compute)"
+    )
+
+
+@dataclass
+class RolloutConfig:
+    samples_per_prompt: int = knob(4, "completions K sampled per prompt (every estimator)", ge=1)
+    max_new_tokens: int = knob(32, "max tokens per completion", ge=1)
+    temperature: float = knob(0.5, "sampling temperature of rollouts", gt=0.0)
+
+
+@dataclass
+class EngineConfig:
+    backend: Literal["hf", "vllm"] = knob(
+        "hf", "rollout sampler: hf (transformers) or vllm (CUDA only, pip install 'pgbench[vllm]')"
+    )
+    sync_every: int = knob(1, "vllm: copy the policy's weights into vLLM every N steps", ge=1)
+    gpu_memory_utilization: float = knob(
+        0.3, "vllm: fraction of the GPU's memory vLLM may reserve", gt=0.0, le=1.0
+    )
+
+
+@dataclass
+class KLConfig:
+    coef: float = knob(0.05, "weight beta of KL(policy || reference); 0 = no reference", ge=0.0)
+    estimator: KLEstimator = knob("k1", "per-token KL estimator (k1 = log ratio, k3 = Schulman)")
+    placement: Literal["reward", "loss"] = knob(
+        "reward", "subtract beta*KL from the reward, or add it to the loss"
+    )
+
+
+@dataclass
+class LossConfig:
+    aggregation: Aggregation = knob("token_mean", "how per-token losses become one number")
+
+
+@dataclass
+class LoraConfig:
+    r: int = knob(0, "LoRA rank (0 = full fine-tuning)", ge=0)
+    alpha: int = knob(16, "LoRA alpha", ge=1)
+    dropout: float = knob(0.0, "LoRA dropout", ge=0.0, le=1.0)
+    target_modules: str = knob("all-linear", "peft target modules (comma-separated or all-linear)")
+
+
+@dataclass
+class EvalConfig:
+    every: int = knob(25, "evaluate on the valid split every N steps (0 = only at the end)", ge=0)
+    size: int = knob(500, "valid-split examples per evaluation", ge=1)
+    batch_size: int = knob(64, "prompts per greedy-decoding batch", ge=1)
+    max_new_tokens: int = knob(48, "max tokens per greedy completion", ge=1)
+
+
+@dataclass
+class RewardConfig:
+    model: str = knob(
+        "",
+        "model of embed (sentence-transformers folder or hub id) or comet (COMET checkpoint); "
+        f"empty = shipped all-MiniLM-L6-v2 / {DEFAULT_COMET}",
+    )
+    device: Literal["auto", "cpu", "cuda"] = knob(
+        "auto", "device of reward models (auto = the run's device)"
+    )
+    batch_size: int = knob(DEFAULT_BATCH_SIZE, "sentences per reward-model batch", ge=1)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = knob(25, "save a resumable checkpoint every N steps (0 = only at the end)", ge=0)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = knob("sqlite:///mlflow.db", "MLflow tracking URI (sqlite file, http server, ...)")
+    experiment: str = knob("", "MLflow experiment (empty = the task name)")
+
+
+@dataclass
+class VarianceConfig:
+    batches: int = knob(16, "independent rollout batches per estimator (pgbench variance)", ge=2)
+    reference_batches: int = knob(16, "extra batches averaged into the reference gradient", ge=1)
+
+
+@dataclass
+class SweepConfig:
+    n_trials: int = knob(20, "finished trials the study should reach (pgbench sweep)", ge=1)
+    workers: int = knob(1, "worker processes on this machine", ge=1)
+    storage: str = knob(
+        "", "Optuna storage: sqlite:///f.db, postgresql://..., or a .journal file (empty = local)"
+    )
+    name: str = knob("", "study name (empty = <task>-<estimator>); rerunning resumes it")
+    space: str = knob("", "JSON file with the search space (empty = the estimator's built-in one)")
+    pruner: Literal["median", "none"] = knob("median", "prune trials below the median at an eval")
+    heartbeat_s: int = knob(
+        30, "heartbeat interval of RDB storages; stale trials are retried", ge=1
+    )
+
+
+@dataclass
+class CompareConfig:
+    use_best: bool = knob(False, "use each estimator's best sweep params (same study names)")
+    id: str = knob("", "comparison id tagged on every run (empty = cmp-<time>)")
+
+
+@dataclass
+class SuiteConfig:
+    protocol: str = knob(
+        "", "protocol: a shipped name (cpu, gpu) or a .toml file; `suite=NAME` on the CLI"
+    )
+    tasks: str = knob("", "comma-separated tasks of an inline suite; `tasks=...` on the CLI")
+    id: str = knob("", "suite id tagged on every run (empty = protocol name, or a config hash)")
+    workers: int = knob(1, "worker processes on this machine (torch threads = cores // N)", ge=1)
+    storage: str = knob(
+        "",
+        "Optuna storage of the cell queue: postgresql://... or a .journal file "
+        "(empty = <output_dir>/suite.journal)",
+    )
+    heartbeat_s: int = knob(30, "heartbeat of RDB storages; a dead worker's cell is re-run", ge=1)
+    variance: bool = knob(
+        False, "also measure each task's gradient variance (pgbench variance) for the Findings"
+    )
+
+
+@dataclass
+class ReportConfig:
+    out: str = knob("", "report folder (empty = reports_out/<comparison or experiment>)")
+
+
+SECTIONS: dict[str, type] = {
+    "trainer": TrainerConfig,
+    "rollout": RolloutConfig,
+    "engine": EngineConfig,
+    "kl": KLConfig,
+    "loss": LossConfig,
+    "lora": LoraConfig,
+    "eval": EvalConfig,
+    "reward": RewardConfig,
+    "checkpoint": CheckpointConfig,
+    "tracking": TrackingConfig,
+    "variance": VarianceConfig,
+    "sweep": SweepConfig,
+    "compare": CompareConfig,
+    "suite": SuiteConfig,
+    "report": ReportConfig,
+}
