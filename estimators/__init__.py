@@ -14,6 +14,7 @@ from typing import Any, ClassVar, NamedTuple
 from torch import Tensor
 
 from pgbench.fields import knob
+from pgbench.losses import shape_rewards
 from pgbench.registry import Registry
 
 
@@ -21,10 +22,18 @@ from pgbench.registry import Registry
 class Batch:
     """What an estimator sees of one rollout batch; N = P * K rows grouped by prompt."""
 
-    rewards: Tensor  # [P, K] task rewards
+    rewards: Tensor  # [P, K] sequence rewards, KL penalty folded in (losses.shape_rewards)
+    token_rewards: Tensor  # [N, T] per-token KL penalty, task reward on the last policy token
     mask: Tensor  # [N, T] 1.0 on the policy's tokens (tool results and padding are 0)
-    kl_penalty: Tensor  # [N, T] beta * per-token KL when kl.placement=reward, else zeros
     values: Tensor | None = None  # [N, T] value-head estimates (estimators with a value head)
+
+    @classmethod
+    def shaped(
+        cls, rewards: Tensor, mask: Tensor, kl_penalty: Tensor, values: Tensor | None = None
+    ) -> Batch:
+        """The batch of task rewards [P, K] and a per-token KL penalty [N, T] (zeros when
+        kl.placement=loss), folded together once by the core's `shape_rewards`."""
+        return cls(*shape_rewards(rewards, kl_penalty, mask), mask, values)
 
 
 class Advantages(NamedTuple):
@@ -37,20 +46,24 @@ class Estimator:
 
     name: ClassVar[str]
     min_samples_per_prompt: ClassVar[int] = 1  # smallest K the formula is defined for
-    uses_value_head: ClassVar[bool] = False
+    uses_value_head: ClassVar[bool] = False  # True: the core adds vf_coef * value_loss
     epochs: int = 1  # update passes over each rollout batch
     minibatches: int = 1  # optimiser steps per pass
     clip: float = 0.0  # ratio clip epsilon (0 = unclipped)
+    vf_coef: float = 0.0  # weight of the value loss (estimators with a value head)
 
     def advantages(self, rewards: Tensor, state: dict[str, Any] | None = None) -> Tensor:
         """Advantages [P, K] of rewards [P, K]; `state` persists across steps (checkpointed)."""
         raise NotImplementedError
 
     def token_advantages(self, batch: Batch, state: dict[str, Any]) -> Advantages:
-        """Per-token advantages [N, T]. Sequence-level default: the KL penalty is summed into
-        each sequence's reward, `advantages` is applied, and the result broadcast over tokens."""
-        shaped = batch.rewards - batch.kl_penalty.sum(dim=1).view_as(batch.rewards)
-        return Advantages(self.advantages(shaped, state).reshape(-1, 1) * batch.mask)
+        """Per-token advantages [N, T]. Sequence-level default: `advantages` of the sequence
+        rewards, broadcast over each sequence's policy tokens."""
+        return Advantages(self.advantages(batch.rewards, state).reshape(-1, 1) * batch.mask)
+
+    def value_loss(self, values: Tensor, old_values: Tensor, returns: Tensor) -> Tensor:
+        """Per-token value loss [N, T]; only estimators with `uses_value_head` define it."""
+        raise NotImplementedError(f"estimator {self.name} has no value head")
 
 
 @dataclass(frozen=True)

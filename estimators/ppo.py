@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from pgbench.estimators import Advantages, Batch, MultiPass, register
-from pgbench.estimators.reinforce_pp import token_rewards
 from pgbench.fields import knob
 
 
@@ -60,7 +59,7 @@ class PPO(MultiPass):
         if batch.values is None:
             raise ValueError("PPO needs the value head's estimates (batch.values)")
         values = batch.values * batch.mask
-        advantages = gae(token_rewards(batch), values, batch.mask, self.gamma, self.lam)
+        advantages = gae(batch.token_rewards, values, batch.mask, self.gamma, self.lam)
         returns = (advantages + values) * batch.mask
         valid = advantages[batch.mask.bool()]
         whitened = (advantages - valid.mean()) / (valid.std() + 1e-8)

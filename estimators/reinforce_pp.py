@@ -4,7 +4,8 @@
     A_t = (G_t - mean(G)) / (std(G) + eps)                 (mean, std over valid tokens)
 
 Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models",
-arXiv:2501.03262. The KL term is present when kl.placement=reward (the paper's setting).
+arXiv:2501.03262. The KL term is present when kl.placement=reward (the paper's setting); the
+token rewards come from the core (`pgbench.losses.shape_rewards`).
 Deviations: none beyond pgbench's shared knobs.
 """
 
@@ -13,21 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from pgbench.estimators import Advantages, Batch, MultiPass, register
 from pgbench.fields import knob
-
-
-def token_rewards(batch: Batch) -> torch.Tensor:
-    """[N, T]: minus the KL penalty on every token, plus the task reward on the last one."""
-    rewards = -batch.kl_penalty * batch.mask
-    steps = batch.mask.shape[1]
-    # last policy token: tool results may leave gaps in the mask, so not mask.sum() - 1
-    last = steps - 1 - batch.mask.flip(1).argmax(dim=1)  # [N]
-    rows = torch.arange(batch.mask.shape[0], device=batch.mask.device)
-    rewards[rows, last] += batch.rewards.reshape(-1)
-    return rewards
 
 
 @register("reinforce_pp")
@@ -36,8 +24,7 @@ class ReinforcePP(MultiPass):
     eps: float = knob(1e-8, "added to the std when whitening", gt=0.0)
 
     def token_advantages(self, batch: Batch, state: dict[str, Any]) -> Advantages:
-        rewards = token_rewards(batch)
-        returns = rewards.flip(1).cumsum(1).flip(1)  # G_t = sum_{s >= t} r_s  [N, T]
+        returns = batch.token_rewards.flip(1).cumsum(1).flip(1)  # G_t = sum_{s >= t} r_s  [N, T]
         valid = returns[batch.mask.bool()]
         whitened = (returns - valid.mean()) / (valid.std() + self.eps)
         return Advantages(whitened * batch.mask)

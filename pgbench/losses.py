@@ -1,4 +1,4 @@
-"""Shared loss knobs: KL estimators, KL placement and loss aggregation.
+"""Shared loss knobs: KL estimators, KL placement (reward shaping) and loss aggregation.
 
 Every estimator goes through these functions, so changing `estimator=` changes only
 the advantages. Tensors are `[N, T]`: N sequences, T completion tokens, with a 0/1 mask.
@@ -25,6 +25,23 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator)
     if estimator == "k1":
         return log_ratio
     return torch.expm1(-log_ratio) + log_ratio
+
+
+def shape_rewards(rewards: Tensor, kl_penalty: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The task rewards [P, K] with the KL penalty [N, T] folded in once, for every estimator.
+
+      sequence rewards [P, K]:  r_i - sum_t beta KL_it
+      token rewards [N, T]:     -beta KL_it on each policy token, + r_i on the last one
+    `kl_penalty` is beta * KL per token with kl.placement=reward, zeros otherwise; rows are
+    grouped by prompt (row i * K + k is sample k of prompt i).
+    """
+    sequence = rewards - (kl_penalty * mask).sum(dim=1).view_as(rewards)
+    tokens = -kl_penalty * mask
+    # the last policy token: tool results may leave gaps in the mask, so not mask.sum() - 1
+    last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)  # [N]
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    tokens[rows, last] += rewards.reshape(-1)
+    return sequence, tokens
 
 
 def aggregate(

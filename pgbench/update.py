@@ -71,7 +71,7 @@ def prepare(
         ref_logprobs = reference.logprobs(rollout, micro, temperature)
         kl = kl_per_token(scores.logprobs, ref_logprobs, config.kl.estimator) * mask
     penalty = config.kl.coef * kl if config.kl.placement == "reward" else torch.zeros_like(kl)
-    result = estimator.token_advantages(Batch(rewards, mask, penalty, scores.values), state)
+    result = estimator.token_advantages(Batch.shaped(rewards, mask, penalty, scores.values), state)
     return Prepared(
         rollout,
         mask,
@@ -122,7 +122,7 @@ def accumulate_gradients(
         if prepared.ref_logprobs is not None and config.kl.placement == "loss":
             kl = kl_per_token(scores.logprobs, prepared.ref_logprobs[chunk], config.kl.estimator)
             per_token = per_token + config.kl.coef * kl
-        if value_head is not None and with_value_loss:
+        if estimator.uses_value_head and with_value_loss:
             value_loss = estimator.value_loss(
                 scores.values, prepared.old_values[chunk], prepared.returns[chunk]
             )

@@ -41,7 +41,7 @@ def test_gae_hand_computed():
 
 def test_ppo_returns_and_whitened_advantages():
     ppo = estimators.get("ppo", gamma=1.0, lam=1.0)
-    batch = Batch(
+    batch = Batch.shaped(
         rewards=torch.tensor([[1.0, 0.0]]),
         mask=torch.tensor([[1.0, 1.0], [1.0, 0.0]]),
         kl_penalty=torch.zeros(2, 2),

@@ -35,7 +35,7 @@ def test_sequence_level_advantages_fold_kl_into_the_reward_and_broadcast_over_to
     from pgbench.estimators import Batch
 
     # K=2; per-token KL penalties (already masked) sum to 0.3 and 0.1
-    batch = Batch(
+    batch = Batch.shaped(
         rewards=torch.tensor([[1.0, 0.6]]),
         mask=torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
         kl_penalty=torch.tensor([[0.1, 0.2, 0.0], [0.1, 0.0, 0.0]]),

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pgbench.losses import aggregate, kl_per_token, policy_loss
+from pgbench.losses import aggregate, kl_per_token, policy_loss, shape_rewards
 
 
 def test_kl_estimators_hand_computed():
@@ -51,3 +51,12 @@ def test_policy_loss_with_ratio_one_is_score_function_gradient():
     policy_loss(logprobs, logprobs.detach(), advantage).sum().backward()
     expected = torch.autograd.grad(-(1.5 * logits.log_softmax(-1)[:, :2]).sum(), logits)[0]
     torch.testing.assert_close(logits.grad, expected)
+
+
+def test_shape_rewards_folds_the_kl_penalty_in_once_for_both_views():
+    # P=1, K=2; row 0: policy, tool result, policy; row 1: one policy token, padding
+    mask = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    penalty = torch.tensor([[0.1, 0.5, 0.2], [0.3, 0.0, 0.0]])  # 0.5 sits on a tool token
+    sequence, tokens = shape_rewards(torch.tensor([[1.0, 0.0]]), penalty, mask)
+    torch.testing.assert_close(sequence, torch.tensor([[1.0 - 0.3, 0.0 - 0.3]]))
+    torch.testing.assert_close(tokens, torch.tensor([[-0.1, 0.0, 1.0 - 0.2], [-0.3, 0.0, 0.0]]))
