@@ -26,14 +26,23 @@ class Batch:
     token_rewards: Tensor  # [N, T] per-token KL penalty, task reward on the last policy token
     mask: Tensor  # [N, T] 1.0 on the policy's tokens (tool results and padding are 0)
     values: Tensor | None = None  # [N, T] value-head estimates (estimators with a value head)
+    baseline: Tensor | None = None  # [P] task reward of each prompt's greedy completion
+    uniform: Tensor | None = None  # [P] prompts whose K task rewards (before KL) are all equal
 
     @classmethod
     def shaped(
-        cls, rewards: Tensor, mask: Tensor, kl_penalty: Tensor, values: Tensor | None = None
+        cls,
+        rewards: Tensor,
+        mask: Tensor,
+        kl_penalty: Tensor,
+        values: Tensor | None = None,
+        baseline: Tensor | None = None,
     ) -> Batch:
         """The batch of task rewards [P, K] and a per-token KL penalty [N, T] (zeros when
-        kl.placement=loss), folded together once by the core's `shape_rewards`."""
-        return cls(*shape_rewards(rewards, kl_penalty, mask), mask, values)
+        kl.placement=loss), folded together once by the core's `shape_rewards`; `baseline`
+        [P] (estimators with `needs_greedy`) is passed through unshaped."""
+        uniform = (rewards == rewards[:, :1]).all(dim=1)
+        return cls(*shape_rewards(rewards, kl_penalty, mask), mask, values, baseline, uniform)
 
 
 class Advantages(NamedTuple):
@@ -47,6 +56,7 @@ class Estimator:
     name: ClassVar[str]
     min_samples_per_prompt: ClassVar[int] = 1  # smallest K the formula is defined for
     uses_value_head: ClassVar[bool] = False  # True: the core adds vf_coef * value_loss
+    needs_greedy: ClassVar[bool] = False  # True: the rollout adds Batch.baseline (greedy)
     epochs: int = 1  # update passes over each rollout batch
     minibatches: int = 1  # optimiser steps per pass
     clip: float = 0.0  # ratio clip epsilon (0 = unclipped)
@@ -84,4 +94,14 @@ def get(name: str, **fields: Any) -> Estimator:
     return REGISTRY.get(name, **fields)
 
 
-from pgbench.estimators import grpo, ppo, reinforce, reinforce_pp, rloo  # noqa: E402,F401
+from pgbench.estimators import (  # noqa: E402,F401
+    gpg,
+    grpo,
+    opo,
+    ppo,
+    reinforce,
+    reinforce_pp,
+    reinforce_pp_baseline,
+    remax,
+    rloo,
+)

@@ -2,7 +2,8 @@
 
     r_t     = -beta * KL_t + r * 1[t = last]              (token rewards)
     delta_t = r_t + gamma * V_{t+1} - V_t                 (V after the last token = 0)
-    A_t     = sum_l (gamma * lam)^l * delta_{t+l}          (GAE), whitened over valid tokens
+    A_t     = sum_l (gamma * lam)^l * delta_{t+l}          (GAE), whitened over valid tokens:
+              (A - mean) / sqrt(var + 1e-8)
     R_t     = A_t + V_t                                    (value target, before whitening)
     L       = -min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t)
               + vf_coef * 1/2 max((V_t - R_t)^2, (V_old + clip(V_t - V_old, +-eps_v) - R_t)^2)
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from pgbench.estimators import Advantages, Batch, MultiPass, register
 from pgbench.fields import knob
+from pgbench.losses import whiten
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
@@ -61,9 +63,7 @@ class PPO(MultiPass):
         values = batch.values * batch.mask
         advantages = gae(batch.token_rewards, values, batch.mask, self.gamma, self.lam)
         returns = (advantages + values) * batch.mask
-        valid = advantages[batch.mask.bool()]
-        whitened = (advantages - valid.mean()) / (valid.std() + 1e-8)
-        return Advantages(whitened * batch.mask, returns)
+        return Advantages(whiten(advantages, batch.mask), returns)
 
     def value_loss(self, values: Tensor, old_values: Tensor, returns: Tensor) -> Tensor:
         """Per-token clipped value loss [N, T]."""

@@ -1,7 +1,7 @@
 """REINFORCE++: token-level returns, whitened over every valid token of the batch.
 
     G_t = r * 1[t = last] - sum_{s >= t} beta * KL_s      (return of token t, gamma = 1)
-    A_t = (G_t - mean(G)) / (std(G) + eps)                 (mean, std over valid tokens)
+    A_t = (G_t - mean(G)) / sqrt(var(G) + eps)             (mean, var over valid tokens)
 
 Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models",
 arXiv:2501.03262. The KL term is present when kl.placement=reward (the paper's setting); the
@@ -16,15 +16,14 @@ from typing import Any
 
 from pgbench.estimators import Advantages, Batch, MultiPass, register
 from pgbench.fields import knob
+from pgbench.losses import whiten
 
 
 @register("reinforce_pp")
 @dataclass(frozen=True)
 class ReinforcePP(MultiPass):
-    eps: float = knob(1e-8, "added to the std when whitening", gt=0.0)
+    eps: float = knob(1e-8, "added to the variance when whitening", gt=0.0)
 
     def token_advantages(self, batch: Batch, state: dict[str, Any]) -> Advantages:
         returns = batch.token_rewards.flip(1).cumsum(1).flip(1)  # G_t = sum_{s >= t} r_s  [N, T]
-        valid = returns[batch.mask.bool()]
-        whitened = (returns - valid.mean()) / (valid.std() + self.eps)
-        return Advantages(whitened * batch.mask)
+        return Advantages(whiten(returns, batch.mask, self.eps))

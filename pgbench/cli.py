@@ -6,56 +6,35 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pgbench import __version__
-from pgbench.config import SECTIONS, Config, TopLevel, help_rows, parse_overrides, resolve
+from pgbench.config import (
+    CompareArgs,
+    Config,
+    EvalArgs,
+    ReportArgs,
+    SuiteArgs,
+    SweepArgs,
+    VarianceArgs,
+    help_rows,
+    parse_overrides,
+    resolve,
+    saved_run_values,
+)
 from pgbench.errors import ConfigError, DataError, PgbenchError
 
-EVAL_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "threads"} | {
-    "eval",
-    "reward",
-}
-RUN_KEYS = ({f.name for f in fields(TopLevel)} | set(SECTIONS)) - {
-    "estimators",
-    "seeds",
-    "variance",
-    "sweep",
-    "compare",
-    "report",
-    "comparison",
-    "experiment",
-    "suite",
-}
-REPORT_KEYS = {"comparison", "experiment", "report", "tracking"}
-SWEEP_KEYS = RUN_KEYS - {"resume"} | {"sweep"}
-COMPARE_KEYS = RUN_KEYS - {"estimator", "seed", "resume"} | {
-    "estimators",
-    "seeds",
-    "compare",
-    "sweep",
-}
-SUITE_KEYS = COMPARE_KEYS - {"compare", "sweep"} | {"suite", "variance"}
-VARIANCE_KEYS = {"task", "model", "seed", "output_dir", "cache_dir", "device", "threads"} | {
-    "estimators",
-    "trainer",
-    "rollout",
-    "loss",
-    "lora",
-    "tracking",
-    "variance",
-    "reward",
-}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Verb:
     summary: str
     handler: Callable[[dict[str, str]], int]
-    allowed: set[str] | None  # top-level keys and sections the verb accepts (None = all)
+    args: type | None  # the dataclass whose fields are the keys it accepts (None: a run dir)
 
 
 def _metrics_table(before: dict[str, float], after: dict[str, float]) -> str:
@@ -78,7 +57,7 @@ def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
         from pgbench.rundir import unfinished_run_like
 
         fresh = {k: v for k, v in overrides.items() if k != "resume"}
-        found = unfinished_run_like(resolve(fresh, RUN_KEYS))
+        found = unfinished_run_like(resolve(fresh))
         if found is None:
             print("resume=auto: no unfinished run with this configuration; starting a new one")
             return fresh
@@ -93,14 +72,15 @@ def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
         raise ConfigError(
             f"resume={run_dir} continues with its saved config.json; drop {', '.join(extra)}"
         )
-    return json.loads(saved.read_text()) | {"resume": str(run_dir), "output_dir": str(run_dir)}
+    values = saved_run_values(json.loads(saved.read_text()))
+    return values | {"resume": str(run_dir), "output_dir": str(run_dir)}
 
 
-def _configure(values: dict[str, Any], allowed: set[str] | None) -> Config:
-    """Resolve and check the configuration, then set this process's torch threads."""
+def _configure(values: dict[str, Any], args: type[T]) -> T:
+    """Resolve and check the verb's configuration, then set this process's torch threads."""
     from pgbench.hardware import use_threads
 
-    config = resolve(values, allowed)
+    config = resolve(values, args)
     use_threads(config.threads)
     return config
 
@@ -111,7 +91,7 @@ def run(overrides: dict[str, str]) -> int:
     from pgbench.tracking import check_reachable
     from pgbench.trainer import train
 
-    config = _configure(_run_values(overrides), None if "resume" in overrides else RUN_KEYS)
+    config = _configure(_run_values(overrides), Config)
     check_reachable(config.tracking.uri)
     config.task.check_reward()  # a missing reward model fails now, not after the bootstrap
     summary = train(config)
@@ -128,14 +108,15 @@ def evaluate_policy(overrides: dict[str, str]) -> int:
     """Score a policy (tiny, a run directory, or a model path) on the task's test split."""
     from pgbench.evaluate import evaluate
     from pgbench.policy import load_policy, pick_device, resolve_model
+    from pgbench.sections import LoraConfig
     from pgbench.tracking import write_json
 
-    config = _configure(overrides, EVAL_KEYS)
+    config = _configure(overrides, EvalArgs)
     config.task.check_reward()  # the embed metric's model loads before any decoding
     out = Path(config.output_dir or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
     test = config.task.splits().test
     source = resolve_model(config.model, config.task, config.cache_dir)
-    policy = load_policy(source, config.lora, pick_device(config.device))
+    policy = load_policy(source, LoraConfig(), pick_device(config.device))  # no new adapters
     metrics, _ = evaluate(
         policy, config.task, test, config.eval.max_new_tokens, config.eval.batch_size
     )
@@ -151,9 +132,8 @@ def variance(overrides: dict[str, str]) -> int:
     """Gradient variance of each estimator on the same rollouts of a fixed policy."""
     from pgbench.variance import run_variance
 
-    config = _configure(overrides, VARIANCE_KEYS)
+    config = _configure(overrides, VarianceArgs)  # output_dir: runs/variance-<time> if empty
     config.task.check_reward()
-    config.output_dir = config.output_dir or f"runs/variance-{datetime.now():%Y%m%d-%H%M%S}"
     table, path = run_variance(config)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {path}")
@@ -164,7 +144,7 @@ def sweep(overrides: dict[str, str]) -> int:
     """Tune one estimator with Optuna; each trial is a nested MLflow run."""
     from pgbench.sweeps.runner import run_sweep
 
-    config = resolve(overrides, SWEEP_KEYS)
+    config = resolve(overrides, SweepArgs)
     config.task.check_reward()
     result = run_sweep(config)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in result["trials"].items())
@@ -181,7 +161,7 @@ def compare(overrides: dict[str, str]) -> int:
     """Train every estimator for every seed with the same budget, under one comparison id."""
     from pgbench.compare import run_compare
 
-    config = _configure(overrides, COMPARE_KEYS)
+    config = _configure(overrides, CompareArgs)
     config.task.check_reward()
     outcome = run_compare(config)
     metric = outcome["metric"]
@@ -197,7 +177,7 @@ def suite(overrides: dict[str, str]) -> int:
     """Tasks x estimators x seeds at fixed budgets (a protocol), resumable, in parallel."""
     from pgbench.suite import plan_suite, run_suite
 
-    outcome = run_suite(plan_suite(overrides, SUITE_KEYS))
+    outcome = run_suite(plan_suite(overrides))
     print(f"\nsuite {outcome['id']}: {outcome['runs']} runs finished in {outcome['out']}")
     if outcome["missing"]:
         print(f"missing (rerun to retry): {', '.join(outcome['missing'])}")
@@ -213,9 +193,7 @@ def report(overrides: dict[str, str]) -> int:
     """Tables and figures of a comparison (or an experiment) from MLflow."""
     from pgbench.reports.build import build_report
 
-    config = resolve(overrides, REPORT_KEYS)
-    if bool(config.comparison) == bool(config.experiment):
-        raise ConfigError("give exactly one of comparison=<id> or experiment=<name>")
+    config = resolve(overrides, ReportArgs)  # checks: exactly one of comparison, experiment
     name = config.comparison or config.experiment
     out = Path(config.report.out or f"reports_out/{name}")
     result = build_report(config.tracking.uri, config.comparison, config.experiment, out)
@@ -239,18 +217,18 @@ def sync_run(overrides: dict[str, str]) -> int:
 
 
 VERBS: dict[str, Verb] = {
-    "run": Verb("train one policy with one estimator", run, RUN_KEYS),
-    "sweep": Verb("tune one estimator with Optuna (resumable, parallel)", sweep, SWEEP_KEYS),
-    "compare": Verb("every estimator x every seed at one budget", compare, COMPARE_KEYS),
+    "run": Verb("train one policy with one estimator", run, Config),
+    "sweep": Verb("tune one estimator with Optuna (resumable, parallel)", sweep, SweepArgs),
+    "compare": Verb("every estimator x every seed at one budget", compare, CompareArgs),
     "suite": Verb(
-        "a protocol of tasks x estimators x seeds (suite=cpu|gpu|file.toml)", suite, SUITE_KEYS
+        "a protocol of tasks x estimators x seeds (suite=cpu|gpu|file.toml)", suite, SuiteArgs
     ),
-    "report": Verb("tables and figures of a comparison from MLflow", report, REPORT_KEYS),
+    "report": Verb("tables and figures of a comparison from MLflow", report, ReportArgs),
     "variance": Verb(
-        "gradient variance of each estimator on the same rollouts", variance, VARIANCE_KEYS
+        "gradient variance of each estimator on the same rollouts", variance, VarianceArgs
     ),
-    "eval": Verb("score a policy on a test split (chrF, BLEU, embed)", evaluate_policy, EVAL_KEYS),
-    "sync": Verb("upload a run's metrics buffered during an MLflow outage", sync_run, set()),
+    "eval": Verb("score a policy on a test split (chrF, BLEU, embed)", evaluate_policy, EvalArgs),
+    "sync": Verb("upload a run's metrics buffered during an MLflow outage", sync_run, None),
 }
 
 
@@ -266,10 +244,10 @@ def usage() -> str:
 def verb_help(name: str, overrides: dict[str, str]) -> str:
     """Help of one verb: every key it accepts, for the selected task and estimator."""
     verb = VERBS[name]
-    if verb.allowed == set():
+    if verb.args is None:
         return f"usage: pgbench {name} <run dir>\n\n{verb.summary}."
-    rows = help_rows(overrides.get("task", "fr_en"), overrides.get("estimator", "rloo"))
-    rows = [r for r in rows if verb.allowed is None or r[0].split(".")[0] in verb.allowed]
+    task, estimator = overrides.get("task", "fr_en"), overrides.get("estimator", "rloo")
+    rows = help_rows(verb.args, task, estimator)
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"usage: pgbench {name} [key=value ...]\n\n{verb.summary}.\n\nkeys (type, default):"]
     for key, type_name, default, text in rows:
@@ -278,6 +256,7 @@ def verb_help(name: str, overrides: dict[str, str]) -> str:
         lines.append(
             "\nShort forms: suite=NAME is suite.protocol=NAME, tasks=... is suite.tasks=..."
             "\nA protocol file may add [variant.NAME] columns: an estimator with its own keys."
+            "\ntask.* keys (listed for task fr_en) apply to the runs of every task."
         )
     lines.append(
         "\nTask and estimator keys depend on the selection: "

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from pgbench.config import Config, resolve
+from pgbench.config import CompareArgs, Config, SweepArgs, resolve, run_values
 from pgbench.errors import ConfigError
 from pgbench.tracking import MLflowTracker, check_reachable, write_json
 
@@ -27,20 +27,18 @@ BUDGET = (
 )
 
 
-def best_params(config: Config, estimator: str) -> dict[str, Any]:
+def best_params(config: CompareArgs, estimator: str) -> dict[str, Any]:
     """Best params of the sweep study `<task>-<estimator>`, budget keys removed."""
     from pgbench.sweeps.runner import open_storage, storage_url, study_name
 
-    sweep_config = resolve(
-        {"task": config.task.name, "estimator": estimator, "sweep.storage": config.sweep.storage}
-    )
+    values = {"task": config.task.name, "estimator": estimator}
+    sweep_config = resolve(values | {"sweep.storage": config.sweep.storage}, SweepArgs)
     name = study_name(sweep_config)
     if not config.sweep.storage:  # the default local storages of `pgbench sweep`
         folder = Path(f"runs/sweep-{name}")
         journal = folder / "optuna.journal"
-        sweep_config.sweep.storage = (
-            str(journal) if journal.is_file() else storage_url(sweep_config)
-        )
+        storage = str(journal) if journal.is_file() else storage_url(sweep_config)
+        sweep_config = resolve(values | {"sweep.storage": storage}, SweepArgs)
         if not journal.is_file() and not (folder / "optuna.db").is_file():
             raise ConfigError(
                 f"compare.use_best: no sweep study {name} in {folder}; run "
@@ -56,15 +54,13 @@ def best_params(config: Config, estimator: str) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in BUDGET}
 
 
-def plan(config: Config) -> tuple[str, list[Config]]:
+def plan(config: CompareArgs) -> tuple[str, list[Config]]:
     """The comparison id and every run's config, all checked before any training."""
-    from pgbench.sweeps.runner import run_values
-
     comparison = config.compare.id or f"cmp-{datetime.now():%Y%m%d-%H%M%S}"
     folder = Path(config.output_dir or f"runs/{comparison}")
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"output_dir={folder} already exists; pick another compare.id")
-    base = {k: v for k, v in run_values(config).items() if not k.startswith("estimator")}
+    base = run_values(config)  # the run keys; estimator and seed are set per run
     best = {
         name: best_params(config, name)
         for name in config.estimator_names()
@@ -82,7 +78,7 @@ def plan(config: Config) -> tuple[str, list[Config]]:
     return comparison, runs
 
 
-def run_compare(config: Config) -> dict[str, Any]:
+def run_compare(config: CompareArgs) -> dict[str, Any]:
     """Train every planned run; returns per-run results and per-estimator test means."""
     from pgbench.trainer import train
 

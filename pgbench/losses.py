@@ -11,19 +11,26 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-KLEstimator = Literal["k1", "k3"]
+KLEstimator = Literal["k1", "k2", "k3"]
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 
 
 def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator) -> Tensor:
-    """Per-token estimate of KL(policy || reference) from samples of the policy.
+    """Per-token estimate of KL(policy || reference) from samples of the policy; [N, T].
 
-    k1 = log p - log q (unbiased, can be negative); k3 = q/p - 1 - log(q/p) (unbiased, >= 0).
-    Schulman 2020, "Approximating KL divergence". Shapes: [N, T] -> [N, T].
+    k1 = log p/q (unbiased, can be negative), k2 = 1/2 (log p/q)^2 (biased, >= 0),
+    k3 = q/p - 1 - log(q/p) (unbiased, >= 0); Schulman 2020, "Approximating KL divergence".
+    Where the gradient comes from (Tang & Munos 2025, arXiv:2506.09477): with
+    kl.placement=reward the estimate is a reward, and the score-function gradient of k1 is the
+    gradient of KL(pi || ref); with kl.placement=loss it is differentiated, which is not the
+    gradient of the KL for k1 (zero in expectation) or k3 (the reverse KL's); only k2 in the
+    loss gives E[log(p/q) grad log p], the gradient of KL(pi || ref).
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
     return torch.expm1(-log_ratio) + log_ratio
 
 
@@ -68,17 +75,25 @@ def aggregate(
     return masked.sum() / (batch_sequences * max_new_tokens)
 
 
-def policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip: float = 0.0
-) -> Tensor:
-    """Per-token loss -min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = pi/pi_old; [N, T].
+def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """(x - mean) * rsqrt(var + eps) over the valid tokens, zero elsewhere; [N, T].
 
-    `clip=0` leaves the ratio unclipped. At rho = 1 (one update pass, old = current) the
-    gradient is the plain score-function estimator -A * grad log pi whatever the clip.
-    Schulman et al. 2017, arXiv:1707.06347, eq. 7.
+    rsqrt(var + eps) rather than 1 / (std + eps): returns that differ only by float32
+    rounding (var ~ 1e-14) stay near zero instead of becoming unit-variance noise.
     """
-    ratio = torch.exp(logprobs - old_logprobs)
-    if clip <= 0:
-        return -advantages * ratio
-    clipped = ratio.clamp(1 - clip, 1 + clip)
-    return -torch.minimum(advantages * ratio, advantages * clipped)
+    valid = values[mask.bool()]
+    if valid.numel() < 2:
+        return torch.zeros_like(values)
+    return (values - valid.mean()) * torch.rsqrt(valid.var() + eps) * mask
+
+
+def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int, factor: float) -> Tensor:
+    """DAPO's soft overlong punishment (arXiv:2503.14476, eq. 13) per completion; [N].
+
+    0 up to max_new_tokens - buffer tokens, then falling linearly to -factor at
+    max_new_tokens (a completion cut at the limit gets -factor). `buffer=0` = off.
+    """
+    if buffer <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    over = (lengths.float() - (max_new_tokens - buffer)).clamp(min=0) / buffer
+    return -factor * over.clamp(max=1.0)

@@ -2,7 +2,10 @@
 
 Shared by the trainer and `pgbench variance`, so both sample with the same engine and get
 rewards [P, K] on the run's device (the task scores Python strings; the floats are moved to
-the device here, once).
+the device here, once). Estimators with `needs_greedy` (ReMax) also get one greedy completion
+of each prompt, decoded by the same engine (the task's tools included) and scored by the same
+reward: `baseline` [P]. Its time is part of `sample_s`; its policy tokens are
+`baseline_tokens`, which the trainer counts with the rollout's.
 """
 
 from __future__ import annotations
@@ -24,7 +27,39 @@ from pgbench.tasks import Example
 class Collected:
     rollout: Rollout
     rewards: torch.Tensor  # [P, K] on the run's device
-    sample_s: float  # seconds spent sampling (rewards excluded)
+    sample_s: float  # seconds spent sampling, greedy decode included (rewards excluded)
+    baseline: torch.Tensor | None = None  # [P] task reward of each prompt's greedy completion
+    baseline_tokens: int = 0  # policy tokens of the greedy completions (0 without them)
+
+
+def decode(
+    config: Config,
+    policy: Policy,
+    prompts: list[str],
+    device: torch.device,
+    vllm: Any = None,
+    seed: int = 0,
+    greedy: bool = False,
+) -> Rollout:
+    """`rollout.samples_per_prompt` sampled completions of each prompt, or one greedy one,
+    by vLLM (temperature 0 is its greedy decoding; no seed needed) or by the HF engine."""
+    cfg = config.rollout
+    samples = 1 if greedy else cfg.samples_per_prompt
+    if vllm is not None:
+        temperature = 0.0 if greedy else cfg.temperature
+        return vllm.sample(
+            prompts, samples, cfg.max_new_tokens, temperature, device, None if greedy else seed
+        )
+    return sample(
+        policy.model,
+        policy.tokenizer,
+        prompts,
+        samples,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        greedy=greedy,
+        tools=config.task.tools(),
+    )
 
 
 def collect_rollout(
@@ -35,31 +70,27 @@ def collect_rollout(
     vllm: Any = None,
     seed: int = 0,
     autocast: contextlib.AbstractContextManager | None = None,
+    greedy: bool | None = None,
 ) -> Collected:
     """Sample `rollout.samples_per_prompt` completions of each example and score them.
 
     `vllm` is a VLLMSampler (engine.backend=vllm, seeded with `seed`), else the HF engine
-    samples (seeded by the caller's torch seed); `autocast` wraps sampling only.
+    samples (seeded by the caller's torch seed); `autocast` wraps sampling only. `greedy`
+    (default: the estimator's `needs_greedy`) adds the greedy baseline; the greedy decode
+    draws no random numbers, so the sampled completions are the same with or without it.
     """
-    samples, cfg = config.rollout.samples_per_prompt, config.rollout
+    samples = config.rollout.samples_per_prompt
+    greedy = config.estimator.needs_greedy if greedy is None else greedy
     prompts = [config.task.prompt(example, policy.tokenizer) for example in examples]
     started = time.perf_counter()
     with autocast or contextlib.nullcontext():
-        if vllm is not None:
-            rollout = vllm.sample(
-                prompts, samples, cfg.max_new_tokens, cfg.temperature, device, seed
-            )
-        else:
-            rollout = sample(
-                policy.model,
-                policy.tokenizer,
-                prompts,
-                samples,
-                cfg.max_new_tokens,
-                cfg.temperature,
-                tools=config.task.tools(),
-            )
+        rollout = decode(config, policy, prompts, device, vllm, seed)
+        best = decode(config, policy, prompts, device, vllm, seed, greedy=True) if greedy else None
     sample_s = time.perf_counter() - started
     repeated = [example for example in examples for _ in range(samples)]
     scores = config.task.reward(rollout.texts, repeated)
-    return Collected(rollout, torch.tensor(scores, device=device).view(-1, samples), sample_s)
+    rewards = torch.tensor(scores, device=device).view(-1, samples)  # [P, K]
+    if best is None:
+        return Collected(rollout, rewards, sample_s)
+    baseline = torch.tensor(config.task.reward(best.texts, examples), device=device)  # [P]
+    return Collected(rollout, rewards, sample_s, baseline, best.tokens)

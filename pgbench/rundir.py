@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pgbench
 from pgbench import checkpoint
-from pgbench.config import Config, resolve
+from pgbench.config import Config, resolve, saved_run_values
 from pgbench.errors import ConfigError, PgbenchError
 from pgbench.tasks import Example
 
@@ -35,7 +35,8 @@ def unfinished_run_like(config: Config, root: Path = Path("runs")) -> Path | Non
         if latest is None or (run_dir / "summary.json").exists():
             continue
         try:
-            values = resolve(json.loads(saved.read_text()) | {"resume": str(run_dir)})
+            saved_values = saved_run_values(json.loads(saved.read_text()))
+            values = resolve(saved_values | {"resume": str(run_dir)})
         except (ValueError, PgbenchError):  # written by another version: not the same config
             continue
         if {k: v for k, v in values.to_flat().items() if k not in ignore} == wanted:

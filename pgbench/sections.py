@@ -11,10 +11,11 @@ from typing import Literal
 
 from pgbench.fields import knob
 from pgbench.losses import Aggregation, KLEstimator
+from pgbench.policy_losses import PolicyForm, RatioLevel
 from pgbench.tasks.model_rewards import DEFAULT_BATCH_SIZE, DEFAULT_COMET
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
     steps: int = knob(150, "optimiser steps (one rollout batch each)", ge=1)
     lr: float = knob(1e-4, "AdamW learning rate", gt=0.0)
@@ -36,14 +37,25 @@ class TrainerConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolloutConfig:
     samples_per_prompt: int = knob(4, "completions K sampled per prompt (every estimator)", ge=1)
     max_new_tokens: int = knob(32, "max tokens per completion", ge=1)
     temperature: float = knob(0.5, "sampling temperature of rollouts", gt=0.0)
+    drop_uniform_groups: bool = knob(
+        False,
+        "drop prompts whose K rewards are all equal before the update, logged as "
+        "train/uniform_groups (DAPO dynamic sampling, without refilling the batch)",
+    )
+    overlong_buffer: int = knob(
+        0, "DAPO overlong shaping: the last N tokens before max_new_tokens (0 = off)", ge=0
+    )
+    overlong_penalty: float = knob(
+        1.0, "DAPO overlong shaping: reward penalty at max_new_tokens", ge=0.0
+    )
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
     backend: Literal["hf", "vllm"] = knob(
         "hf", "rollout sampler: hf (transformers) or vllm (CUDA only, pip install 'pgbench[vllm]')"
@@ -54,21 +66,36 @@ class EngineConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class KLConfig:
     coef: float = knob(0.05, "weight beta of KL(policy || reference); 0 = no reference", ge=0.0)
-    estimator: KLEstimator = knob("k1", "per-token KL estimator (k1 = log ratio, k3 = Schulman)")
+    estimator: KLEstimator = knob(
+        "k1", "per-token KL estimator: k1 = log ratio, k2 = squared/2, k3 = Schulman's"
+    )
     placement: Literal["reward", "loss"] = knob(
         "reward", "subtract beta*KL from the reward, or add it to the loss"
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     aggregation: Aggregation = knob("token_mean", "how per-token losses become one number")
+    policy: PolicyForm = knob(
+        "ppo_clip", "policy-loss form: ppo_clip, cispo (clipped, stopped weight), gmpo (geo mean)"
+    )
+    ratio: RatioLevel = knob(
+        "token", "importance ratio per token, or per sequence (GSPO, length-normalised)"
+    )
+    clip_low: float = knob(0.0, "ratio clipped below at 1 - clip_low (0 = estimator.clip)", ge=0.0)
+    clip_high: float = knob(
+        0.0, "ratio clipped above at 1 + clip_high (DAPO clip-higher; 0 = estimator.clip)", ge=0.0
+    )
+    dual_clip: float = knob(
+        0.0, "dual-clip constant c > 1 bounding the loss at -c*A for A < 0 (0 = off)", ge=0.0
+    )
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraConfig:
     r: int = knob(0, "LoRA rank (0 = full fine-tuning)", ge=0)
     alpha: int = knob(16, "LoRA alpha", ge=1)
@@ -76,7 +103,7 @@ class LoraConfig:
     target_modules: str = knob("all-linear", "peft target modules (comma-separated or all-linear)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     every: int = knob(25, "evaluate on the valid split every N steps (0 = only at the end)", ge=0)
     size: int = knob(500, "valid-split examples per evaluation", ge=1)
@@ -84,7 +111,7 @@ class EvalConfig:
     max_new_tokens: int = knob(48, "max tokens per greedy completion", ge=1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardConfig:
     model: str = knob(
         "",
@@ -97,24 +124,24 @@ class RewardConfig:
     batch_size: int = knob(DEFAULT_BATCH_SIZE, "sentences per reward-model batch", ge=1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckpointConfig:
     every: int = knob(25, "save a resumable checkpoint every N steps (0 = only at the end)", ge=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     uri: str = knob("sqlite:///mlflow.db", "MLflow tracking URI (sqlite file, http server, ...)")
     experiment: str = knob("", "MLflow experiment (empty = the task name)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class VarianceConfig:
     batches: int = knob(16, "independent rollout batches per estimator (pgbench variance)", ge=2)
     reference_batches: int = knob(16, "extra batches averaged into the reference gradient", ge=1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepConfig:
     n_trials: int = knob(20, "finished trials the study should reach (pgbench sweep)", ge=1)
     workers: int = knob(1, "worker processes on this machine", ge=1)
@@ -129,13 +156,13 @@ class SweepConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class CompareConfig:
     use_best: bool = knob(False, "use each estimator's best sweep params (same study names)")
     id: str = knob("", "comparison id tagged on every run (empty = cmp-<time>)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SuiteConfig:
     protocol: str = knob(
         "", "protocol: a shipped name (cpu, gpu) or a .toml file; `suite=NAME` on the CLI"
@@ -154,7 +181,7 @@ class SuiteConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReportConfig:
     out: str = knob("", "report folder (empty = reports_out/<comparison or experiment>)")
 

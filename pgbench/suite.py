@@ -38,7 +38,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from pgbench import tasks
-from pgbench.config import Config, resolve
+from pgbench.compose import accepts
+from pgbench.config import Config, SuiteArgs, SweepArgs, VarianceArgs, resolve
 from pgbench.errors import ConfigError
 from pgbench.hardware import use_threads
 from pgbench.tracking import SPOOL, MLflowTracker, check_reachable, write_json
@@ -47,7 +48,7 @@ PROTOCOLS = Path(__file__).parent / "protocols"
 ALIASES = {"suite": "suite.protocol", "tasks": "suite.tasks"}  # short CLI keys
 # keys of a protocol's [suite] table
 SUITE_TABLE = {"tasks", "estimators", "seeds", "id", "variance"}
-NOT_RUN = ("suite.", "output_dir", "resume", "estimators", "seeds", "compare.", "sweep.")
+NOT_PASSED = ("output_dir", "resume")  # the suite's own keys, not its cells'
 PARENT_ATTR = "mlflow_parent_run_id"
 RUNS = ["task", "estimator", "seed", "metric", "value", "run_id"]
 VARIANCE = "variance"  # the column name of a task's `pgbench variance` cell
@@ -60,7 +61,7 @@ class Cell:
     task: str
     estimator: str  # the column it is ranked in: an estimator, or a protocol [variant.NAME]
     seed: int
-    values: dict[str, Any]  # Config.to_flat() of the run, output_dir included
+    values: dict[str, Any]  # Config.to_flat() of the run (a variance cell: VarianceArgs's)
 
     @property
     def name(self) -> str:
@@ -121,14 +122,24 @@ def read_protocol(path: Path) -> tuple[dict[str, Any], dict[str, dict], dict[str
     return suite | data.get("overrides", {}), data.get("task", {}), variants
 
 
-def _checked(values: dict[str, Any], where: str, allowed: set[str] | None = None) -> Config:
+def _checked(values: dict[str, Any], where: str, verb: type = Config) -> Any:
     try:
-        return resolve(values, allowed)
+        return resolve(values, verb)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}" if where else str(err)) from None
 
 
-def plan_suite(overrides: dict[str, Any], allowed: set[str] | None = None) -> Plan:
+def _keys_of(verb: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a suite's `values` that a cell of `verb` (Config, VarianceArgs) takes."""
+    return {k: v for k, v in values.items() if accepts(verb, k) and k not in NOT_PASSED}
+
+
+def cell_config(cell: Cell) -> Config | VarianceArgs:
+    """The cell's resolved configuration: a run's, or a variance cell's."""
+    return resolve(cell.values, VarianceArgs if cell.estimator == VARIANCE else Config)
+
+
+def plan_suite(overrides: dict[str, Any]) -> Plan:
     """Resolve and check every cell's config before anything runs."""
     cli = {ALIASES.get(k, k): v for k, v in overrides.items()}
     for key in ("task", "estimator", "seed"):
@@ -138,16 +149,15 @@ def plan_suite(overrides: dict[str, Any], allowed: set[str] | None = None) -> Pl
     path = protocol_path(source) if source else None
     common, per_task, variants = read_protocol(path) if path else ({}, {}, {})
     where = str(path) if path else ""
-    _checked(common, where)  # a bad key in the file is named as the file's
-    config = _checked(common | cli, "", allowed)
+    _checked(common, where, SuiteArgs)  # a bad key in the file is named as the file's
+    config = _checked(common | cli, "", SuiteArgs)
     names = [t.strip() for t in config.suite.tasks.split(",") if t.strip()]
     if not names:
         raise ConfigError("no tasks: give suite=<cpu|gpu|file.toml> or tasks=NAME,...")
     digest = hashlib.sha1(json.dumps(common | cli, sort_keys=True, default=str).encode())
     suite_id = config.suite.id or (path.stem if path else digest.hexdigest()[:8])
     out = Path(config.output_dir or f"runs/suite-{suite_id}")
-    base = {k: v for k, v in (common | cli).items() if not k.startswith(NOT_RUN)}
-    from_file = {k: v for k, v in common.items() if not k.startswith(NOT_RUN)}
+    base, from_file = _keys_of(Config, common | cli), _keys_of(Config, common)
     cells = []
     for task in names:
         extra = {f"task.{k}" if "." not in k else k: v for k, v in per_task.get(task, {}).items()}
@@ -159,8 +169,9 @@ def plan_suite(overrides: dict[str, Any], allowed: set[str] | None = None) -> Pl
             cell = Cell(task, VARIANCE, 0, {})
             run = {"task": task, "output_dir": str(out / cell.name)}
             estimators = ",".join(config.estimator_names())
-            values = _checked(base | extra | run | {"estimators": estimators}, cell.name)
-            cells.append(Cell(task, VARIANCE, 0, values.to_flat()))
+            values = _keys_of(VarianceArgs, common | cli | extra) | run
+            resolved = _checked(values | {"estimators": estimators}, cell.name, VarianceArgs)
+            cells.append(Cell(task, VARIANCE, 0, resolved.to_flat()))
         for seed in range(config.seeds):
             for label, keys in columns.items():
                 cell = Cell(task, label, seed, {})
@@ -188,8 +199,8 @@ def open_storage(plan: Plan) -> optuna.storages.BaseStorage:
     """The study's storage: a journal file, or an RDB with heartbeats (as pgbench sweep)."""
     from pgbench.sweeps.runner import open_storage as open_sweep_storage
 
-    probe = resolve({"sweep.storage": plan.storage, "sweep.heartbeat_s": plan.heartbeat_s})
-    return open_sweep_storage(probe)
+    probe = {"sweep.storage": plan.storage, "sweep.heartbeat_s": plan.heartbeat_s}
+    return open_sweep_storage(resolve(probe, SweepArgs))
 
 
 def run_cell(plan: Plan, cell: Cell) -> dict[str, Any]:
@@ -200,14 +211,14 @@ def run_cell(plan: Plan, cell: Cell) -> dict[str, Any]:
 
     run_dir = Path(cell.values["output_dir"])
     if cell.estimator == VARIANCE:
-        table, _ = run_variance(resolve(cell.values))
+        table, _ = run_variance(cell_config(cell))
         return dict(zip(table.estimator, table.total_variance, strict=True))
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
-    config = resolve(cell.values)
     run_info = run_dir / "run.json"
-    if run_info.is_file():  # killed mid-run: continue its checkpoint and MLflow run
-        config.resume = str(run_dir)
+    resumed = run_info.is_file()  # killed mid-run: continue its checkpoint and MLflow run
+    config = resolve(cell.values | ({"resume": str(run_dir)} if resumed else {}))
+    if resumed:
         run_id = json.loads(run_info.read_text())["run_id"]
         tracker = MLflowTracker(
             plan.tracking_uri,
@@ -274,7 +285,7 @@ def work(plan: Plan, worker: int) -> None:
 
 
 def _queue(plan: Plan, study: optuna.Study) -> int:
-    """Queue every cell without a finished or live trial; returns how many were queued."""
+    """Queue every cell without a finished or live trial; returns how many wait to run."""
     if plan.storage.endswith(".journal"):  # one machine: RUNNING trials are a killed suite's
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(trial.number, state=TrialState.FAIL)
@@ -283,14 +294,14 @@ def _queue(plan: Plan, study: optuna.Study) -> int:
     todo = [i for i, cell in enumerate(plan.cells) if cell.name not in taken]
     for index in todo:
         study.enqueue_trial({"cell": index}, user_attrs={"cell": plan.cells[index].name})
-    return len(todo)
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def run_suite(plan: Plan) -> dict[str, Any]:
     """Run (or continue) every cell with the workers, then write and log the tables."""
     check_reachable(plan.tracking_uri)
     for task in dict.fromkeys(c.task for c in plan.cells):  # a missing reward model fails now
-        resolve(next(c for c in plan.cells if c.task == task).values).task.check_reward()
+        cell_config(next(c for c in plan.cells if c.task == task)).task.check_reward()
     plan.out.mkdir(parents=True, exist_ok=True)
     write_json(plan.out / "cells.json", {"id": plan.id, "cells": [c.name for c in plan.cells]})
     study = optuna.create_study(

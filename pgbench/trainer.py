@@ -9,6 +9,7 @@ and after training.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -173,7 +174,7 @@ class Trainer:
         started = time.perf_counter()
         seed = step_seed(cfg.seed, state.step)
         collected, sync_s = self._rollout(seed)
-        tokens = int(processes.sum(collected.rollout.tokens))
+        tokens = int(processes.sum(collected.rollout.tokens + collected.baseline_tokens))
         rewards = processes.gather(collected.rewards)  # [P, K] of every process
         if not torch.isfinite(rewards).all():
             return self._skip("reward", tokens, started)
@@ -187,6 +188,7 @@ class Trainer:
                 collected.rollout,
                 collected.rewards,
                 state.estimator,
+                collected.baseline,
             )
         try:
             updates = self._update(prepared, seed)
@@ -430,7 +432,8 @@ def train(
     processes = parallel.current(config.device)
     if not config.resume:
         # one directory for all processes: the main process's timestamp
-        config.output_dir = processes.broadcast(config.output_dir or default_output_dir(config))
+        out = processes.broadcast(config.output_dir or default_output_dir(config))
+        config = dataclasses.replace(config, output_dir=out)
         if processes.main:
             check_run_dir_free(config)
     return Trainer(config, tracker).run(on_step_end, on_eval)

@@ -1,10 +1,11 @@
 """From a sampled rollout to gradients, the same way for every estimator.
 
-`prepare` scores the rollout once (rollout-time log-probs, reference log-probs, values),
-applies the shared KL knobs and asks the estimator for advantages. `accumulate_gradients`
+`prepare` drops prompts whose K rewards are all equal (rollout.drop_uniform_groups), scores
+the rollout once (rollout-time log-probs, reference log-probs, values), shapes the rewards
+(overlong penalty, KL penalty) and asks the estimator for advantages. `accumulate_gradients`
 back-propagates the shared loss over some rows of it, micro-batch by micro-batch:
 
-    per token: -min(rho A, clip(rho) A)     policy loss (clipped if the estimator clips)
+    per token: policy loss of rho, A      loss.policy / loss.ratio / loss.clip_* (policy_losses)
                + beta * KL                  if kl.placement=loss
                + vf_coef * value loss       if the estimator has a value head
     reduced by loss.aggregation over the rows.
@@ -25,8 +26,9 @@ from torch import Tensor
 from pgbench.config import Config
 from pgbench.engine import Rollout
 from pgbench.estimators import Batch, Estimator
-from pgbench.losses import aggregate, kl_per_token, policy_loss
+from pgbench.losses import aggregate, kl_per_token, overlong_penalty
 from pgbench.policy import Reference
+from pgbench.policy_losses import Clip, policy_loss
 from pgbench.scoring import TokenScores, token_logprobs, token_logprobs_chunked
 
 
@@ -42,6 +44,7 @@ class Prepared:
     advantages: Tensor  # [N, T]
     returns: Tensor | None  # [N, T] value targets
     seq_kl: Tensor  # [N] summed per-token KL to the reference (0 without a reference)
+    uniform_groups: int  # prompts whose K rewards were all equal (dropped if configured)
     live: TokenScores | None = None  # scores of all rows with their graph, for one backward
 
 
@@ -54,10 +57,19 @@ def prepare(
     rollout: Rollout,
     rewards: Tensor,
     state: dict[str, Any],
+    baseline: Tensor | None = None,
 ) -> Prepared:
-    """Score `rollout` (rewards [P, K]) and compute the estimator's advantages."""
+    """Score `rollout` (rewards [P, K]) and compute the estimator's advantages; `baseline` [P]
+    is the greedy completions' reward (estimators with `needs_greedy`)."""
     micro, temperature = config.trainer.micro_batch_size, config.rollout.temperature
+    uniform = (rewards == rewards[:, :1]).all(dim=1)  # [P]: K equal rewards, no group signal
+    if config.rollout.drop_uniform_groups and not uniform.all():  # an all-uniform batch stays
+        rollout, rewards, baseline = _keep_groups(~uniform, rollout, rewards, baseline)
     mask = rollout.policy_mask.float()  # tool results are the environment's: no loss, no KL
+    cfg = config.rollout
+    overlong = overlong_penalty(
+        mask.sum(dim=1), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
+    )
     live = None
     if estimator.epochs == estimator.minibatches == 1 and len(rollout.texts) <= micro:
         live = token_logprobs(model, rollout, temperature, with_entropy=True, value_head=value_head)
@@ -71,7 +83,10 @@ def prepare(
         ref_logprobs = reference.logprobs(rollout, micro, temperature)
         kl = kl_per_token(scores.logprobs, ref_logprobs, config.kl.estimator) * mask
     penalty = config.kl.coef * kl if config.kl.placement == "reward" else torch.zeros_like(kl)
-    result = estimator.token_advantages(Batch.shaped(rewards, mask, penalty, scores.values), state)
+    batch = Batch.shaped(
+        rewards + overlong.view_as(rewards), mask, penalty, scores.values, baseline
+    )
+    result = estimator.token_advantages(batch, state)
     return Prepared(
         rollout,
         mask,
@@ -81,8 +96,19 @@ def prepare(
         result.advantages,
         result.returns,
         kl.sum(dim=1),
+        int(uniform.sum()),
         live,
     )
+
+
+def _keep_groups(
+    keep: Tensor, rollout: Rollout, rewards: Tensor, baseline: Tensor | None
+) -> tuple[Rollout, Tensor, Tensor | None]:
+    """The prompts where `keep` [P] is true, with their K rows each."""
+    groups = keep.nonzero().flatten()
+    samples = rewards.shape[1]
+    rows = (groups[:, None] * samples + torch.arange(samples, device=groups.device)).flatten()
+    return rollout.rows(rows), rewards[groups], None if baseline is None else baseline[groups]
 
 
 def accumulate_gradients(
@@ -103,6 +129,8 @@ def accumulate_gradients(
         max_new_tokens=config.rollout.max_new_tokens,
     )
     stats = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "value_loss": 0.0}
+    lc = config.loss
+    clip = Clip(lc.clip_low or estimator.clip, lc.clip_high or estimator.clip, lc.dual_clip)
     live, prepared.live = prepared.live, None  # a graph is back-propagated at most once
     all_rows = torch.arange(len(prepared.mask), device=prepared.mask.device)
     for chunk in rows.split(config.trainer.micro_batch_size):
@@ -118,7 +146,9 @@ def accumulate_gradients(
                 value_head=value_head,
             )
         old = prepared.old_logprobs[chunk]
-        per_token = policy_loss(scores.logprobs, old, prepared.advantages[chunk], estimator.clip)
+        per_token, binds = policy_loss(
+            scores.logprobs, old, prepared.advantages[chunk], chunk_mask, clip, lc.policy, lc.ratio
+        )
         if prepared.ref_logprobs is not None and config.kl.placement == "loss":
             kl = kl_per_token(scores.logprobs, prepared.ref_logprobs[chunk], config.kl.estimator)
             per_token = per_token + config.kl.coef * kl
@@ -132,10 +162,7 @@ def accumulate_gradients(
         loss.backward()
         stats["loss"] += loss.item()
         stats["entropy"] += (scores.entropy * chunk_mask).sum().item()
-        if estimator.clip > 0:
-            ratio = torch.exp(scores.logprobs.detach() - old)
-            outside = (ratio - 1).abs() > estimator.clip
-            stats["clipped"] += (outside.float() * chunk_mask).sum().item()
+        stats["clipped"] += (binds.float() * chunk_mask).sum().item()
     tokens = max(reduce["batch_tokens"], 1)
     return {
         "loss": stats["loss"],
@@ -161,6 +188,7 @@ def step_metrics(
         "train/value_loss": mean["value_loss"],
         "train/clip_fraction": mean["clip_fraction"],
         "train/kl": prepared.seq_kl.mean().item(),
+        "train/uniform_groups": prepared.uniform_groups,
         "train/entropy": updates[0]["entropy"],
         "train/completion_len": prepared.mask.sum(1).mean().item(),
         "train/grad_norm": mean["grad_norm"],

@@ -15,7 +15,8 @@ over `variance.reference_batches` further batches; it is the same for every esti
 an estimator that rescales or biases the gradient (GRPO's std division) shows it in the MSE.
 The policy is the reference model here, so the KL term is exactly zero and is left out; PPO's
 value head starts at zero (V = 0), as at its first training step, and only its policy loss
-is differentiated.
+is differentiated. When ReMax is measured, each batch also gets its prompts' greedy completions
+(its baseline), decoded and scored with the batch.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from tqdm.auto import tqdm
 
 from pgbench import estimators
 from pgbench.components import new_value_head
-from pgbench.config import Config
+from pgbench.config import Config, VarianceArgs, resolve, run_values
 from pgbench.engine import Rollout
-from pgbench.errors import ConfigError
 from pgbench.estimators import Estimator
 from pgbench.policy import Policy, load_policy, pick_device, resolve_model
 from pgbench.rollout import collect_rollout
+from pgbench.sections import VarianceConfig
 from pgbench.update import accumulate_gradients, prepare
 
 COLUMNS = [
@@ -53,17 +54,21 @@ COLUMNS = [
 class Draw:
     rollout: Rollout
     rewards: torch.Tensor  # [P, K]
+    baseline: torch.Tensor | None = None  # [P] greedy completions' rewards (if asked for)
 
 
-def draw_batches(config: Config, policy: Policy, count: int, offset: int) -> list[Draw]:
-    """`count` independent rollout batches of the same prompts, seeded by (seed, offset + b)."""
+def draw_batches(
+    config: Config, policy: Policy, count: int, offset: int, greedy: bool = False
+) -> list[Draw]:
+    """`count` independent rollout batches of the same prompts, seeded by (seed, offset + b);
+    with `greedy`, each also has the greedy baseline (ReMax)."""
     cfg = config
     examples = random.Random(cfg.seed).sample(cfg.task.splits().train, cfg.trainer.prompts_per_step)
     draws = []
     for batch in tqdm(range(count), desc="rollouts", unit="batch", leave=False):
         torch.manual_seed(cfg.seed * 1_000_003 + offset + batch)
-        collected = collect_rollout(cfg, policy, examples, policy.model.device)
-        draws.append(Draw(collected.rollout, collected.rewards))
+        collected = collect_rollout(cfg, policy, examples, policy.model.device, greedy=greedy)
+        draws.append(Draw(collected.rollout, collected.rewards, collected.baseline))
     return draws
 
 
@@ -76,7 +81,9 @@ def policy_gradient(
     params = [p for p in model.parameters() if p.requires_grad]
     model.zero_grad(set_to_none=True)
     started = time.perf_counter()
-    prepared = prepare(config, estimator, model, None, value_head, draw.rollout, draw.rewards, {})
+    prepared = prepare(
+        config, estimator, model, None, value_head, draw.rollout, draw.rewards, {}, draw.baseline
+    )
     rows = torch.arange(len(draw.rollout.texts), device=model.device)
     accumulate_gradients(
         config, estimator, model, value_head, prepared, rows, with_value_loss=False
@@ -102,10 +109,13 @@ def statistics(grads: torch.Tensor, reference: torch.Tensor) -> dict[str, float]
     }
 
 
-def measure(config: Config, names: list[str], policy: Policy) -> pd.DataFrame:
-    """One row per estimator with the columns of variance.csv."""
-    batches = draw_batches(config, policy, config.variance.batches, offset=0)
-    extra = draw_batches(config, policy, config.variance.reference_batches, offset=10_000)
+def measure(
+    config: Config, names: list[str], policy: Policy, sizes: VarianceConfig
+) -> pd.DataFrame:
+    """One row per estimator with the columns of variance.csv (`sizes`: how many batches)."""
+    greedy = any(estimators.REGISTRY.get_class(name).needs_greedy for name in names)
+    batches = draw_batches(config, policy, sizes.batches, offset=0, greedy=greedy)
+    extra = draw_batches(config, policy, sizes.reference_batches, offset=10_000)
     unbiased = estimators.get("rloo")
     reference = torch.stack([policy_gradient(config, unbiased, policy, d)[0] for d in extra])
     reference = reference.mean(dim=0)
@@ -121,18 +131,16 @@ def measure(config: Config, names: list[str], policy: Policy) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def run_variance(config: Config) -> tuple[pd.DataFrame, Path]:
-    """Measure, write `<output_dir>/variance.csv`, log to MLflow (`<task>-variance`)."""
+def run_variance(config: VarianceArgs) -> tuple[pd.DataFrame, Path]:
+    """Measure, write `<output_dir>/variance.csv`, log to MLflow (`<task>-variance`).
+
+    Rollouts and gradients follow the Config of a run with the same keys (its estimator,
+    RLOO, is the reference's); each estimator's gradient is computed with that estimator.
+    """
     from pgbench.tracking import MLflowTracker, check_reachable
 
-    names = config.estimator_names()
-    for name in names:
-        needed = estimators.REGISTRY.get_class(name).min_samples_per_prompt
-        if config.rollout.samples_per_prompt < needed:
-            raise ConfigError(
-                f"rollout.samples_per_prompt must be >= {needed} for estimators={name} "
-                f"(got {config.rollout.samples_per_prompt})"
-            )
+    names = config.estimator_names()  # each with enough samples: checked by VarianceArgs
+    run = resolve(run_values(config))
     check_reachable(config.tracking.uri)
     out = Path(config.output_dir)
     policy = load_policy(
@@ -140,7 +148,7 @@ def run_variance(config: Config) -> tuple[pd.DataFrame, Path]:
         config.lora,
         pick_device(config.device),
     )
-    table = measure(config, names, policy)
+    table = measure(run, names, policy, config.variance)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "variance.csv"
     table.to_csv(path, index=False)

@@ -29,7 +29,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from pgbench.config import Config, resolve
+from pgbench.config import SweepArgs, resolve, run_values
 from pgbench.errors import ConfigError
 from pgbench.hardware import use_threads
 from pgbench.sweeps import spaces
@@ -40,15 +40,15 @@ PARENT_ATTR = "mlflow_parent_run_id"
 MAX_RETRY = 2  # re-runs of a trial whose worker stopped sending heartbeats
 
 
-def study_name(config: Config) -> str:
+def study_name(config: SweepArgs) -> str:
     return config.sweep.name or f"{config.task.name}-{config.estimator.name}"
 
 
-def sweep_dir(config: Config) -> Path:
+def sweep_dir(config: SweepArgs) -> Path:
     return Path(config.output_dir or f"runs/sweep-{study_name(config)}")
 
 
-def storage_url(config: Config) -> str:
+def storage_url(config: SweepArgs) -> str:
     """The storage the study lives in (see the module docstring for the defaults)."""
     if config.sweep.storage:
         return config.sweep.storage
@@ -58,7 +58,7 @@ def storage_url(config: Config) -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
-def open_storage(config: Config) -> optuna.storages.BaseStorage:
+def open_storage(config: SweepArgs) -> optuna.storages.BaseStorage:
     url = storage_url(config)
     if url.endswith(".journal"):
         Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def open_storage(config: Config) -> optuna.storages.BaseStorage:
         ) from None
 
 
-def load_space(config: Config) -> spaces.Space:
+def load_space(config: SweepArgs) -> spaces.Space:
     """The search space, checked against the config keys before any work."""
     space = (
         spaces.load(config.sweep.space)
@@ -103,12 +103,6 @@ def load_space(config: Config) -> spaces.Space:
     return space
 
 
-def run_values(config: Config) -> dict[str, Any]:
-    """The run keys of a sweep's config (its sweep.*, variance.* and compare.* dropped)."""
-    skip = ("sweep.", "variance.", "compare.", "output_dir", "resume", "estimators", "seeds")
-    return {k: v for k, v in config.to_flat().items() if not k.startswith(skip)}
-
-
 def _mark(tracker: MLflowTracker, state: str, reason: str, status: str) -> None:
     tags = {"pgbench.trial_state": state}
     if reason:
@@ -117,7 +111,7 @@ def _mark(tracker: MLflowTracker, state: str, reason: str, status: str) -> None:
     tracker.finish(status)
 
 
-def make_objective(config: Config, space: spaces.Space, parent_run_id: str):
+def make_objective(config: SweepArgs, space: spaces.Space, parent_run_id: str):
     """The Optuna objective: train one configuration as a nested MLflow run."""
     from pgbench.trainer import train
 
@@ -170,7 +164,7 @@ def _finished(study: optuna.Study) -> int:
 def work(values: dict[str, Any], worker: int, progress: bool = False) -> None:
     """One worker: run trials until the study has `sweep.n_trials` finished ones."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
-    config = resolve(values)
+    config = resolve(values, SweepArgs)
     use_threads(config.threads, config.sweep.workers)  # the workers share this machine's cores
     study = optuna.load_study(
         study_name=study_name(config),
@@ -196,14 +190,14 @@ def work(values: dict[str, Any], worker: int, progress: bool = False) -> None:
         bar.close()
 
 
-def _pruner(config: Config) -> optuna.pruners.BasePruner:
+def _pruner(config: SweepArgs) -> optuna.pruners.BasePruner:
     if config.sweep.pruner == "none":
         return optuna.pruners.NopPruner()
     # step 0 is the untrained policy, the same for every trial: never prune on it
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
 
 
-def run_sweep(config: Config) -> dict[str, Any]:
+def run_sweep(config: SweepArgs) -> dict[str, Any]:
     """Create or resume the study, run the workers, log the outcome; returns the best trial."""
     check_reachable(config.tracking.uri)
     load_space(config)
@@ -244,7 +238,7 @@ def run_sweep(config: Config) -> dict[str, Any]:
     )
 
 
-def _conclude(config: Config, study: optuna.Study, parent: MLflowTracker) -> dict[str, Any]:
+def _conclude(config: SweepArgs, study: optuna.Study, parent: MLflowTracker) -> dict[str, Any]:
     """Log trial counts and the best trial to the parent run; write best.json."""
     _close_dead_trials(study, parent)
     counts = {state.name: len(study.get_trials(states=(state,))) for state in FINISHED}
@@ -285,9 +279,10 @@ def _close_dead_trials(study: optuna.Study, parent: MLflowTracker) -> None:
             )
 
 
-def _overrides(config: Config) -> dict[str, Any]:
+def _overrides(config: SweepArgs) -> dict[str, Any]:
     """The run keys whose values differ from the defaults (to print a short command)."""
-    defaults = run_values(resolve({"task": config.task.name, "estimator": config.estimator.name}))
+    names = {"task": config.task.name, "estimator": config.estimator.name}
+    defaults = run_values(resolve(names, SweepArgs))
     return {
         k: v
         for k, v in run_values(config).items()

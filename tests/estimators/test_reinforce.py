@@ -29,7 +29,8 @@ def test_ema_needs_state():
 
 
 def test_registry_errors_name_valid_choices():
-    with pytest.raises(ConfigError, match="registered: grpo, ppo, reinforce, reinforce_pp, rloo"):
+    names = "gpg, grpo, opo, ppo, reinforce, reinforce_pp, reinforce_pp_baseline, remax, rloo"
+    with pytest.raises(ConfigError, match=f"registered: {names}$"):
         estimators.get("reinforse")
     with pytest.raises(ConfigError, match="did you mean estimator.baseline"):
         estimators.get("reinforce", baselin="ema")

@@ -14,7 +14,7 @@ def test_returns_sum_kl_to_the_end_and_are_whitened_over_valid_tokens():
     # token rewards: row 0 [-0.1, -0.2, 1 - 0.3], row 1 [-0.5, -0.5, (masked)]
     # returns G_t = sum_{s>=t}: row 0 [0.4, 0.5, 0.7], row 1 [-1.0, -0.5]
     returns = torch.tensor([0.4, 0.5, 0.7, -1.0, -0.5])
-    whitened = (returns - returns.mean()) / (returns.std() + 1e-8)
+    whitened = (returns - returns.mean()) / (returns.var() + 1e-8) ** 0.5
     result = estimators.get("reinforce_pp").token_advantages(batch, {})
     assert result.returns is None
     torch.testing.assert_close(result.advantages[batch.mask.bool()], whitened)
@@ -50,3 +50,11 @@ def test_the_reward_lands_on_the_last_policy_token_after_a_tool_result():
     a = 0.5 / 0.3**0.5
     expected = torch.tensor([[a, a, 0, 0, a, 0], [-a, -a, -a, 0, 0, 0]])
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_returns_equal_up_to_rounding_give_near_zero_advantages():
+    # rewards 0.1 + 3e-8 and 0.1 differ only by float32 rounding; with 1 / (std + 1e-8) they
+    # would whiten to about +-0.87; rsqrt(var + eps) keeps them near 0
+    batch = Batch.shaped(torch.tensor([[0.1 + 3e-8, 0.1]]), torch.ones(2, 3), torch.zeros(2, 3))
+    advantages = estimators.get("reinforce_pp").token_advantages(batch, {}).advantages
+    assert advantages.abs().max() < 1e-2

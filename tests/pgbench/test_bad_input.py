@@ -2,12 +2,18 @@
 and leaves no run directory or MLflow store behind."""
 
 import json
+import typing
 from pathlib import Path
 
 import pytest
 
+from pgbench import estimators
 from pgbench.cli import main
 from pgbench.config import resolve
+from pgbench.losses import KLEstimator
+
+ESTIMATORS = ", ".join(estimators.REGISTRY.names())
+KL_CHOICES = ", ".join(typing.get_args(KLEstimator))
 
 TSV = {
     "rows.tsv": "fr\ten\nBonjour.\tHello.\nSeulement une colonne\n",
@@ -19,13 +25,15 @@ TSV = {
 # (arguments, text the one-line message must contain); {tmp} is the test's folder
 CASES = [
     (["run", "trainer.lrr=1"], "did you mean trainer.lr"),
-    (["run", "estimator=ppo2"], "registered: grpo, ppo, reinforce, reinforce_pp, rloo"),
+    (["run", "estimator=ppo2"], f"registered: {ESTIMATORS}"),
     (["run", "task=de_en"], "unknown task 'de_en'; registered: arith, fr_en, poet"),
     (["run", "trainer.steps=abc"], "trainer.steps='abc' is not a valid int"),
     (["run", "trainer.steps=1.5"], "trainer.steps='1.5' is not a valid int"),
     (["run", "trainer.lr=-1"], "trainer.lr must be > 0.0"),
     (["run", "rollout.temperature=0"], "rollout.temperature must be > 0.0"),
-    (["run", "kl.estimator=k2"], "choose one of: k1, k3"),
+    (["run", "kl.estimator=k4"], f"choose one of: {KL_CHOICES}"),
+    (["run", "loss.dual_clip=0.5"], "loss.dual_clip must be 0 (off) or a constant c > 1"),
+    (["run", "loss.policy=sapo"], "choose one of: ppo_clip, cispo, gmpo"),
     (["run", "device=tpu"], "choose one of: auto, cpu, cuda"),
     (["run", "estimator.baseline=ema"], "belongs to estimator=reinforce, not rloo"),
     (["run", "estimator=grpo", "rollout.samples_per_prompt=1"], "must be >= 2"),
@@ -41,6 +49,12 @@ CASES = [
     (["run", "tracking.uri=./mlruns"], "file store is deprecated"),
     (["run", "resume=/nonexistent/run"], "no pgbench run there"),
     (["eval", "trainer.lr=1e-5"], "does not apply here"),
+    (["sweep", "resume=auto"], "'resume' does not apply here"),
+    (["variance", "estimator.baseline=ema"], "'estimator.baseline' does not apply here"),
+    (["variance", "estimators=rloo,nope"], "unknown estimator 'nope'"),
+    (["compare", "seeds=0"], "seeds must be >= 1"),
+    (["suite", "task=arith"], "task= does not apply to a suite; use tasks="),
+    (["report"], "give exactly one of"),
     (["report", "comparison=a", "experiment=b"], "give exactly one of"),
     (["sweep", "sweep.space=/nonexistent.json"], "cannot read a JSON search space"),
     (["fly"], "unknown verb 'fly'; valid: run"),

@@ -5,7 +5,7 @@ from mlflow import MlflowClient
 
 from pgbench.cli import main
 from pgbench.compare import plan
-from pgbench.config import resolve
+from pgbench.config import CompareArgs, SweepArgs, resolve
 from pgbench.errors import ConfigError
 from pgbench.sweeps.runner import run_sweep
 
@@ -48,12 +48,18 @@ def test_use_best_takes_sweep_params_except_budget(run_overrides, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     values = fast(run_overrides, tmp_path)
     sweep = run_sweep(
-        resolve(values | {"estimator": "rloo", "sweep.n_trials": "2", "sweep.pruner": "none"})
+        resolve(
+            values | {"estimator": "rloo", "sweep.n_trials": "2", "sweep.pruner": "none"},
+            SweepArgs,
+        )
     )
     _, runs = plan(
-        resolve(values | {"estimators": "rloo", "seeds": "1", "compare.use_best": "true"})
+        resolve(
+            values | {"estimators": "rloo", "seeds": "1", "compare.use_best": "true"},
+            CompareArgs,
+        )
     )
     assert runs[0].trainer.lr == pytest.approx(sweep["best_params"]["trainer.lr"])
     assert runs[0].kl.coef == pytest.approx(sweep["best_params"]["kl.coef"])
     with pytest.raises(ConfigError, match="no sweep study fr_en-grpo.*pgbench sweep"):
-        plan(resolve(values | {"estimators": "grpo", "compare.use_best": "true"}))
+        plan(resolve(values | {"estimators": "grpo", "compare.use_best": "true"}, CompareArgs))

@@ -1,7 +1,31 @@
+import dataclasses
+import typing
+
 import pytest
 
-from pgbench.config import all_keys, help_rows, parse_overrides, resolve
+from pgbench import estimators
+from pgbench.cli import VERBS
+from pgbench.compose import KNOBS
+from pgbench.config import (
+    VERB_ARGS,
+    Config,
+    EvalArgs,
+    ReportArgs,
+    SweepArgs,
+    VarianceArgs,
+    all_keys,
+    help_rows,
+    parse_overrides,
+    resolve,
+    saved_run_values,
+)
 from pgbench.errors import ConfigError
+from pgbench.losses import KLEstimator
+
+ESTIMATORS = ", ".join(estimators.REGISTRY.names())
+KL_CHOICES = ", ".join(typing.get_args(KLEstimator))
+# a verb's smallest valid values (report needs one of comparison or experiment)
+MINIMAL = {"report": {"comparison": "c"}}
 
 CONTRACT_KEYS = """task estimator model seed output_dir resume trainer.steps trainer.lr
 trainer.prompts_per_step trainer.warmup_ratio trainer.grad_clip rollout.samples_per_prompt
@@ -52,7 +76,7 @@ def test_changing_estimator_changes_only_estimator_keys():
         (["modle=x"], "did you mean model"),
         (
             ["estimator=ppo2"],
-            "unknown estimator 'ppo2'; registered: grpo, ppo, reinforce, reinforce_pp, rloo",
+            f"unknown estimator 'ppo2'; registered: {ESTIMATORS}",
         ),
         (["task=de_en"], "unknown task 'de_en'; registered: arith, fr_en, poet"),
         (["trainer.lr=0"], "trainer.lr must be > 0.0"),
@@ -60,7 +84,7 @@ def test_changing_estimator_changes_only_estimator_keys():
         (["trainer.steps=0"], "trainer.steps must be >= 1"),
         (["rollout.temperature=0"], "rollout.temperature must be > 0.0"),
         (["rollout.samples_per_prompt=1"], "must be >= 2 for estimator=rloo"),
-        (["kl.estimator=k2"], "choose one of: k1, k3"),
+        (["kl.estimator=k4"], f"choose one of: {KL_CHOICES}"),
         (["kl.placement=both"], "choose one of: reward, loss"),
         (["task.reward=rouge"], "bad term 'rouge'; use .* names chrf, bleu, embed, comet"),
         (["estimator.baseline=ema"], "estimator.baseline belongs to estimator=reinforce"),
@@ -82,13 +106,19 @@ def test_malformed_and_repeated_overrides():
 
 
 def test_verb_restriction():
-    with pytest.raises(ConfigError, match="does not apply here"):
-        resolve({"trainer.lr": "1"}, allowed={"task", "model"})
+    with pytest.raises(ConfigError, match="'trainer.lr' does not apply here; keys used: cache_dir"):
+        resolve({"trainer.lr": "1"}, EvalArgs)
+    with pytest.raises(ConfigError, match="'resume' does not apply here"):
+        resolve({"resume": "auto"}, SweepArgs)
+    with pytest.raises(ConfigError, match="'estimator.baseline' does not apply here"):
+        resolve({"estimator.baseline": "ema"}, VarianceArgs)
+    with pytest.raises(ConfigError, match="unknown key 'trainer.lrr'; did you mean trainer.lr"):
+        resolve({"trainer.lrr": "1"}, SweepArgs)
 
 
 def test_help_rows_have_type_default_and_text():
     rows = {row[0]: row for row in help_rows(estimator="reinforce")}
-    assert rows["kl.estimator"][1:3] == ("{k1|k3}", "'k1'")
+    assert rows["kl.estimator"][1:3] == ("{" + KL_CHOICES.replace(", ", "|") + "}", "'k1'")
     assert rows["estimator.baseline"][3]
     assert all(row[3] for row in rows.values())
 
@@ -102,8 +132,66 @@ def test_task_run_defaults_apply_unless_set():
     assert arith.eval.every == 25
     explicit = resolve({"task": "fr_en", "trainer.prompts_per_step": "4"})
     assert explicit.trainer.prompts_per_step == 4 and explicit.rollout.samples_per_prompt == 8
-    restricted = resolve({"task": "fr_en"}, allowed={"task", "model"})
-    assert restricted.trainer.prompts_per_step == 8  # a section the verb ignores: global default
+    variance = resolve({"task": "fr_en"}, VarianceArgs)  # takes trainer.*, not eval.*
+    assert variance.trainer.prompts_per_step == 32 and not hasattr(variance, "eval")
     rows = {row[0]: row for row in help_rows(task="fr_en")}
     assert rows["trainer.prompts_per_step"][2] == "32 (fr_en)"
     assert {row[0]: row for row in help_rows(task="arith")}["trainer.prompts_per_step"][2] == "8"
+
+
+@pytest.mark.parametrize("verb", list(VERB_ARGS))
+def test_a_verb_accepts_exactly_the_fields_of_its_dataclass(verb):
+    args = VERB_ARGS[verb]
+    assert VERBS[verb].args is args
+    keys = all_keys(args)
+    assert {key.split(".")[0] for key in keys} == {f.name for f in dataclasses.fields(args)}
+    config = resolve(MINIMAL.get(verb, {}), args)
+    assert list(config.to_flat()) == keys  # every key resolves, in --help's order
+    assert resolve(config.to_flat(), args).to_flat() == config.to_flat()
+    others = {key for other in VERB_ARGS.values() for key in all_keys(other)} - set(keys)
+    for key in sorted(others):
+        with pytest.raises(ConfigError, match=f"'{key}' does not apply here"):
+            resolve(MINIMAL.get(verb, {}) | {key: "1"}, args)
+
+
+def test_top_level_knobs_are_defined_once():
+    for name, spec in KNOBS.items():
+        verbs = [a for a in VERB_ARGS.values() if name in {f.name for f in dataclasses.fields(a)}]
+        assert verbs, f"{name} is used by no verb"
+        types = {typing.get_type_hints(a)[name] for a in verbs}
+        rows = {row for a in verbs for row in help_rows(a) if row[0] == name}
+        assert len(types) == 1 and len(rows) == 1, name
+        assert rows.pop()[2:] == (repr(spec["default"]), spec["help"])
+
+
+@pytest.mark.parametrize("verb", [v for v in VERB_ARGS if v != "run"])
+def test_resolved_configs_are_frozen(verb):
+    config = resolve(MINIMAL.get(verb, {}), VERB_ARGS[verb])
+    name = dataclasses.fields(config)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(config, name, getattr(config, name))
+
+
+def test_derived_values_are_fixed_while_resolving():
+    variance = resolve({}, VarianceArgs)
+    assert variance.output_dir.startswith("runs/variance-")
+    assert resolve(variance.to_flat(), VarianceArgs).output_dir == variance.output_dir
+    report = resolve({"experiment": "fr_en"}, ReportArgs)
+    assert (report.comparison, report.experiment) == ("", "fr_en")
+    with pytest.raises(ConfigError, match="give exactly one of comparison=<id> or experiment="):
+        resolve({}, ReportArgs)
+
+
+def test_a_saved_config_drops_only_the_keys_of_other_verbs():
+    # config.json files written when one Config held every verb's keys
+    old = resolve({}).to_flat() | {"estimators": "rloo", "seeds": 3, "sweep.n_trials": 20}
+    assert saved_run_values(old) == resolve({}).to_flat()
+    assert "trainer.lrr" in saved_run_values(old | {"trainer.lrr": 1})
+
+
+def test_each_verb_checks_its_own_estimators():
+    with pytest.raises(ConfigError, match="unknown estimator 'nope'"):
+        resolve({"estimators": "rloo,nope"}, VarianceArgs)
+    with pytest.raises(ConfigError, match=">= 2 for estimators=grpo"):
+        resolve({"estimators": "grpo", "rollout.samples_per_prompt": "1"}, VERB_ARGS["compare"])
+    assert isinstance(resolve({"estimator": "grpo"}), Config)

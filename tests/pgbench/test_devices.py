@@ -17,7 +17,8 @@ import pgbench.reports
 import pgbench.sweeps
 import pgbench.tasks
 from pgbench import estimators
-from pgbench.config import resolve
+from pgbench.compose import accepts
+from pgbench.config import VarianceArgs, resolve
 from pgbench.tracking import NullTracker
 from pgbench.trainer import train
 from pgbench.variance import run_variance
@@ -81,9 +82,10 @@ def test_training_steps_create_every_tensor_on_a_named_device(run_overrides, est
 
 def test_variance_creates_every_tensor_on_a_named_device(run_overrides):
     names = ",".join(estimators.REGISTRY.names())
+    keys = {k: v for k, v in run_overrides.items() if accepts(VarianceArgs, k)}
     config = resolve(
-        run_overrides
-        | {"estimators": names, "variance.batches": "2", "variance.reference_batches": "1"}
+        keys | {"estimators": names, "variance.batches": "2", "variance.reference_batches": "1"},
+        VarianceArgs,
     )
     with ImplicitDevices() as guard:
         run_variance(config)

@@ -222,7 +222,7 @@ torch.manual_seed(0)  # the same rollout of 4 prompts x 3 samples on both proces
 rollout = sample(model, policy.tokenizer, ["Bonjour.", "Merci.", "Oui.", "Non."], 3, 10)
 rewards = torch.rand(4, 3, generator=torch.Generator().manual_seed(1))
 for how in ("token_mean", "seq_mean_token_mean"):
-    config.loss.aggregation = how
+    config = resolve(overrides | {"loss.aggregation": how})
     prepared = prepare(config, config.estimator, model, None, None, rollout, rewards, {})
     accumulate_gradients(config, config.estimator, model, None, prepared, torch.arange(12))
     whole = [p.grad.clone() for p in params]

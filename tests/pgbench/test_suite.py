@@ -4,7 +4,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pgbench.cli import SUITE_KEYS, main
+from pgbench.cli import main
 from pgbench.errors import ConfigError
 from pgbench.reports.stats import LEADERBOARD, PAIRS
 from pgbench.suite import _queue, open_storage, plan_suite, run_cell, run_suite
@@ -76,7 +76,7 @@ def test_two_workers_on_the_journal_run_every_cell_once(run_overrides, tmp_path)
         "suite.workers": "2",
         "threads": "1",
     }
-    outcome = run_suite(plan_suite(values, SUITE_KEYS))
+    outcome = run_suite(plan_suite(values))
     assert outcome["runs"] == 4 and not outcome["missing"]
     tagged = suite_runs(values["tracking.uri"], "t2")
     names = sorted((r.data.tags["pgbench.estimator"], r.data.tags["pgbench.seed"]) for r in tagged)
@@ -89,40 +89,42 @@ def test_protocol_file_is_read_and_a_bad_key_names_the_file(run_overrides, tmp_p
         '[suite]\ntasks = ["fr_en"]\nestimators = ["rloo", "grpo"]\nseeds = 3\n'
         '[overrides]\n"trainer.steps" = 7\n[task.fr_en]\n"eval.every" = 5\nlimit = 900\n'
     )
-    plan = plan_suite({"suite": str(protocol), "output_dir": str(tmp_path / "o")}, SUITE_KEYS)
+    plan = plan_suite({"suite": str(protocol), "output_dir": str(tmp_path / "o")})
     assert plan.id == "mine"
     assert [c.name for c in plan.cells][:2] == ["fr_en-rloo-s0", "fr_en-grpo-s0"]
     assert len(plan.cells) == 6
     cell = plan.cells[0].values
     assert (cell["trainer.steps"], cell["eval.every"], cell["task.limit"]) == (7, 5, 900)
     # the command line wins over the file
-    plan = plan_suite({"suite": str(protocol), "trainer.steps": "3"}, SUITE_KEYS)
+    plan = plan_suite({"suite": str(protocol), "trainer.steps": "3"})
     assert plan.cells[0].values["trainer.steps"] == 3
 
     protocol.write_text('[suite]\ntasks = ["fr_en"]\n[overrides]\n"trainer.stepz" = 7\n')
     with pytest.raises(ConfigError, match=f"^{protocol}: unknown key 'trainer.stepz'") as err:
-        plan_suite({"suite": str(protocol)}, SUITE_KEYS)
+        plan_suite({"suite": str(protocol)})
     assert "\n" not in str(err.value)
     protocol.write_text('[suite]\ntasks = ["fr_en"]\n[task.fr_en]\n"rollout.temperature" = -1\n')
     with pytest.raises(ConfigError, match=f"^{protocol} \\(cell fr_en-.*-s0\\): .*temperature"):
-        plan_suite({"suite": str(protocol)}, SUITE_KEYS)
+        plan_suite({"suite": str(protocol)})
     with pytest.raises(ConfigError, match="no such protocol; shipped: cpu, gpu"):
-        plan_suite({"suite": "nope"}, SUITE_KEYS)
+        plan_suite({"suite": "nope"})
 
 
 def test_shipped_cpu_protocol_resolves_every_cell():
-    plan = plan_suite({"suite": "cpu"}, SUITE_KEYS)
+    plan = plan_suite({"suite": "cpu"})
     columns = {"reinforce", "rloo", "grpo", "reinforce_pp", "ppo", "rloo_k3", "variance"}
     assert plan.id == "cpu" and len(plan.cells) == (8 + 6) * 10 + 2  # + a variance cell each
     variance = [c for c in plan.cells if c.estimator == "variance"]
     assert [c.task for c in variance] == ["arith", "fr_en"]
     assert variance[0].values["estimators"] == "reinforce,rloo,grpo,reinforce_pp,ppo"
+    # a variance cell holds the keys of `pgbench variance`: no eval.*, no kl.*
+    assert variance[1].values["trainer.steps"] == 75 and "eval.every" not in variance[1].values
     assert {c.estimator for c in plan.cells if c.task == "fr_en"} == columns
     assert {c.estimator for c in plan.cells if c.task == "arith"} == columns | {
         "grpo_seq",
         "dr_grpo",
     }
-    fr_en = [c.values for c in plan.cells if c.task == "fr_en"]
+    fr_en = [c.values for c in plan.cells if c.task == "fr_en" and c.estimator != "variance"]
     assert {
         (v["trainer.steps"], v["trainer.prompts_per_step"], v["eval.every"]) for v in fr_en
     } == {(75, 32, 25)}
@@ -132,27 +134,26 @@ def test_shipped_cpu_protocol_resolves_every_cell():
     k3 = next(c.values for c in plan.cells if c.estimator == "rloo_k3")
     assert (k3["estimator"], k3["kl.estimator"], k3["kl.placement"]) == ("rloo", "k3", "loss")
     assert k3["output_dir"].endswith("arith-rloo_k3-s0")
-    assert len(plan_suite({"suite": "gpu"}, SUITE_KEYS).cells) == 3 * 5 * 10
+    assert len(plan_suite({"suite": "gpu"}).cells) == 3 * 5 * 10
 
 
 def test_a_variant_needs_an_estimator(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[suite]\ntasks = ["arith"]\n[variant.mine]\n"kl.estimator" = "k3"\n')
     with pytest.raises(ConfigError, match=r"\[variant.mine\] needs estimator"):
-        plan_suite({"suite": str(path)}, SUITE_KEYS)
+        plan_suite({"suite": str(path)})
 
 
 def test_a_killed_suite_requeues_its_running_cell(tmp_path):
     # no training: a trial left RUNNING in the local journal is a killed suite's cell
     plan = plan_suite(
         {"tasks": "fr_en", "estimators": "rloo", "seeds": "2", "output_dir": str(tmp_path)},
-        SUITE_KEYS,
     )
     study = optuna.create_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
     assert _queue(plan, study) == 2
     running = study.ask()  # pops cell 0 from the queue, as a worker does
     assert running.suggest_int("cell", 0, 1) == 0
-    assert _queue(plan, study) == 1  # cell 0 again; cell 1 is still queued
+    assert _queue(plan, study) == 2  # cell 0 queued again, cell 1 still waiting
     assert study.trials[0].state == TrialState.FAIL
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.system_attrs["fixed_params"]["cell"] for t in waiting) == [0, 1]
@@ -160,7 +161,7 @@ def test_a_killed_suite_requeues_its_running_cell(tmp_path):
 
 def test_a_cell_killed_mid_run_resumes_in_its_mlflow_run(run_overrides, tmp_path):
     values = fast(run_overrides, tmp_path) | {"tasks": "fr_en", "estimators": "rloo"}
-    plan = plan_suite(values | {"seeds": "1", "suite.id": "t3"}, SUITE_KEYS)
+    plan = plan_suite(values | {"seeds": "1", "suite.id": "t3"})
     first = run_cell(plan, plan.cells[0])
     summary = tmp_path / "suite" / "fr_en-rloo-s0" / "summary.json"
     summary.unlink()  # as if killed after the last checkpoint, before summary.json
@@ -181,7 +182,7 @@ def test_a_killed_workers_cell_is_rerun_by_another_on_postgresql(
         "suite.heartbeat_s": "1",
     }
     slow = values | {"trainer.steps": "400", "output_dir": str(tmp_path / "first")}
-    plan = plan_suite(values | {"output_dir": str(tmp_path / "second")}, SUITE_KEYS)
+    plan = plan_suite(values | {"output_dir": str(tmp_path / "second")})
     killed = kill_worker(
         ["suite", *(f"{k}={v}" for k, v in slow.items())],
         "suite-pg",
@@ -211,7 +212,7 @@ def test_variants_variance_and_findings_in_the_report(run_overrides, tmp_path):
         "variance.batches": "2",
         "variance.reference_batches": "1",
     }
-    plan = plan_suite(values, SUITE_KEYS)
+    plan = plan_suite(values)
     result = run_suite(plan)
     assert result["runs"] == 8 and result["missing"] == []
     out = tmp_path / "suite"

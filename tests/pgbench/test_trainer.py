@@ -5,6 +5,7 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
+from pgbench import estimators
 from pgbench.config import resolve
 from pgbench.trainer import train
 
@@ -117,7 +118,7 @@ def test_shared_knob_variants_train(run_overrides, extra):
 
 def test_every_estimator_trains_and_logs_the_same_metrics(run_overrides, tmp_path):
     names = None
-    for estimator in ["reinforce", "rloo", "grpo", "reinforce_pp", "ppo"]:
+    for estimator in estimators.REGISTRY.names():
         overrides = run_overrides | {
             "estimator": estimator,
             "trainer.steps": "2",

@@ -120,3 +120,73 @@ def test_single_pass_backpropagates_the_scoring_forward_with_the_same_result(
         torch.testing.assert_close(fast.returns, slow.returns, **close)
     torch.testing.assert_close(fast_grad, slow_grad, **close)
     assert fast_stats == pytest.approx(slow_stats, abs=1e-5)
+
+
+def test_uniform_groups_are_counted_and_dropped_when_asked(micro_policy, micro_task, run_overrides):
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    rollout = multi_turn_rollout(policy, micro_task)
+    rewards = torch.tensor([[0.5, 0.5], [1.0, 0.0]])  # prompt 0's two rewards are equal
+    for drop, rows in (("false", 4), ("true", 2)):
+        config = resolve(run_overrides | {"rollout.drop_uniform_groups": drop, "kl.coef": "0"})
+        prepared = prepare(config, config.estimator, policy.model, None, None, rollout, rewards, {})
+        assert prepared.uniform_groups == 1
+        assert len(prepared.mask) == rows
+    # the kept rows are prompt 1's (rows 2 and 3): RLOO gives them +1 and -1
+    assert prepared.advantages[:, 0].tolist() == [1.0, -1.0]
+    assert torch.equal(prepared.rollout.completion_ids, rollout.completion_ids[2:])
+
+
+def test_an_all_uniform_batch_is_kept(micro_policy, micro_task, run_overrides):
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    config = resolve(run_overrides | {"rollout.drop_uniform_groups": "true", "kl.coef": "0"})
+    rewards = torch.tensor([[0.5, 0.5], [1.0, 1.0]])
+    rollout = multi_turn_rollout(policy, micro_task)
+    prepared = prepare(config, config.estimator, policy.model, None, None, rollout, rewards, {})
+    assert (prepared.uniform_groups, len(prepared.mask)) == (2, 4)
+
+
+def test_overlong_shaping_lowers_the_reward_of_long_completions(
+    micro_policy, micro_task, run_overrides
+):
+    # policy tokens per row: 5, 5, 8, 7 (tool results excluded); max 8, buffer 4: free up to
+    # 4 tokens, then -(len - 4) / 4: [-0.25, -0.25, -1, -0.75]; with reinforce (no baseline,
+    # no KL) the advantage is the shaped reward itself
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    overrides = {"estimator": "reinforce", "kl.coef": "0", "rollout.max_new_tokens": "8"}
+    config = resolve(run_overrides | overrides | {"rollout.overlong_buffer": "4"})
+    rollout = multi_turn_rollout(policy, micro_task)
+    rewards = torch.tensor([[1.0, 0.0], [0.5, 0.25]])
+    prepared = prepare(config, config.estimator, policy.model, None, None, rollout, rewards, {})
+    expected = torch.tensor([1.0 - 0.25, 0.0 - 0.25, 0.5 - 1.0, 0.25 - 0.75])
+    torch.testing.assert_close(prepared.advantages[:, 0], expected)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"loss.policy": "cispo", "loss.clip_high": "0.28"},
+        {"loss.policy": "gmpo", "loss.aggregation": "seq_mean_token_mean"},
+        {"loss.ratio": "sequence", "loss.dual_clip": "3", "kl.estimator": "k2"},
+    ],
+)
+def test_policy_loss_knobs_apply_to_a_multi_pass_update(
+    micro_policy, micro_task, run_overrides, knobs
+):
+    # two passes: the second sees rho != 1, where the forms differ from PPO-clip
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    base = run_overrides | {"estimator": "grpo", "estimator.epochs": "2", "kl.placement": "loss"}
+    rollout = multi_turn_rollout(policy, micro_task)
+    rewards = torch.tensor([[1.0, 0.0], [0.5, 0.25]])
+    grads = []
+    for extra in ({}, knobs):
+        config = resolve(base | extra)
+        prepared = prepare(
+            config, config.estimator, policy.model, Reference(policy), None, rollout, rewards, {}
+        )
+        prepared.old_logprobs = prepared.old_logprobs + 0.3 * torch.randn(
+            prepared.old_logprobs.shape, generator=torch.Generator().manual_seed(1)
+        )
+        grad, stats = gradient(config, policy.model, prepared, None)
+        assert torch.isfinite(grad).all() and 0 <= stats["clip_fraction"] <= 1
+        grads.append(grad)
+    assert not torch.equal(grads[0], grads[1])

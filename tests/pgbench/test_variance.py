@@ -3,8 +3,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from pgbench import estimators
 from pgbench.cli import main
 from pgbench.variance import COLUMNS, statistics
+
+LISTED = ["reinforce", "rloo", "grpo", "reinforce_pp", "ppo"]
 
 
 def test_statistics_hand_computed():
@@ -28,7 +31,7 @@ def test_variance_verb_on_micro_policy(run_overrides, tmp_path, capsys):
         [
             "variance",
             *args,
-            "estimators=reinforce,rloo,grpo,reinforce_pp,ppo",
+            f"estimators={','.join(LISTED)}",
             "variance.batches=6",
             "variance.reference_batches=4",
             "trainer.prompts_per_step=4",
@@ -40,13 +43,39 @@ def test_variance_verb_on_micro_policy(run_overrides, tmp_path, capsys):
     assert code == 0
     table = pd.read_csv(out / "variance.csv")
     assert list(table.columns) == COLUMNS
-    assert list(table.estimator) == ["reinforce", "rloo", "grpo", "reinforce_pp", "ppo"]
+    assert list(table.estimator) == LISTED
     assert (table.total_variance > 0).all() and (table.seconds_per_gradient > 0).all()
     assert "total_variance" in capsys.readouterr().out
     client = MlflowClient(run_overrides["tracking.uri"])
     experiment = client.get_experiment_by_name("fr_en-variance")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.metrics["rloo/total_variance"] == pytest.approx(table.total_variance[1])
+
+
+def test_variance_verb_accepts_every_other_registered_estimator(run_overrides, tmp_path):
+    # the estimators the test above does not list (those added since), at the smallest sizes
+    others = [n for n in estimators.REGISTRY.names() if n not in LISTED]
+    assert {"gpg", "opo", "reinforce_pp_baseline"} <= set(others)
+    keys = ["model", "task.limit", "task.valid_size", "task.test_size", "tracking.uri"]
+    args = [f"{k}={run_overrides[k]}" for k in keys]
+    out = tmp_path / "variance"
+    code = main(
+        [
+            "variance",
+            *args,
+            f"estimators={','.join(others)}",
+            "variance.batches=2",
+            "variance.reference_batches=1",
+            "trainer.prompts_per_step=2",
+            "rollout.samples_per_prompt=2",
+            "rollout.max_new_tokens=6",
+            f"output_dir={out}",
+        ]
+    )
+    assert code == 0
+    table = pd.read_csv(out / "variance.csv")
+    assert list(table.estimator) == others
+    assert table.total_variance.notna().all()
 
 
 def test_reinforce_without_baseline_has_more_variance_than_rloo(run_overrides, tmp_path):

@@ -2,12 +2,17 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pgbench.config import resolve
+from pgbench.config import SweepArgs, resolve
 from pgbench.sweeps.runner import open_storage, run_sweep
 
 
+def sweep_config(values):
+    """The `pgbench sweep` configuration of `values`."""
+    return resolve(values, SweepArgs)
+
+
 def test_two_workers_share_a_postgresql_study(sweep_values, postgres_url):
-    config = resolve(
+    config = sweep_config(
         sweep_values
         | {
             "sweep.n_trials": "4",
@@ -33,7 +38,7 @@ def test_a_killed_workers_trial_is_retried(
         "sweep.pruner": "none",
     }
     slow = values | {"trainer.steps": "400", "output_dir": str(tmp_path / "first")}
-    config = resolve(values)
+    config = sweep_config(values)
     killed = kill_worker(
         ["sweep", *(f"{k}={v}" for k, v in slow.items())],
         "killed",
@@ -42,7 +47,7 @@ def test_a_killed_workers_trial_is_retried(
         lambda t: "mlflow_run_id" in t.user_attrs,
     )
 
-    result = run_sweep(resolve(values | {"output_dir": str(tmp_path / "second")}))
+    result = run_sweep(sweep_config(values | {"output_dir": str(tmp_path / "second")}))
     study = optuna.load_study(study_name="killed", storage=open_storage(config))
     killed, retry = retry_of(study, killed.number)
     assert retry.params == killed.params

@@ -4,9 +4,14 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from pgbench.config import resolve
+from pgbench.config import SweepArgs, resolve
 from pgbench.errors import ConfigError
 from pgbench.sweeps.runner import run_sweep, storage_url
+
+
+def sweep_config(values):
+    """The `pgbench sweep` configuration of `values`."""
+    return resolve(values, SweepArgs)
 
 
 def nested_runs(uri, parent_run_id):
@@ -19,7 +24,7 @@ def nested_runs(uri, parent_run_id):
 
 
 def test_three_trials_become_nested_runs_and_resume_by_name(sweep_values):
-    result = run_sweep(resolve(sweep_values | {"sweep.n_trials": "3"}))
+    result = run_sweep(sweep_config(sweep_values | {"sweep.n_trials": "3"}))
     assert result["trials"]["COMPLETE"] + result["trials"]["PRUNED"] == 3
     client, parent, runs = nested_runs(sweep_values["tracking.uri"], result["parent_run_id"])
     assert len(runs) == 3
@@ -36,7 +41,7 @@ def test_three_trials_become_nested_runs_and_resume_by_name(sweep_values):
     assert best["best_trial"] == result["best_trial"]
 
     # the same command with a larger budget resumes the study and its parent run
-    again = run_sweep(resolve(sweep_values | {"sweep.n_trials": "4"}))
+    again = run_sweep(sweep_config(sweep_values | {"sweep.n_trials": "4"}))
     assert again["parent_run_id"] == result["parent_run_id"]
     assert sum(again["trials"].values()) == 4
     assert len(nested_runs(sweep_values["tracking.uri"], result["parent_run_id"])[2]) == 4
@@ -55,14 +60,16 @@ def test_failing_trials_are_marked_and_the_sweep_goes_on(sweep_values, tmp_path)
         )
     )
     result = run_sweep(
-        resolve(
+        sweep_config(
             sweep_values
             | {"sweep.n_trials": "5", "sweep.space": str(space), "sweep.pruner": "none"}
         )
     )
     assert sum(result["trials"].values()) == 5
     assert result["trials"]["FAIL"] >= 1 and result["trials"]["COMPLETE"] >= 1
-    study = optuna.load_study(study_name="fr_en-rloo", storage=storage_url(resolve(sweep_values)))
+    study = optuna.load_study(
+        study_name="fr_en-rloo", storage=storage_url(sweep_config(sweep_values))
+    )
     _, _, runs = nested_runs(sweep_values["tracking.uri"], result["parent_run_id"])
     by_trial = {int(r.data.tags["pgbench.trial"]): r for r in runs}
     for trial in study.trials:
@@ -78,7 +85,7 @@ def test_failing_trials_are_marked_and_the_sweep_goes_on(sweep_values, tmp_path)
 
 
 def test_two_workers_share_a_journal_study(sweep_values):
-    config = resolve(sweep_values | {"sweep.n_trials": "4", "sweep.workers": "2"})
+    config = sweep_config(sweep_values | {"sweep.n_trials": "4", "sweep.workers": "2"})
     assert storage_url(config).endswith("optuna.journal")
     result = run_sweep(config)
     assert sum(result["trials"].values()) >= 4
@@ -95,11 +102,11 @@ def test_two_workers_share_a_journal_study(sweep_values):
 )
 def test_bad_sweep_settings_fail_before_work(sweep_values, extra, message):
     with pytest.raises(ConfigError, match=message):
-        run_sweep(resolve(sweep_values | extra))
+        run_sweep(sweep_config(sweep_values | extra))
 
 
 def test_space_keys_are_checked_against_the_config(sweep_values, tmp_path):
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"trainer.lrr": {"type": "float", "low": 1e-5, "high": 1e-3}}))
     with pytest.raises(ConfigError, match="search space key trainer.lrr.*did you mean trainer.lr"):
-        run_sweep(resolve(sweep_values | {"sweep.space": str(space)}))
+        run_sweep(sweep_config(sweep_values | {"sweep.space": str(space)}))

@@ -10,7 +10,7 @@ import torch
 from mlflow import MlflowClient
 from transformers import AutoTokenizer
 
-from pgbench import tasks
+from pgbench import estimators, tasks
 from pgbench.config import resolve
 from pgbench.errors import ConfigError
 from pgbench.hardware import auto_precision
@@ -157,15 +157,20 @@ def test_model_tiny_builds_the_task_spec(monkeypatch, tmp_path):
     assert AutoTokenizer.from_pretrained(folder).tokenize("90710") == ["9", "0", "7", "1", "0"]
 
 
-def test_micro_grpo_run_logs_accuracy(tmp_path):
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+@pytest.fixture(scope="module")
+def micro_arith_policy(tmp_path_factory) -> Path:
+    """A micro policy SFT-ed on the micro arith task, built once for this module."""
     task = tasks.get("arith", **MICRO_ARITH_TASK)
     spec = TinySpec(**MICRO_ARITH_SPEC, split_digits=True)
-    policy = tiny_policy_dir(task, tmp_path / "cache", spec, progress=False)
+    return tiny_policy_dir(task, tmp_path_factory.mktemp("cache"), spec, progress=False)
+
+
+def test_micro_grpo_run_logs_accuracy(micro_arith_policy, tmp_path):
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     overrides = {
         "task": "arith",
         "estimator": "grpo",
-        "model": str(policy),
+        "model": str(micro_arith_policy),
         **{f"task.{k}": v for k, v in MICRO_ARITH_TASK.items()},
         "trainer.steps": "3",
         "trainer.prompts_per_step": "4",
@@ -187,3 +192,28 @@ def test_micro_grpo_run_logs_accuracy(tmp_path):
         summary["eval_after"]["accuracy"],
     ]
     assert all(0 <= m.value <= 100 for m in valid + test)
+
+
+def test_every_estimator_trains_two_steps_on_arith(micro_arith_policy, tmp_path):
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    names = None
+    for estimator in estimators.REGISTRY.names():
+        overrides = {
+            "task": "arith",
+            "estimator": estimator,
+            "model": str(micro_arith_policy),
+            **{f"task.{k}": v for k, v in MICRO_ARITH_TASK.items()},
+            "trainer.steps": "2",
+            "trainer.prompts_per_step": "2",
+            "rollout.samples_per_prompt": "2",
+            "rollout.max_new_tokens": "6",
+            "eval.every": "0",
+            "eval.max_new_tokens": "6",
+            "output_dir": str(tmp_path / estimator),
+            "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        }
+        summary = train(resolve(overrides))
+        assert summary["steps"] == 2, estimator
+        assert 0 <= summary["train"]["train/reward_mean"] <= 1, estimator
+        names = names or set(summary["train"])
+        assert set(summary["train"]) == names, estimator

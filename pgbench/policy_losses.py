@@ -1,0 +1,102 @@
+"""Shared policy-loss forms (`loss.policy`, `loss.ratio`, `loss.clip_*`), the same for every
+estimator. rho = pi / pi_old per token, A the estimator's advantage; all tensors [N, T].
+
+    ppo_clip  -min(rho A, clip(rho, 1 - lo, 1 + hi) A)          Schulman et al. 2017, 1707.06347
+              dual clip c > 1, A < 0: min(that, -c A)            Ye et al. 2019, arXiv:1912.09729
+    cispo     -sg(clip(rho, 1 - lo, 1 + hi)) A rho / sg(rho)     MiniMax-M1, arXiv:2506.13585
+    gmpo      -A_i exp(mean_t clip_A(log rho_t)) per sequence    Zhao et al. 2025, arXiv:2507.20673
+
+`loss.ratio=sequence` (GSPO, Zheng et al. 2025, arXiv:2507.18071) replaces each token's rho
+by the length-normalised sequence ratio s_i = exp(mean_t log rho_it), keeping the token's
+own gradient (GSPO-token: rho_it = sg(s_i) pi_it / sg(pi_it)); with
+loss.aggregation=seq_mean_token_mean that is GSPO's objective exactly. DAPO's clip-higher
+(arXiv:2503.14476) is hi > lo. With one update pass rho = 1 and every form gives the same
+gradient, -A grad log pi per token, under every loss.aggregation; the forms differ only when
+an estimator takes several passes (estimator.epochs or minibatches > 1).
+GMPO clips log rho in [log(1 - lo), log(1 + hi)] (the paper's e^-0.4, e^0.4 is lo = 0.33,
+hi = 0.49) and its per-sequence loss is repeated on each token, so seq_mean_token_mean
+averages sequences as the paper does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+PolicyForm = Literal["ppo_clip", "cispo", "gmpo"]
+RatioLevel = Literal["token", "sequence"]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Clip range of rho: [1 - low, 1 + high]; 0 = that side unclipped. `dual` = c (0 = off)."""
+
+    low: float = 0.0
+    high: float = 0.0
+    dual: float = 0.0
+
+
+def log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, level: RatioLevel) -> Tensor:
+    """log rho [N, T]: per token, or GSPO's sequence value with each token's own gradient."""
+    per_token = logprobs - old_logprobs
+    if level == "token":
+        return per_token
+    lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)
+    sequence = (per_token * mask).sum(dim=1, keepdim=True) / lengths
+    return logprobs - logprobs.detach() + sequence.detach()
+
+
+def _bounds(clip: Clip) -> tuple[float, float]:
+    return (1 - clip.low if clip.low > 0 else 0.0), (1 + clip.high if clip.high > 0 else math.inf)
+
+
+def _ppo_clip(ratio: Tensor, advantages: Tensor, clip: Clip) -> tuple[Tensor, Tensor]:
+    low, high = _bounds(clip)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(low, high)
+    loss = torch.maximum(unclipped, clipped)
+    if clip.dual > 0:
+        loss = torch.where(advantages < 0, torch.minimum(loss, -clip.dual * advantages), loss)
+    return loss, clipped > unclipped
+
+
+def _cispo(ratio: Tensor, advantages: Tensor, clip: Clip) -> tuple[Tensor, Tensor]:
+    low, high = _bounds(clip)
+    weight = ratio.detach().clamp(low, high)
+    loss = -weight * advantages * ratio / ratio.detach()
+    return loss, weight != ratio.detach()
+
+
+def _gmpo(log_rho: Tensor, advantages: Tensor, mask: Tensor, clip: Clip) -> tuple[Tensor, Tensor]:
+    low, high = _bounds(clip)
+    sign = torch.sign(advantages)
+    bounded = log_rho.clamp(math.log(low) if low > 0 else -math.inf, math.log(high))
+    kept = sign * torch.minimum(sign * log_rho, sign * bounded)  # the pessimistic side binds
+    lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)
+    ratio = torch.exp((kept * mask).sum(dim=1, keepdim=True) / lengths)
+    advantage = (advantages * mask).sum(dim=1, keepdim=True) / lengths
+    return (-advantage * ratio).expand_as(log_rho), (kept != log_rho) & (sign != 0)
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip: Clip = Clip(),
+    form: PolicyForm = "ppo_clip",
+    ratio: RatioLevel = "token",
+) -> tuple[Tensor, Tensor]:
+    """Per-token policy loss [N, T] and where the clip binds [N, T] (bool): the tokens whose
+    gradient the clip changes, as verl's pg_clipfrac and TRL's clip_ratio count them."""
+    log_rho = log_ratio(logprobs, old_logprobs, mask, ratio)
+    if form == "gmpo":
+        return _gmpo(log_rho, advantages, mask, clip)
+    rho = torch.exp(log_rho)
+    if form == "cispo":
+        return _cispo(rho, advantages, clip)
+    return _ppo_clip(rho, advantages, clip)
