@@ -187,6 +187,27 @@ def pick(logits: Tensor, temperature: float, greedy: bool) -> Tensor:
     return torch.searchsorted(cdf, uniform, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
+def feed(
+    model: PreTrainedModel,
+    cache: dict[str, DynamicCache],
+    token: Tensor,
+    attention: Tensor,
+    position: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the running rows' new tokens [n] through the KV cache (`Prefill.cache`): the logits
+    [n, V] of the token after each, and the attention mask [n, t + 1] and position ids [n, 1]
+    moved on by that token."""
+    attention = torch.cat([attention, attention.new_ones(len(token), 1)], dim=1)
+    logits = model(
+        input_ids=token[:, None],
+        attention_mask=attention,
+        position_ids=position,
+        use_cache=True,
+        **cache,
+    ).logits[:, -1]
+    return logits, attention, position + 1
+
+
 class ToolCalls:
     """Tool-call bookkeeping of multi-turn episodes (only with a ToolEnv): the tool-result
     tokens each row must still be fed, and the text of its current policy turn, extended by
@@ -249,7 +270,7 @@ def sample_episodes(
     k): completion ids [N, Tc] (`pad` after each row's end), the policy mask [N, Tc] (1 =
     sampled, 0 = tool result or padding) and the lengths [N].
 
-    One token per running row per step through the KV cache: drawn by `pick`, or, with
+    One token per running row per step through the KV cache (`feed`): drawn by `pick`, or, with
     `tool_calls`, the next token of a pending tool result (forced). A row ends at a sampled
     EOS, after `max_new_tokens` sampled tokens, or at a tool call in its last turn
     (`tools.max_turns`); an ended row leaves the batch and the cache, so a step costs only
@@ -285,15 +306,7 @@ def sample_episodes(
                 t[keep] for t in (active, token, attention, position)
             )
             next(iter(cache.values())).batch_select_indices(keep)
-        attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
-        logits = model(
-            input_ids=token[:, None],
-            attention_mask=attention,
-            position_ids=position,
-            use_cache=True,
-            **cache,
-        ).logits[:, -1]
-        position = position + 1
+        logits, attention, position = feed(model, cache, token, attention, position)
     width = int(lengths.max())
     return ids[:, :width], policy[:, :width], lengths
 

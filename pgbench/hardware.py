@@ -56,6 +56,11 @@ def auto_precision(device: torch.device) -> Precision:
     return "bf16" if faster_bf16(device) else "fp32"
 
 
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bfloat16 autocast of forward passes with precision=bf16 (weights stay fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def use_threads(threads: int, processes: int = 1) -> int:
     """Set torch's CPU threads for this process and return the count.
 

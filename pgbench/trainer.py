@@ -49,7 +49,7 @@ from pgbench.tracking import (
     check_reachable,
     write_json,
 )
-from pgbench.update import Prepared, accumulate_gradients, prepare, step_metrics
+from pgbench.update import NonFinite, optimise, prepare, step_metrics
 
 StepCallback = Callable[[int, dict[str, float]], None]
 SAMPLES_PER_EVAL = 8  # valid completions kept per evaluation in samples.csv
@@ -85,10 +85,6 @@ class LoopState:
     consecutive_skips: int = 0
 
 
-class NonFinite(Exception):
-    """A step's loss or gradient is NaN/inf (the message names which); the step is skipped."""
-
-
 class Trainer:
     """Trains one policy with one estimator; everything else comes from the shared config."""
 
@@ -100,7 +96,7 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.task = config.task
         self.splits = self.task.splits()
-        parts = parts or build_parts(config)
+        self.parts = parts = parts or build_parts(config)
         self.device, self.processes, self.policy = parts.device, parts.processes, parts.policy
         self.reference, self.value_head, self.vllm = parts.reference, parts.value_head, parts.vllm
         self.modules = {"policy": self.policy.model, "value_head": self.value_head}
@@ -178,7 +174,8 @@ class Trainer:
         rewards = processes.gather(collected.rewards)  # [P, K] of every process
         if not torch.isfinite(rewards).all():
             return self._skip("reward", tokens, started)
-        with self._autocast():  # advantages: the only place where estimators differ
+        # advantages: the only place where estimators differ
+        with hardware.autocast(self.device, cfg.trainer.precision):
             prepared = prepare(
                 cfg,
                 cfg.estimator,
@@ -191,7 +188,9 @@ class Trainer:
                 collected.baseline,
             )
         try:
-            updates = self._update(prepared, seed)
+            updates = optimise(
+                cfg, prepared, seed, parts=self.parts, params=self.params, optimizer=self.optimizer
+            )
         except NonFinite as err:
             return self._skip(str(err), tokens, started)
         lr = self.scheduler.get_last_lr()[0]
@@ -232,52 +231,9 @@ class Trainer:
             self.device,
             self.vllm,
             processes.seed(seed),
-            self._autocast(),
+            hardware.autocast(self.device, cfg.trainer.precision),
         )
         return collected, sync_s
-
-    def _update(self, prepared: Prepared, seed: int) -> list[dict[str, float]]:
-        """`epochs` passes of `minibatches` clipped AdamW steps (1 x 1 for most estimators);
-        the statistics of each. Raises NonFinite on a NaN/inf loss or gradient."""
-        cfg, estimator = self.config, self.config.estimator
-        rows = len(prepared.mask)
-        shuffle = torch.Generator().manual_seed(seed)
-        clip = cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
-        updates = []
-        for _ in range(estimator.epochs):
-            if estimator.epochs > 1:  # a CPU generator, the same order on every device
-                order = torch.randperm(rows, generator=shuffle, device="cpu").to(self.device)
-            else:
-                order = torch.arange(rows, device=self.device)
-            for minibatch in order.chunk(estimator.minibatches):
-                with self._autocast():
-                    stats = accumulate_gradients(
-                        cfg, estimator, self.policy.model, self.value_head, prepared, minibatch
-                    )
-                self._combine_gradients(prepared, minibatch, stats)
-                stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, clip).item()
-                for key, cause in (("loss", "loss"), ("grad_norm", "gradient")):
-                    if not math.isfinite(stats[key]):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        raise NonFinite(cause)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                updates.append(stats)
-        return updates
-
-    def _autocast(self) -> torch.autocast:
-        """bfloat16 autocast of forward passes with trainer.precision=bf16 (weights stay fp32)."""
-        enabled = self.config.trainer.precision == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    def _combine_gradients(self, prepared: Prepared, rows: torch.Tensor, stats: dict) -> None:
-        """Several processes: every `.grad` and the loss become those of the whole batch."""
-        if self.processes.world == 1:
-            return
-        mask, how = prepared.mask[rows], self.config.loss.aggregation
-        weight = self.processes.combine_gradients_(self.params, mask, how)
-        for key in ("loss", "value_loss"):
-            stats[key] = self.processes.sum(stats[key] * weight)
 
     def _advance(self, tokens: int, started: float) -> float:
         """Count a finished (or skipped) step's tokens and time; returns the step time."""

@@ -10,6 +10,9 @@ back-propagates the shared loss over some rows of it, micro-batch by micro-batch
                + vf_coef * value loss       if the estimator has a value head
     reduced by loss.aggregation over the rows.
 
+`optimise` is the update phase: the estimator's passes of minibatches, each one clipped AdamW
+step on gradients combined across processes; a NaN/inf loss or gradient raises NonFinite.
+
 With a single update pass (epochs = minibatches = 1) over rows that fit one micro-batch, the
 policy being updated is exactly the rollout-time policy, so the scoring forward keeps its graph
 (`Prepared.live`) and is the one back-propagated: one policy forward per step instead of two.
@@ -17,16 +20,20 @@ policy being updated is exactly the rollout-time policy, so the scoring forward 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from pgbench import hardware
+from pgbench.components import Parts
 from pgbench.config import Config
 from pgbench.engine import Rollout
 from pgbench.estimators import Batch, Estimator
 from pgbench.losses import aggregate, kl_per_token, overlong_penalty
+from pgbench.parallel import Processes
 from pgbench.policy import Reference
 from pgbench.policy_losses import Clip, policy_loss
 from pgbench.scoring import TokenScores, token_logprobs, token_logprobs_chunked
@@ -170,6 +177,66 @@ def accumulate_gradients(
         "entropy": stats["entropy"] / tokens,
         "clip_fraction": stats["clipped"] / tokens,
     }
+
+
+class NonFinite(Exception):
+    """A step's loss or gradient is NaN/inf (the message names which); the step is skipped."""
+
+
+def optimise(
+    config: Config,
+    prepared: Prepared,
+    seed: int,
+    *,
+    parts: Parts,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+) -> list[dict[str, float]]:
+    """`epochs` passes of `minibatches` clipped AdamW steps (1 x 1 for most estimators) of
+    `config.estimator` over `prepared`; the statistics of each. `seed` orders the rows of a
+    several-pass estimator. Raises NonFinite on a NaN/inf loss or gradient."""
+    estimator, device = config.estimator, parts.device
+    rows = len(prepared.mask)
+    shuffle = torch.Generator().manual_seed(seed)
+    clip = config.trainer.grad_clip if config.trainer.grad_clip > 0 else math.inf
+    updates = []
+    for _ in range(estimator.epochs):
+        if estimator.epochs > 1:  # a CPU generator, the same order on every device
+            order = torch.randperm(rows, generator=shuffle, device="cpu").to(device)
+        else:
+            order = torch.arange(rows, device=device)
+        for minibatch in order.chunk(estimator.minibatches):
+            with hardware.autocast(device, config.trainer.precision):
+                stats = accumulate_gradients(
+                    config, estimator, parts.policy.model, parts.value_head, prepared, minibatch
+                )
+            _combine_gradients(config, parts.processes, params, prepared, minibatch, stats)
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip).item()
+            for key, cause in (("loss", "loss"), ("grad_norm", "gradient")):
+                if not math.isfinite(stats[key]):
+                    optimizer.zero_grad(set_to_none=True)
+                    raise NonFinite(cause)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            updates.append(stats)
+    return updates
+
+
+def _combine_gradients(
+    config: Config,
+    processes: Processes,
+    params: list[torch.nn.Parameter],
+    prepared: Prepared,
+    rows: Tensor,
+    stats: dict[str, float],
+) -> None:
+    """Several processes: every `.grad` and the loss become those of the whole batch."""
+    if processes.world == 1:
+        return
+    mask, how = prepared.mask[rows], config.loss.aggregation
+    weight = processes.combine_gradients_(params, mask, how)
+    for key in ("loss", "value_loss"):
+        stats[key] = processes.sum(stats[key] * weight)
 
 
 def step_metrics(

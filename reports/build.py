@@ -77,24 +77,14 @@ def paired_section(board: pd.DataFrame, pair_table: pd.DataFrame, metric: str) -
     )
 
 
-def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[str, Any]:
-    """Write report.md, report.html, runs.csv, leaderboard.csv, pairs.csv and figures under
-    `out`; log them to MLflow."""
-    client = MlflowClient(uri)
-    runs = collect.runs_frame(collect.find_runs(client, comparison, experiment))
-    task = runs.task.iloc[0]
-    metric = tasks.REGISTRY.get_class(task).metric
-    reward = runs["task.reward"].dropna().iloc[0] if runs["task.reward"].notna().any() else metric
-    history = collect.history_frame(client, runs, [*CURVES, *tables.MEANS, f"eval/{metric}"])
+def _figures(
+    history: pd.DataFrame, runs: pd.DataFrame, metric: str, reward: str, out: Path
+) -> list[Path]:
+    """Mean curves per estimator: train reward vs step and vs wall-clock, valid `metric` vs
+    completion tokens generated."""
     # per-step rewards swing with each step's prompts: smooth over a tenth of the run
     window = max(render.SMOOTH, int(runs["trainer.steps"].iloc[0]) // 10)
-    table = tables.summary_table(runs, history, metric)
-    out.mkdir(parents=True, exist_ok=True)
-    history.to_csv(out / "runs.csv", index=False)
-    board, pair_table = comparison_tables(client, runs, task, metric)
-    board.to_csv(out / "leaderboard.csv", index=False)
-    pair_table.to_csv(out / "pairs.csv", index=False)
-    figures = [
+    return [
         render.line_figure(
             history,
             "step",
@@ -126,12 +116,14 @@ def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[
             smooth=1,
         ),
     ]
-    variance = variance_frame(client, task, sorted(runs.estimator.unique()))
-    if variance is not None:
-        figures.append(render.variance_figure(variance, out / "gradient_variance.png"))
+
+
+def _intro(
+    label: str, runs: pd.DataFrame, task: str, metric: str, table: pd.DataFrame
+) -> list[str]:
+    """The report's opening paragraphs: what was compared, and how to read the summary table."""
     seeds = runs.groupby("estimator").seed.nunique()
-    label = f"comparison {comparison}" if comparison else f"experiment {experiment}"
-    intro = [
+    return [
         f"Report of {label}: task {task}, {len(runs)} runs, "
         f"estimators {', '.join(sorted(runs.estimator.unique()))}, seeds per estimator "
         f"{', '.join(f'{e} {n}' for e, n in seeds.items())}.",
@@ -144,6 +136,29 @@ def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[
         f"{table.attrs['budget_tokens']:.0f} tokens / had run "
         f"{table.attrs['budget_seconds']:.0f} s.",
     ]
+
+
+def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[str, Any]:
+    """Write report.md, report.html, runs.csv, leaderboard.csv, pairs.csv and figures under
+    `out`; log them to MLflow."""
+    client = MlflowClient(uri)
+    runs = collect.runs_frame(collect.find_runs(client, comparison, experiment))
+    task = runs.task.iloc[0]
+    metric = tasks.REGISTRY.get_class(task).metric
+    reward = runs["task.reward"].dropna().iloc[0] if runs["task.reward"].notna().any() else metric
+    history = collect.history_frame(client, runs, [*CURVES, *tables.MEANS, f"eval/{metric}"])
+    table = tables.summary_table(runs, history, metric)
+    out.mkdir(parents=True, exist_ok=True)
+    history.to_csv(out / "runs.csv", index=False)
+    board, pair_table = comparison_tables(client, runs, task, metric)
+    board.to_csv(out / "leaderboard.csv", index=False)
+    pair_table.to_csv(out / "pairs.csv", index=False)
+    figures = _figures(history, runs, metric, reward, out)
+    variance = variance_frame(client, task, sorted(runs.estimator.unique()))
+    if variance is not None:
+        figures.append(render.variance_figure(variance, out / "gradient_variance.png"))
+    label = f"comparison {comparison}" if comparison else f"experiment {experiment}"
+    intro = _intro(label, runs, task, metric, table)
     markdown = "\n\n".join(["# pgbench report", *intro, render.markdown_table(table)])
     markdown += "\n\n" + paired_section(board, pair_table, metric)
     if variance is not None:

@@ -32,6 +32,8 @@ EXTRA: dict[str, Space] = {
         "estimator.clip": {"type": "float", "low": 0.1, "high": 0.3},
         "estimator.epochs": {"type": "int", "low": 1, "high": 4},
         "estimator.vf_coef": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
+        # clips act only over several passes (PPO's default 2 x 2): DAPO's clip-higher
+        "loss.clip_high": {"type": "float", "low": 0.2, "high": 0.35},
     },
 }
 

@@ -9,7 +9,7 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from pgbench import trainer as trainer_module
+from pgbench import update as update_module
 from pgbench.config import resolve
 from pgbench.errors import TrainingError
 from pgbench.trainer import train
@@ -55,7 +55,7 @@ def test_a_nan_reward_skips_that_step_only(run_overrides, monkeypatch):
 
 def test_a_nan_loss_skips_without_touching_the_weights(run_overrides, monkeypatch):
     overrides = run_overrides | {"checkpoint.every": "1", "eval.every": "0", "trainer.steps": "2"}
-    real = trainer_module.accumulate_gradients
+    real = update_module.accumulate_gradients
     calls = []
 
     def nan_loss_first(*args, **kwargs):
@@ -63,7 +63,7 @@ def test_a_nan_loss_skips_without_touching_the_weights(run_overrides, monkeypatc
         calls.append(1)
         return stats | {"loss": math.inf} if len(calls) == 1 else stats
 
-    monkeypatch.setattr(trainer_module, "accumulate_gradients", nan_loss_first)
+    monkeypatch.setattr(update_module, "accumulate_gradients", nan_loss_first)
     kept: dict[int, dict] = {}
     train(resolve(overrides), on_step_end=_keep_weights(overrides, kept))
     assert _history(overrides, "train/skipped_steps") == [1, 1]

@@ -217,3 +217,43 @@ def test_every_estimator_trains_two_steps_on_arith(micro_arith_policy, tmp_path)
         assert 0 <= summary["train"]["train/reward_mean"] <= 1, estimator
         names = names or set(summary["train"])
         assert set(summary["train"]) == names, estimator
+
+
+LOSS_VARIANTS = [
+    {"loss.policy": "cispo", "loss.clip_low": "1", "loss.clip_high": "0.28"},
+    {"loss.policy": "gmpo", "loss.aggregation": "seq_mean_token_mean"},
+    {"loss.ratio": "sequence", "loss.dual_clip": "3", "kl.estimator": "k2", "kl.placement": "loss"},
+    {"rollout.drop_uniform_groups": "true", "rollout.overlong_buffer": "3"},
+]
+
+
+@pytest.mark.parametrize("task", ["arith", "fr_en"])
+def test_every_loss_variant_trains_two_steps(micro_arith_policy, run_overrides, tmp_path, task):
+    """Each shared loss knob end to end, over two clipped passes (where the forms differ)."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    fr_en = {k[5:]: v for k, v in run_overrides.items() if k.startswith("task.")}
+    micro = {
+        "arith": (micro_arith_policy, MICRO_ARITH_TASK),
+        "fr_en": (run_overrides["model"], fr_en),
+    }
+    policy, fields = micro[task]
+    for index, variant in enumerate(LOSS_VARIANTS):
+        overrides = {
+            "task": task,
+            "estimator": "grpo",
+            "estimator.epochs": "2",
+            "model": str(policy),
+            **{f"task.{k}": v for k, v in fields.items()},
+            "trainer.steps": "2",
+            "trainer.prompts_per_step": "2",
+            "rollout.samples_per_prompt": "2",
+            "rollout.max_new_tokens": "6",
+            "eval.every": "0",
+            "eval.max_new_tokens": "6",
+            "output_dir": str(tmp_path / f"v{index}"),
+            "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        }
+        summary = train(resolve(overrides | variant))
+        assert summary["steps"] == 2, variant
+        assert 0 <= summary["train"]["train/clip_fraction"] <= 1, variant
+        assert 0 <= summary["train"]["train/uniform_groups"] <= 2, variant
