@@ -110,16 +110,19 @@ class Resolved:
     def to_flat(self) -> dict[str, Any]:
         """Every key with its value, as `key=value` overrides would name them."""
         flat: dict[str, Any] = {}
-        nested: dict[str, Any] = {}
+        parts: dict[str, Any] = {}  # components first, then sections, as in --help
+        sections: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if "registry" in f.metadata or "section" in f.metadata:
-                nested[f.name] = value
-                if f.metadata.get("choose"):
+            if "registry" in f.metadata:
+                parts[f.name] = value
+                if f.metadata["choose"]:
                     flat[f.name] = value.name
+            elif "section" in f.metadata:
+                sections[f.name] = value
             else:
                 flat[f.name] = value
-        for name, obj in nested.items():
+        for name, obj in (parts | sections).items():
             for key, f in field_keys(type(obj)).items():
                 flat[f"{name}.{key}"] = getattr(obj, f.name)
         return flat
@@ -154,22 +157,23 @@ def rows(verb: type, selected: Mapping[str, str]) -> list[Row]:
     a default the task changes (Task.run_defaults) shows as `32 (fr_en)`."""
     classes, types = chosen(verb, selected), field_types(verb)
     knobs: list[Row] = []
-    nested: list[Row] = []
+    parts: list[Row] = []  # the components' keys
+    sections: list[Row] = []
     for f in dataclasses.fields(verb):
         meta = f.metadata
         if f.name in classes:
             if meta["choose"]:
                 knobs.append((f.name, "str", repr(meta["default"]), meta["help"]))
-            nested += describe(classes[f.name], f"{f.name}.")
+            parts += describe(classes[f.name], f"{f.name}.")
         elif "section" in meta:
-            nested += describe(meta["section"], f"{f.name}.")
+            sections += describe(meta["section"], f"{f.name}.")
         else:
             knobs.append((f.name, type_name(types[f.name]), repr(f.default), meta["help"]))
     task = classes.get("task")
     changed = task.run_defaults if task is not None else {}
     return [
         (key, kind, f"{changed[key]!r} ({task.name})" if key in changed else default, text)
-        for key, kind, default, text in knobs + nested
+        for key, kind, default, text in knobs + parts + sections
     ]
 
 

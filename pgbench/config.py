@@ -73,7 +73,23 @@ class _Many:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config(Resolved, _Tracked):
+class _Training(Resolved):
+    """The sections of every verb that trains runs (run, sweep, compare, suite)."""
+
+    trainer: TrainerConfig = section(TrainerConfig)
+    rollout: RolloutConfig = section(RolloutConfig)
+    engine: EngineConfig = section(EngineConfig)
+    kl: KLConfig = section(KLConfig)
+    loss: LossConfig = section(LossConfig)
+    lora: LoraConfig = section(LoraConfig)
+    eval: EvalConfig = section(EvalConfig)
+    reward: RewardConfig = section(RewardConfig)
+    checkpoint: CheckpointConfig = section(CheckpointConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(_Training, _Tracked):
     """`pgbench run`: one policy trained with one estimator (and each run of the other verbs)."""
 
     task: Task = component("task")
@@ -85,23 +101,13 @@ class Config(Resolved, _Tracked):
     cache_dir: str = top("cache_dir")
     device: Device = top("device")
     threads: int = top("threads")
-    trainer: TrainerConfig = section(TrainerConfig)
-    rollout: RolloutConfig = section(RolloutConfig)
-    engine: EngineConfig = section(EngineConfig)
-    kl: KLConfig = section(KLConfig)
-    loss: LossConfig = section(LossConfig)
-    lora: LoraConfig = section(LoraConfig)
-    eval: EvalConfig = section(EvalConfig)
-    reward: RewardConfig = section(RewardConfig)
-    checkpoint: CheckpointConfig = section(CheckpointConfig)
-    tracking: TrackingConfig = section(TrackingConfig)
 
     def check(self) -> None:
         _check_training(self)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SweepArgs(Resolved, _Tracked):
+class SweepArgs(_Training, _Tracked):
     """`pgbench sweep`: the run keys of one estimator (no resume) and the study's settings."""
 
     task: Task = component("task")
@@ -112,16 +118,6 @@ class SweepArgs(Resolved, _Tracked):
     cache_dir: str = top("cache_dir")
     device: Device = top("device")
     threads: int = top("threads")
-    trainer: TrainerConfig = section(TrainerConfig)
-    rollout: RolloutConfig = section(RolloutConfig)
-    engine: EngineConfig = section(EngineConfig)
-    kl: KLConfig = section(KLConfig)
-    loss: LossConfig = section(LossConfig)
-    lora: LoraConfig = section(LoraConfig)
-    eval: EvalConfig = section(EvalConfig)
-    reward: RewardConfig = section(RewardConfig)
-    checkpoint: CheckpointConfig = section(CheckpointConfig)
-    tracking: TrackingConfig = section(TrackingConfig)
     sweep: SweepConfig = section(SweepConfig)
 
     def check(self) -> None:
@@ -129,7 +125,7 @@ class SweepArgs(Resolved, _Tracked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CompareArgs(Resolved, _Many):
+class CompareArgs(_Training, _Many):
     """`pgbench compare`: the run keys, for `estimators` x `seeds`, and the sweeps' storage."""
 
     task: Task = component("task")
@@ -140,16 +136,6 @@ class CompareArgs(Resolved, _Many):
     threads: int = top("threads")
     estimators: str = top("estimators")
     seeds: int = top("seeds")
-    trainer: TrainerConfig = section(TrainerConfig)
-    rollout: RolloutConfig = section(RolloutConfig)
-    engine: EngineConfig = section(EngineConfig)
-    kl: KLConfig = section(KLConfig)
-    loss: LossConfig = section(LossConfig)
-    lora: LoraConfig = section(LoraConfig)
-    eval: EvalConfig = section(EvalConfig)
-    reward: RewardConfig = section(RewardConfig)
-    checkpoint: CheckpointConfig = section(CheckpointConfig)
-    tracking: TrackingConfig = section(TrackingConfig)
     compare: CompareConfig = section(CompareConfig)
     sweep: SweepConfig = section(SweepConfig)
 
@@ -158,7 +144,7 @@ class CompareArgs(Resolved, _Many):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SuiteArgs(Resolved, _Many):
+class SuiteArgs(_Training, _Many):
     """`pgbench suite`: keys of every run (tasks in suite.tasks), the protocol and scheduler."""
 
     task: Task = component("task", choose=False)
@@ -169,16 +155,6 @@ class SuiteArgs(Resolved, _Many):
     threads: int = top("threads")
     estimators: str = top("estimators")
     seeds: int = top("seeds")
-    trainer: TrainerConfig = section(TrainerConfig)
-    rollout: RolloutConfig = section(RolloutConfig)
-    engine: EngineConfig = section(EngineConfig)
-    kl: KLConfig = section(KLConfig)
-    loss: LossConfig = section(LossConfig)
-    lora: LoraConfig = section(LoraConfig)
-    eval: EvalConfig = section(EvalConfig)
-    reward: RewardConfig = section(RewardConfig)
-    checkpoint: CheckpointConfig = section(CheckpointConfig)
-    tracking: TrackingConfig = section(TrackingConfig)
     suite: SuiteConfig = section(SuiteConfig)
     variance: VarianceConfig = section(VarianceConfig)
 
