@@ -327,10 +327,13 @@ class Trainer:
     def _start(self) -> None:
         """Log the configuration and score the starting policy (test and valid splits)."""
         cfg = self.config
-        write_json(self.run_dir / "config.json", cfg.to_flat())
+        # `resume` is how this process started, not the run's configuration: a run resumed
+        # before its first checkpoint logs its params again, and MLflow refuses a changed value
+        flat = {key: value for key, value in cfg.to_flat().items() if key != "resume"}
+        write_json(self.run_dir / "config.json", flat)
         sizes = self.splits.sizes()
         self.tracker.log_params(
-            cfg.to_flat()
+            flat
             | {f"data.{name}_size": size for name, size in sizes.items()}
             | {"pgbench_version": pgbench.__version__, "git_commit": git_commit()}
             | {"model_path": self.policy.source}

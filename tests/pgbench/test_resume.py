@@ -134,3 +134,21 @@ def test_sync_command(run_overrides, capsys):
     assert "nothing to sync" in capsys.readouterr().out
     assert main(["sync"]) == 2
     assert "usage: pgbench sync <run dir>" in capsys.readouterr().err
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_into_the_same_mlflow_run(
+    run_overrides, tmp_path
+):
+    # the suite's case: run.json exists, no checkpoint; the resumed run starts at step 0 and
+    # logs its params again, which MLflow refuses if any value changed (it used to: `resume`)
+    values = run_overrides | {"trainer.steps": "2", "eval.every": "0", "checkpoint.every": "0"}
+    first = train(resolve(values))
+    run_dir = tmp_path / "run"
+    for path in sorted(run_dir.rglob("*"), reverse=True):  # keep run.json only
+        if path.name != "run.json":
+            path.unlink() if path.is_file() else path.rmdir()
+    again = train(resolve(values | {"resume": str(run_dir)}))
+    assert again["run_id"] == first["run_id"]
+    assert not (run_dir / "tracking_buffer.jsonl").exists()  # nothing refused by MLflow
+    run = MlflowClient(values["tracking.uri"]).get_run(first["run_id"])
+    assert run.info.status == "FINISHED" and "resume" not in run.data.params
