@@ -358,7 +358,11 @@ def _conclude(plan: Plan, study: optuna.Study, parent: MLflowTracker) -> dict[st
         start[cell.task] = trial.user_attrs["start"]  # the same starting policy per task
     runs = pd.DataFrame(rows, columns=RUNS)
     runs.to_csv(plan.out / "runs.csv", index=False)
-    title = f"# Suite {plan.id}\n\n{len(runs)} of {len(plan.cells)} cells finished."
+    done = len(plan.cells) - len(missing)
+    title = (
+        f"# Suite {plan.id}\n\n{done} of {len(plan.cells)} cells finished: {len(runs)} training "
+        f"runs and {len(variance)} gradient-variance cells."
+    )
     if missing:
         title += f" Missing (rerun the command to retry): {', '.join(missing)}."
     report = {"leaderboard": None}
