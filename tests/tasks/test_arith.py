@@ -194,25 +194,29 @@ def test_micro_grpo_run_logs_accuracy(micro_arith_policy, tmp_path):
     assert all(0 <= m.value <= 100 for m in valid + test)
 
 
+def two_steps(task: str, policy, fields: dict[str, str], out: Path) -> dict[str, str]:
+    """Overrides of a 2-step run of 2 prompts x 2 samples on a micro policy, no evaluation."""
+    return {
+        "task": task,
+        "model": str(policy),
+        **{f"task.{k}": v for k, v in fields.items()},
+        "trainer.steps": "2",
+        "trainer.prompts_per_step": "2",
+        "rollout.samples_per_prompt": "2",
+        "rollout.max_new_tokens": "6",
+        "eval.every": "0",
+        "eval.max_new_tokens": "6",
+        "output_dir": str(out),
+        "tracking.uri": f"sqlite:///{out.parent / 'mlflow.db'}",
+    }
+
+
 def test_every_estimator_trains_two_steps_on_arith(micro_arith_policy, tmp_path):
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     names = None
     for estimator in estimators.REGISTRY.names():
-        overrides = {
-            "task": "arith",
-            "estimator": estimator,
-            "model": str(micro_arith_policy),
-            **{f"task.{k}": v for k, v in MICRO_ARITH_TASK.items()},
-            "trainer.steps": "2",
-            "trainer.prompts_per_step": "2",
-            "rollout.samples_per_prompt": "2",
-            "rollout.max_new_tokens": "6",
-            "eval.every": "0",
-            "eval.max_new_tokens": "6",
-            "output_dir": str(tmp_path / estimator),
-            "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        }
-        summary = train(resolve(overrides))
+        overrides = two_steps("arith", micro_arith_policy, MICRO_ARITH_TASK, tmp_path / estimator)
+        summary = train(resolve(overrides | {"estimator": estimator}))
         assert summary["steps"] == 2, estimator
         assert 0 <= summary["train"]["train/reward_mean"] <= 1, estimator
         names = names or set(summary["train"])
@@ -238,21 +242,8 @@ def test_every_loss_variant_trains_two_steps(micro_arith_policy, run_overrides, 
     }
     policy, fields = micro[task]
     for index, variant in enumerate(LOSS_VARIANTS):
-        overrides = {
-            "task": task,
-            "estimator": "grpo",
-            "estimator.epochs": "2",
-            "model": str(policy),
-            **{f"task.{k}": v for k, v in fields.items()},
-            "trainer.steps": "2",
-            "trainer.prompts_per_step": "2",
-            "rollout.samples_per_prompt": "2",
-            "rollout.max_new_tokens": "6",
-            "eval.every": "0",
-            "eval.max_new_tokens": "6",
-            "output_dir": str(tmp_path / f"v{index}"),
-            "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        }
+        overrides = two_steps(task, policy, fields, tmp_path / f"v{index}")
+        overrides |= {"estimator": "grpo", "estimator.epochs": "2"}
         summary = train(resolve(overrides | variant))
         assert summary["steps"] == 2, variant
         assert 0 <= summary["train"]["train/clip_fraction"] <= 1, variant
