@@ -172,7 +172,8 @@ class Trainer:
         collected, sync_s = self._rollout(seed)
         tokens = int(processes.sum(collected.rollout.tokens + collected.baseline_tokens))
         rewards = processes.gather(collected.rewards)  # [P, K] of every process
-        if not torch.isfinite(rewards).all():
+        greedy = rewards if collected.baseline is None else collected.baseline  # remax's [P]
+        if not (rewards.isfinite().all() and greedy.isfinite().all()):
             return self._skip("reward", tokens, started)
         # advantages: the only place where estimators differ
         with hardware.autocast(self.device, cfg.trainer.precision):

@@ -85,3 +85,24 @@ def test_consecutive_faults_stop_the_run_naming_step_and_cause(run_overrides, mo
     run_id = json.loads(open(f"{overrides['output_dir']}/run.json").read())["run_id"]
     assert MlflowClient(overrides["tracking.uri"]).get_run(run_id).info.status == "FAILED"
     assert _history(overrides, "train/skipped_steps") == [1]
+
+
+def test_a_nan_greedy_baseline_skips_that_step(run_overrides, monkeypatch, capsys):
+    # remax scores 4 sampled x 3 completions, then 4 greedy ones; the second step's greedy
+    # rewards are NaN: that step is skipped as a reward fault, not turned into a NaN loss
+    overrides = run_overrides | {"estimator": "remax", "eval.every": "0", "checkpoint.every": "0"}
+    config = resolve(overrides)
+    reward, greedy_calls = config.task.reward, []
+
+    def nan_greedy_on_second_step(completions, examples):
+        scores = reward(completions, examples)
+        if len(completions) == 4:  # the greedy batch: one per prompt
+            greedy_calls.append(1)
+            return [math.nan] * 4 if len(greedy_calls) == 2 else scores
+        return scores
+
+    monkeypatch.setattr(config.task, "reward", nan_greedy_on_second_step)
+    summary = train(config)
+    assert summary["steps"] == 4 and len(greedy_calls) == 4
+    assert _history(overrides, "train/skipped_steps") == [0, 1, 1, 1]
+    assert "step 2 skipped: non-finite reward" in capsys.readouterr().err
