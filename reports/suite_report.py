@@ -2,8 +2,8 @@
 
 Per run it reads from MLflow the valid-metric curve (its area, `tables.area_under_curve`, is
 the run's learning speed) and, where the task logs it, `test/wrong_chars`. Writes, in `out`:
-leaderboard.csv (final held-out metric), leaderboard_auc.csv (area under the valid curve),
-pairs.csv, findings.csv, suite.md, suite.html and the figures.
+leaderboard.csv and pairs.csv (final held-out metric), leaderboard_auc.csv and pairs_auc.csv
+(area under the valid curve), findings.csv, suite.md, suite.html and the figures.
 """
 
 from __future__ import annotations
@@ -94,10 +94,12 @@ def write_report(
     pair_table = stats.pairs(scores)
     board = stats.leaderboard(scores, start=start, pair_table=pair_table)
     auc = _scores(quantities, "auc")
-    auc_board = stats.leaderboard(auc, pair_table=stats.pairs(auc))
+    auc_pairs = stats.pairs(auc)
+    auc_board = stats.leaderboard(auc, pair_table=auc_pairs)
     found = findings.findings(quantities, variance)
     board.to_csv(out / "leaderboard.csv", index=False)
     auc_board.to_csv(out / "leaderboard_auc.csv", index=False)
+    auc_pairs.to_csv(out / "pairs_auc.csv", index=False)
     pair_table.to_csv(out / "pairs.csv", index=False)
     found.to_csv(out / "findings.csv", index=False)
     figures = _figures(out, board, pair_table, scores, start, curves)

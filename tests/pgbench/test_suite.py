@@ -240,4 +240,10 @@ def test_variants_variance_and_findings_in_the_report(run_overrides, tmp_path):
     assert (out / "performance_profile.png").is_file() == (board.task == "all").any()
     client = MlflowClient(values["tracking.uri"])
     artifacts = {a.path for a in client.list_artifacts(result["parent_run_id"])}
-    assert {"findings.csv", "suite.html", "pairs.png", "leaderboard_auc.csv"} <= artifacts
+    assert {
+        "findings.csv",
+        "suite.html",
+        "pairs.png",
+        "leaderboard_auc.csv",
+        "pairs_auc.csv",
+    } <= artifacts
