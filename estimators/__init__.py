@@ -14,7 +14,7 @@ from typing import Any, ClassVar, NamedTuple
 from torch import Tensor
 
 from pgbench.fields import knob
-from pgbench.losses import shape_rewards
+from pgbench.losses import shape_rewards, uniform_groups
 from pgbench.registry import Registry
 
 
@@ -41,8 +41,8 @@ class Batch:
         """The batch of task rewards [P, K] and a per-token KL penalty [N, T] (zeros when
         kl.placement=loss), folded together once by the core's `shape_rewards`; `baseline`
         [P] (estimators with `needs_greedy`) is passed through unshaped."""
-        uniform = (rewards == rewards[:, :1]).all(dim=1)
-        return cls(*shape_rewards(rewards, kl_penalty, mask), mask, values, baseline, uniform)
+        sequence, tokens = shape_rewards(rewards, kl_penalty, mask)
+        return cls(sequence, tokens, mask, values, baseline, uniform_groups(rewards))
 
 
 class Advantages(NamedTuple):

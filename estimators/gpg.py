@@ -35,6 +35,7 @@ from torch import Tensor
 
 from pgbench.estimators import Advantages, Batch, MultiPass, register
 from pgbench.fields import knob
+from pgbench.losses import uniform_groups
 
 
 @register("gpg")
@@ -49,7 +50,7 @@ class GPG(MultiPass):
     ) -> Tensor:
         """rewards [P, K] -> advantages [P, K]; each row sums to zero. `uniform` [P] marks the
         prompts without signal (default: those whose K `rewards` are equal)."""
-        equal = (rewards == rewards[:, :1]).all(dim=1)  # [P]
+        equal = uniform_groups(rewards)  # [P]
         uniform = equal if uniform is None else uniform
         centred = rewards - rewards.mean(dim=1, keepdim=True)  # [P, K]
         centred = centred.masked_fill(equal[:, None], 0.0)  # exact 0, not rounding error

@@ -25,10 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from pgbench.estimators import Advantages, Batch, MultiPass, register
 from pgbench.fields import knob
+from pgbench.losses import whiten
 
 
 @register("reinforce_pp_baseline")
@@ -41,6 +40,4 @@ class ReinforcePPBaseline(MultiPass):
     def token_advantages(self, batch: Batch, state: dict[str, Any]) -> Advantages:
         centred = batch.rewards - batch.rewards.mean(dim=1, keepdim=True)  # [P, K]
         per_token = centred.reshape(-1, 1).expand_as(batch.mask)  # [N, T]
-        valid = per_token[batch.mask.bool()]
-        whitened = (per_token - valid.mean()) * torch.rsqrt(valid.var() + self.eps)
-        return Advantages(whitened * batch.mask)
+        return Advantages(whiten(per_token, batch.mask, self.eps))

@@ -34,6 +34,12 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator)
     return torch.expm1(-log_ratio) + log_ratio
 
 
+def uniform_groups(rewards: Tensor) -> Tensor:
+    """[P] bool: the prompts whose K rewards [P, K] are all equal (no signal for a group
+    baseline: DAPO's dynamic sampling drops them, GPG rescales for them)."""
+    return (rewards == rewards[:, :1]).all(dim=1)
+
+
 def shape_rewards(rewards: Tensor, kl_penalty: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """The task rewards [P, K] with the KL penalty [N, T] folded in once, for every estimator.
 

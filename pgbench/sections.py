@@ -184,22 +184,3 @@ class SuiteConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     out: str = knob("", "report folder (empty = reports_out/<comparison or experiment>)")
-
-
-SECTIONS: dict[str, type] = {
-    "trainer": TrainerConfig,
-    "rollout": RolloutConfig,
-    "engine": EngineConfig,
-    "kl": KLConfig,
-    "loss": LossConfig,
-    "lora": LoraConfig,
-    "eval": EvalConfig,
-    "reward": RewardConfig,
-    "checkpoint": CheckpointConfig,
-    "tracking": TrackingConfig,
-    "variance": VarianceConfig,
-    "sweep": SweepConfig,
-    "compare": CompareConfig,
-    "suite": SuiteConfig,
-    "report": ReportConfig,
-}

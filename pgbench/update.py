@@ -32,7 +32,7 @@ from pgbench.components import Parts
 from pgbench.config import Config
 from pgbench.engine import Rollout
 from pgbench.estimators import Batch, Estimator
-from pgbench.losses import aggregate, kl_per_token, overlong_penalty
+from pgbench.losses import aggregate, kl_per_token, overlong_penalty, uniform_groups
 from pgbench.parallel import Processes
 from pgbench.policy import Reference
 from pgbench.policy_losses import Clip, policy_loss
@@ -69,7 +69,7 @@ def prepare(
     """Score `rollout` (rewards [P, K]) and compute the estimator's advantages; `baseline` [P]
     is the greedy completions' reward (estimators with `needs_greedy`)."""
     micro, temperature = config.trainer.micro_batch_size, config.rollout.temperature
-    uniform = (rewards == rewards[:, :1]).all(dim=1)  # [P]: K equal rewards, no group signal
+    uniform = uniform_groups(rewards)  # [P]
     if config.rollout.drop_uniform_groups and not uniform.all():  # an all-uniform batch stays
         rollout, rewards, baseline = _keep_groups(~uniform, rollout, rewards, baseline)
     mask = rollout.policy_mask.float()  # tool results are the environment's: no loss, no KL
