@@ -17,6 +17,9 @@ only where it should be faster than fp32: CUDA with bf16, or a CPU with AMX tile
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -59,6 +62,16 @@ def auto_precision(device: torch.device) -> Precision:
 def autocast(device: torch.device, precision: str) -> torch.autocast:
     """bfloat16 autocast of forward passes with precision=bf16 (weights stay fp32)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@contextmanager
+def timed(seconds: dict[str, float], phase: str, device: torch.device) -> Iterator[None]:
+    """Add the block's wall time to `seconds[phase]`, waiting for the GPU's queued work."""
+    started = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - started
 
 
 def use_threads(threads: int, processes: int = 1) -> int:

@@ -4,19 +4,19 @@ Shared by the trainer and `pgbench variance`, so both sample with the same engin
 rewards [P, K] on the run's device (the task scores Python strings; the floats are moved to
 the device here, once). Estimators with `needs_greedy` (ReMax) also get one greedy completion
 of each prompt, decoded by the same engine (the task's tools included) and scored by the same
-reward: `baseline` [P]. Its time is part of `sample_s`; its policy tokens are
+reward: `baseline` [P]. Its time is part of `seconds["generate"]`; its policy tokens are
 `baseline_tokens`, which the trainer counts with the rollout's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from pgbench import hardware
 from pgbench.config import Config
 from pgbench.engine import Rollout, sample
 from pgbench.policy import Policy
@@ -27,7 +27,7 @@ from pgbench.tasks import Example
 class Collected:
     rollout: Rollout
     rewards: torch.Tensor  # [P, K] on the run's device
-    sample_s: float  # seconds spent sampling, greedy decode included (rewards excluded)
+    seconds: dict[str, float]  # "generate" (greedy decode included) and "reward"
     baseline: torch.Tensor | None = None  # [P] task reward of each prompt's greedy completion
     baseline_tokens: int = 0  # policy tokens of the greedy completions (0 without them)
 
@@ -82,15 +82,15 @@ def collect_rollout(
     samples = config.rollout.samples_per_prompt
     greedy = config.estimator.needs_greedy if greedy is None else greedy
     prompts = [config.task.prompt(example, policy.tokenizer) for example in examples]
-    started = time.perf_counter()
-    with autocast or contextlib.nullcontext():
+    seconds: dict[str, float] = {}
+    with hardware.timed(seconds, "generate", device), autocast or contextlib.nullcontext():
         rollout = decode(config, policy, prompts, device, vllm, seed)
         best = decode(config, policy, prompts, device, vllm, seed, greedy=True) if greedy else None
-    sample_s = time.perf_counter() - started
-    repeated = [example for example in examples for _ in range(samples)]
-    scores = config.task.reward(rollout.texts, repeated)
-    rewards = torch.tensor(scores, device=device).view(-1, samples)  # [P, K]
-    if best is None:
-        return Collected(rollout, rewards, sample_s)
-    baseline = torch.tensor(config.task.reward(best.texts, examples), device=device)  # [P]
-    return Collected(rollout, rewards, sample_s, baseline, best.tokens)
+    with hardware.timed(seconds, "reward", device):
+        repeated = [example for example in examples for _ in range(samples)]
+        scores = config.task.reward(rollout.texts, repeated)
+        rewards = torch.tensor(scores, device=device).view(-1, samples)  # [P, K]
+        if best is None:
+            return Collected(rollout, rewards, seconds)
+        baseline = torch.tensor(config.task.reward(best.texts, examples), device=device)  # [P]
+    return Collected(rollout, rewards, seconds, baseline, best.tokens)

@@ -100,13 +100,8 @@ class Trainer:
         self.device, self.processes, self.policy = parts.device, parts.processes, parts.policy
         self.reference, self.value_head, self.vllm = parts.reference, parts.value_head, parts.vllm
         self.modules = {"policy": self.policy.model, "value_head": self.value_head}
-        self.params = [
-            p
-            for m in self.modules.values()
-            if m is not None
-            for p in m.parameters()
-            if p.requires_grad
-        ]
+        modules = [m for m in self.modules.values() if m is not None]
+        self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(config, self.params, self.device)
         self.state = LoopState()
         self.on_eval: StepCallback | None = None
@@ -197,17 +192,19 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         step_s = self._advance(tokens, started)
+        seconds = collected.seconds | prepared.seconds
         state.consecutive_skips = 0
         metrics = step_metrics(prepared, updates, rewards) | {
             "train/lr": lr,
             "train/tokens": state.tokens,
             "train/step_time_s": step_s,
             # every process's tokens over this one's sampling time
-            "train/rollout_tokens_per_s": tokens / max(sync_s + collected.sample_s, 1e-9),
+            "train/rollout_tokens_per_s": tokens / max(sync_s + seconds["generate"], 1e-9),
             "train/wall_clock_s": state.wall_clock_s,
             "train/peak_memory_mb": peak_memory_mb(self.device),
             "train/skipped_steps": state.skipped_steps,
         }
+        metrics |= {f"timing/{phase}_s": phase_s for phase, phase_s in seconds.items()}
         if self.vllm is not None:
             metrics["train/weight_sync_s"] = sync_s
             metrics["train/weight_syncs"] = self.vllm.syncs

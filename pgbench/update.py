@@ -16,12 +16,13 @@ step on gradients combined across processes; a NaN/inf loss or gradient raises N
 With a single update pass (epochs = minibatches = 1) over rows that fit one micro-batch, the
 policy being updated is exactly the rollout-time policy, so the scoring forward keeps its graph
 (`Prepared.live`) and is the one back-propagated: one policy forward per step instead of two.
+That forward is then timed as part of the update (`Prepared.seconds`, logged as `timing/*_s`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ class Prepared:
     seq_kl: Tensor  # [N] summed per-token KL to the reference (0 without a reference)
     uniform_groups: int  # prompts whose K rewards were all equal (dropped if configured)
     live: TokenScores | None = None  # scores of all rows with their graph, for one backward
+    seconds: dict[str, float] = field(default_factory=dict)  # time per phase (hardware.timed)
 
 
 def prepare(
@@ -77,23 +79,30 @@ def prepare(
     overlong = overlong_penalty(
         mask.sum(dim=1), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
     )
-    live = None
+    live, device = None, mask.device
+    seconds = dict.fromkeys(("old_logprobs", "reference", "advantages", "update"), 0.0)
     if estimator.epochs == estimator.minibatches == 1 and len(rollout.texts) <= micro:
-        live = token_logprobs(model, rollout, temperature, with_entropy=True, value_head=value_head)
+        with hardware.timed(seconds, "update", device):  # the update's own forward
+            live = token_logprobs(
+                model, rollout, temperature, with_entropy=True, value_head=value_head
+            )
         values = live.values.detach() if live.values is not None else None
         scores = TokenScores(live.logprobs.detach(), None, values)
     else:
-        scores = token_logprobs_chunked(model, rollout, micro, temperature, value_head)
+        with hardware.timed(seconds, "old_logprobs", device):
+            scores = token_logprobs_chunked(model, rollout, micro, temperature, value_head)
     kl = torch.zeros_like(mask)
     ref_logprobs = None
     if reference is not None:
-        ref_logprobs = reference.logprobs(rollout, micro, temperature)
+        with hardware.timed(seconds, "reference", device):
+            ref_logprobs = reference.logprobs(rollout, micro, temperature)
         kl = kl_per_token(scores.logprobs, ref_logprobs, config.kl.estimator) * mask
     penalty = config.kl.coef * kl if config.kl.placement == "reward" else torch.zeros_like(kl)
     batch = Batch.shaped(
         rewards + overlong.view_as(rewards), mask, penalty, scores.values, baseline
     )
-    result = estimator.token_advantages(batch, state)
+    with hardware.timed(seconds, "advantages", device):
+        result = estimator.token_advantages(batch, state)
     return Prepared(
         rollout,
         mask,
@@ -105,6 +114,7 @@ def prepare(
         kl.sum(dim=1),
         int(uniform.sum()),
         live,
+        seconds,
     )
 
 
@@ -199,26 +209,27 @@ def optimise(
     rows = len(prepared.mask)
     shuffle = torch.Generator().manual_seed(seed)
     clip = config.trainer.grad_clip if config.trainer.grad_clip > 0 else math.inf
-    updates = []
-    for _ in range(estimator.epochs):
-        if estimator.epochs > 1:  # a CPU generator, the same order on every device
-            order = torch.randperm(rows, generator=shuffle, device="cpu").to(device)
-        else:
-            order = torch.arange(rows, device=device)
-        for minibatch in order.chunk(estimator.minibatches):
-            with hardware.autocast(device, config.trainer.precision):
-                stats = accumulate_gradients(
-                    config, estimator, parts.policy.model, parts.value_head, prepared, minibatch
-                )
-            _combine_gradients(config, parts.processes, params, prepared, minibatch, stats)
-            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip).item()
-            for key, cause in (("loss", "loss"), ("grad_norm", "gradient")):
-                if not math.isfinite(stats[key]):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise NonFinite(cause)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            updates.append(stats)
+    with hardware.timed(prepared.seconds, "update", device):  # added to its live forward
+        updates = []
+        for _ in range(estimator.epochs):
+            if estimator.epochs > 1:  # a CPU generator, the same order on every device
+                order = torch.randperm(rows, generator=shuffle, device="cpu").to(device)
+            else:
+                order = torch.arange(rows, device=device)
+            for minibatch in order.chunk(estimator.minibatches):
+                with hardware.autocast(device, config.trainer.precision):
+                    stats = accumulate_gradients(
+                        config, estimator, parts.policy.model, parts.value_head, prepared, minibatch
+                    )
+                _combine_gradients(config, parts.processes, params, prepared, minibatch, stats)
+                stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip).item()
+                for key, cause in (("loss", "loss"), ("grad_norm", "gradient")):
+                    if not math.isfinite(stats[key]):
+                        optimizer.zero_grad(set_to_none=True)
+                        raise NonFinite(cause)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                updates.append(stats)
     return updates
 
 

@@ -75,7 +75,7 @@ def test_sigkilled_run_resumes_with_every_step_logged_once(run_overrides, tmp_pa
     for key, points in expected.items():
         steps = [step for step, _ in got[key]]
         assert steps == [step for step, _ in points], key  # each step once, none missing
-        if key not in TIMINGS:
+        if key not in TIMINGS and not key.startswith("timing/"):
             assert got[key] == points, key
     with open(killed_dir / "samples.csv", newline="") as handle:
         rows = [(r["step"], r["split"], r["source"]) for r in csv.DictReader(handle)]

@@ -12,6 +12,7 @@ from pgbench.trainer import train
 TRAIN_METRICS = """reward_mean reward_std advantage_mean advantage_std loss kl entropy
 completion_len grad_norm tokens step_time_s rollout_tokens_per_s wall_clock_s
 peak_memory_mb""".split()
+PHASES = ("generate", "reward", "old_logprobs", "reference", "advantages", "update")
 TIMINGS = {
     "train/step_time_s",
     "train/rollout_tokens_per_s",
@@ -78,7 +79,7 @@ def test_crash_and_resume_ends_like_an_uninterrupted_run(run_overrides, tmp_path
     assert resumed["eval_after"] == straight["eval_after"]
     assert resumed["eval_before"] == straight["eval_before"]
     for key, value in straight["train"].items():
-        if key not in TIMINGS:
+        if key not in TIMINGS and not key.startswith("timing/"):
             assert resumed["train"][key] == value, key
     weights = [
         load_file(f"{d}/checkpoints/step-000005/weights.safetensors")
@@ -125,8 +126,18 @@ def test_every_estimator_trains_and_logs_the_same_metrics(run_overrides, tmp_pat
             "eval.every": "0",
             "output_dir": str(tmp_path / estimator),
         }
-        summary = train(resolve(overrides))
+        config = resolve(overrides)
+        summary = train(config)
         assert summary["steps"] == 2
+        phases = {k: v for k, v in summary["train"].items() if k.startswith("timing/")}
+        assert set(phases) == {f"timing/{p}_s" for p in PHASES}, estimator
+        assert all(v >= 0 for v in phases.values())
+        assert sum(phases.values()) <= summary["train"]["train/step_time_s"]
+        assert phases["timing/generate_s"] > 0 and phases["timing/update_s"] > 0
+        assert phases["timing/reference_s"] > 0  # kl.coef = 0.05
+        # one pass: the scoring forward is the update's; several: a separate no-grad forward
+        several = config.estimator.epochs * config.estimator.minibatches > 1
+        assert (phases["timing/old_logprobs_s"] > 0) == several, estimator
         if names is None:
             names = set(summary["train"])
         assert set(summary["train"]) == names, estimator
