@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from flops import model_peak, weights
 
 from pgbench import tasks
 from pgbench.engine import sample
@@ -43,25 +44,6 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     started = time.perf_counter()
     result = fn()
     return time.perf_counter() - started, result
-
-
-def matmul_peak(shapes: list[tuple[int, int, int]], repeats: int = 10) -> float:
-    """Best dense fp32 matmul throughput (FLOP/s) over `shapes` (m, k, n)."""
-    best = 0.0
-    for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        a @ b  # warm-up
-        seconds, _ = timed(lambda a=a, b=b: [a @ b for _ in range(repeats)])
-        best = max(best, 2 * m * k * n * repeats / seconds)
-    return best
-
-
-def weights(model) -> tuple[int, int]:
-    """(body, head) weight counts: the head is the vocabulary projection; embeddings excluded."""
-    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    total = sum(p.numel() for p in model.parameters())
-    tied = embedding.data_ptr() == head.data_ptr()
-    return total - embedding.numel() - (0 if tied else head.numel()), head.numel()
 
 
 def step_phases(policy, reference, prompts: list[str], args) -> dict[str, tuple[float, float]]:
@@ -116,9 +98,7 @@ def main() -> None:
     )
     reference = Reference(policy)
     prompts = [task.prompt(e, policy.tokenizer) for e in task.splits().train[: args.prompts]]
-    config = policy.model.config
-    tokens = args.prompts * args.samples * 64
-    peak = matmul_peak([(tokens, config.hidden_size, config.intermediate_size), (2048, 2048, 2048)])
+    peak = model_peak(policy.model.config, args.prompts * args.samples * 64)
     torch.manual_seed(0)
     runs = [step_phases(policy, reference, prompts, args) for _ in range(args.steps + 1)][1:]
     result = {"model": args.model, "lora": args.lora, "threads": args.threads}

@@ -1,25 +1,35 @@
 """Seconds per RLOO step: pgbench against Hugging Face TRL's RLOOTrainer on the same work.
 
     pip install -e ".[bench]"
-    python benchmarks/vs_trl.py [--steps 20] [--warmup 3] [--variants full,lora,50m] [--rounds 1]
+    python benchmarks/vs_trl.py [--steps 20] [--warmup 3] [--rounds 1]
+        [--variants full,lora,50m,smollm2,smollm2-lora] [--device cpu]
 
-Both sides train the cached `tiny` fr_en policy on the same prompts with the same settings:
-8 prompts x 4 samples per step, temperature 1.0, at most 24 new tokens, k1 KL in the reward
-with beta 0.05, AdamW lr 1e-4, gradient clipping 1.0, no gradient checkpointing (TRL turns
-it on by default), fp32 on the CPU with 2 threads, sentence chrF as the reward, no tracking.
-Each side runs in its own process (so peak resident memory is its own) and reports the
-median seconds of the steps after `--warmup`; with `--rounds R` the two sides run
-alternately R times (pgbench first in odd rounds, TRL first in even ones), so a change in
-machine load hits both, and the median is over the timed steps of all rounds. Variants:
-`full` (full fine-tuning), `lora` (peft LoRA r=8 on all linear layers) and `50m` (a randomly
-initialised ~50M-parameter Llama with the tiny tokenizer, to show how cost grows). Prints a
-table and writes `results.json`.
+Both sides train an fr_en policy on the same prompts with the same settings: 8 prompts x 4
+samples per step (4 x 4 for the smollm2 variants), temperature 1.0, at most 24 new tokens,
+k1 KL in the reward with beta 0.05, AdamW lr 1e-4, gradient clipping 1.0, no gradient
+checkpointing (TRL turns it on by default), fp32 with 2 CPU threads, sentence chrF as the
+reward, no tracking. Each side runs in its own process (so peak resident memory is its own)
+and reports the median seconds of the steps after `--warmup`; with `--rounds R` the two
+sides run alternately R times (pgbench first in odd rounds, TRL first in even ones), so a
+change in machine load hits both, and the median is over the timed steps of all rounds.
+Variants: `full` (the cached tiny policy, full fine-tuning), `lora` (peft LoRA r=8 on all
+linear layers), `50m` (a randomly initialised ~50M-parameter Llama with the tiny tokenizer),
+`smollm2` and `smollm2-lora` (the converted SmolLM2-135M-Instruct, `model=smollm2`).
+
+Where the time goes, per side: generation, no-grad log-probs (rollout-time and reference)
+and training (the forward with autograd, backward, clipping and the AdamW step), each with
+its FLOPs (counted by hooks on the model's body and head, see `flops.py`) as a share of the
+dense matmul peak measured in the same process; "other" is the rest of the step (rewards,
+advantages, bookkeeping). pgbench's phases come from its `timing/*_s` metrics, TRL's from
+timers around `_generate_single_turn`, `_get_per_token_logps_and_entropies`, the backward
+and the optimizer step. Prints a table and writes `results.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -27,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from flops import PHASES, PositionCounter, model_peak, phase_flops, weights
 
 SETTINGS = {
     "prompts": 8,
@@ -37,17 +49,23 @@ SETTINGS = {
     "beta": 0.05,
     "threads": 2,
 }
+VARIANTS = ("full", "lora", "50m", "smollm2", "smollm2-lora")
+
+
+def prompts_per_step(variant: str) -> int:
+    return 4 if variant.startswith("smollm2") else SETTINGS["prompts"]
 
 
 def prompts_and_model(variant: str, out: Path) -> tuple[str, list, object]:
     """The policy folder of a variant, the train examples and the fr_en task."""
     from pgbench import tasks
-    from pgbench.tiny import tiny_policy_dir
+    from pgbench.policy import resolve_model
 
     task = tasks.get("fr_en")
-    folder = tiny_policy_dir(task, Path("~/.cache/pgbench").expanduser())
+    name = "smollm2" if variant.startswith("smollm2") else "tiny"
+    folder = resolve_model(name, task, "~/.cache/pgbench")
     if variant == "50m":
-        folder = larger_policy(folder, out / "policy-50m")
+        folder = larger_policy(Path(folder), out / "policy-50m")
     return str(folder), task.splits().train, task
 
 
@@ -66,58 +84,86 @@ def larger_policy(tiny: Path, target: Path) -> Path:
     return target
 
 
-def run_pgbench(variant: str, steps: int, out: Path) -> dict:
-    """Train with pgbench's RLOO; per-step times from its own `train/step_time_s`."""
+def run_pgbench(variant: str, steps: int, out: Path, device: str) -> dict:
+    """Train with pgbench's RLOO; per-step times from its `train/step_time_s` and
+    `timing/*_s` metrics."""
+    from pgbench import rollout
+    from pgbench.components import build_parts
     from pgbench.config import resolve
     from pgbench.tracking import NullTracker
-    from pgbench.trainer import train
+    from pgbench.trainer import Trainer
 
     folder, _, _ = prompts_and_model(variant, out)
-    times: list[float] = []
-    tokens: list[float] = []
-
-    def record(step: int, metrics: dict[str, float]) -> None:
-        times.append(metrics["train/step_time_s"])
-        tokens.append(metrics["train/tokens"])
-
     config = resolve(
         {
             "model": folder,
             "estimator": "rloo",
             "trainer.steps": str(steps),
             "trainer.lr": str(SETTINGS["lr"]),
-            "trainer.prompts_per_step": str(SETTINGS["prompts"]),
+            "trainer.prompts_per_step": str(prompts_per_step(variant)),
             "rollout.samples_per_prompt": str(SETTINGS["samples"]),
             "rollout.max_new_tokens": str(SETTINGS["max_new_tokens"]),
             "rollout.temperature": str(SETTINGS["temperature"]),
             "kl.coef": str(SETTINGS["beta"]),
-            "lora.r": "8" if variant == "lora" else "0",
+            "lora.r": "8" if variant.endswith("lora") else "0",
             "task.test_size": "8",
             "eval.every": "0",
             "eval.size": "8",
             "checkpoint.every": "0",
-            "device": "cpu",
+            "device": device,
             "output_dir": tempfile.mkdtemp(prefix=f"pgbench-{variant}-", dir=out),  # fresh
         }
     )
-    train(config, tracker=NullTracker(), on_step_end=record)
-    generated = [b - a for a, b in zip([0.0, *tokens], tokens, strict=False)]
-    return {"step_times": times, "completion_tokens": generated}
+    parts = build_parts(config)
+    counter = PositionCounter(parts.policy.model, parts.reference and parts.reference.copy)
+    rollout.decode = counter.generation(rollout.decode)  # count the sampler's forwards
+    result = new_result(parts.policy.model, variant)
+    last_tokens = 0.0
+
+    def record(step: int, metrics: dict[str, float]) -> None:
+        nonlocal last_tokens
+        seconds = {
+            "generation": metrics["timing/generate_s"],
+            "logprobs": metrics["timing/old_logprobs_s"] + metrics["timing/reference_s"],
+            "train": metrics["timing/update_s"],
+            "optimizer": metrics["timing/optimizer_s"],
+        }
+        add_step(result, metrics["train/step_time_s"], seconds, counter.take())
+        result["completion_tokens"].append(metrics["train/tokens"] - last_tokens)
+        last_tokens = metrics["train/tokens"]
+
+    Trainer(config, NullTracker(), parts).run(on_step_end=record)
+    return result
 
 
-def run_trl(variant: str, steps: int, out: Path) -> dict:
-    """Train with TRL's RLOOTrainer; per-step times from a callback."""
+def new_result(model, variant: str) -> dict:  # noqa: ANN001
+    body, head = weights(model)
+    lists = ("step_times", "completion_tokens", "phase_seconds", "phase_flops")
+    return {"body": body, "head": head, "lora": variant.endswith("lora")} | {k: [] for k in lists}
+
+
+def add_step(result: dict, step_s: float, seconds: dict, counts: dict) -> None:
+    result["step_times"].append(step_s)
+    result["phase_seconds"].append(seconds)
+    flops = phase_flops(counts, result["body"], result["head"], result["lora"])
+    result["phase_flops"].append(flops)
+
+
+def run_trl(variant: str, steps: int, out: Path, device: str) -> dict:
+    """Train with TRL's RLOOTrainer; step and phase times from a callback and timers."""
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
 
+    from pgbench.hardware import timed
     from pgbench.tasks.rewards import sentence_chrf
 
     folder, train_examples, task = prompts_and_model(variant, out)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    count = SETTINGS["prompts"] * steps
-    rows = train_examples[:count]
+    prompts = prompts_per_step(variant)
+    rows = train_examples[: prompts * steps]
     dataset = Dataset.from_dict(
         {
             "prompt": [task.prompt(example, tokenizer) for example in rows],
@@ -130,20 +176,44 @@ def run_trl(variant: str, steps: int, out: Path) -> dict:
             sentence_chrf(c.strip(), refs) for c, refs in zip(completions, references, strict=True)
         ]
 
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.started = 0.0
+    seconds: dict[str, float] = {}
+    counter: PositionCounter | None = None
+    where = torch.device(device)
 
-        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+    class Timed(RLOOTrainer):
+        def _generate_single_turn(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            with timed(seconds, "generation", where):
+                return counter.generation(super()._generate_single_turn)(*args, **kwargs)
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            phase = "train" if torch.is_grad_enabled() else "logprobs"
+            # TRL's fused head (add_fused_lm_head) scores every position except on
+            # CUDA/XPU with Triton, where it scores the completion positions only
+            if where.type != "cuda":
+                counter.counts[phase][1] += input_ids.shape[0] * (input_ids.shape[1] - 1)
+            with timed(seconds, phase, where):
+                return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
+
+    class StepTimer(TrainerCallback):
+        started = backward_ended = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            seconds.clear()
+            counter.take()
             self.started = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            self.times.append(time.perf_counter() - self.started)
+        def on_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            seconds["optimizer"] = time.perf_counter() - self.backward_ended  # clip + AdamW
 
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            step_s = time.perf_counter() - self.started
+            spent = {p: seconds.get(p, 0.0) for p in (*PHASES, "optimizer")}
+            add_step(result, step_s, spent, counter.take())
+
+    timer = StepTimer()
     args = RLOOConfig(
         output_dir=str(out / f"trl-{variant}"),
-        per_device_train_batch_size=SETTINGS["prompts"] * SETTINGS["samples"],
+        per_device_train_batch_size=prompts * SETTINGS["samples"],
         num_generations=SETTINGS["samples"],
         max_completion_length=SETTINGS["max_new_tokens"],
         temperature=SETTINGS["temperature"],
@@ -152,76 +222,92 @@ def run_trl(variant: str, steps: int, out: Path) -> dict:
         max_steps=steps,
         gradient_checkpointing=False,
         bf16=False,
-        use_cpu=True,
+        use_cpu=device == "cpu",
         report_to="none",
         save_strategy="no",
         logging_steps=1,
         seed=0,
     )
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    timer = StepTimer()
-    trainer = RLOOTrainer(
-        model=model,
+    trainer = Timed(
+        model=AutoModelForCausalLM.from_pretrained(folder),
         reward_funcs=chrf,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")
-        if variant == "lora"
+        if variant.endswith("lora")
         else None,
         callbacks=[timer],
     )
+    counter = PositionCounter(trainer.model, trainer.ref_model)
+    result = new_result(trainer.model, variant)
+    backward = trainer.accelerator.backward
+
+    def timed_backward(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        with timed(seconds, "train", where):
+            backward(*args, **kwargs)
+        timer.backward_ended = time.perf_counter()
+
+    trainer.accelerator.backward = timed_backward
     trainer.train()
-    lengths = [
-        log["completions/mean_length"] * SETTINGS["prompts"] * SETTINGS["samples"]
+    result["completion_tokens"] = [
+        log["completions/mean_length"] * prompts * SETTINGS["samples"]
         for log in trainer.state.log_history
         if "completions/mean_length" in log
     ]
-    return {"step_times": timer.times, "completion_tokens": lengths}
+    return result
 
 
-def worker(side: str, variant: str, steps: int, out: Path) -> None:
+def worker(side: str, variant: str, steps: int, out: Path, device: str) -> None:
     """Run one side in this process and print its measurements as JSON."""
     import torch
+    from transformers import AutoConfig
+
+    from pgbench.hardware import cpu_capability
 
     torch.set_num_threads(SETTINGS["threads"])
     torch.manual_seed(0)
-    result = (run_pgbench if side == "pgbench" else run_trl)(variant, steps, out)
+    config = AutoConfig.from_pretrained(prompts_and_model(variant, out)[0])
+    rows = prompts_per_step(variant) * SETTINGS["samples"] * 64
+    peak = model_peak(config, rows, device)
+    result = (run_pgbench if side == "pgbench" else run_trl)(variant, steps, out, device)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result |= {"peak_flops": peak, "capability": cpu_capability()}
     print("RESULT " + json.dumps(result))
 
 
 def summarise(results: list[dict], warmup: int) -> dict:
-    """Median step time, tokens/s and peak RSS over the timed steps of every round."""
+    """Median step time, tokens/s and peak RSS over the timed steps of every round; the median
+    seconds of each phase, its FLOP rate as a share of the matmul peak, and the rest."""
     times = [t for result in results for t in result["step_times"][warmup:]]
     tokens = [n for result in results for n in result["completion_tokens"][warmup:]]
+    spent = [s for result in results for s in result["phase_seconds"][warmup:]]
+    flops = [f for result in results for f in result["phase_flops"][warmup:]]
+    peak = statistics.median(result["peak_flops"] for result in results)
+    phases = {}
+    for phase in (*PHASES, "optimizer"):
+        seconds = [s[phase] for s in spent]
+        phases[phase] = {"seconds": statistics.median(seconds)}
+        if phase in PHASES and sum(seconds):
+            phases[phase]["of_peak"] = sum(f[phase] for f in flops) / sum(seconds) / peak
+    rest = [step - sum(s.values()) for step, s in zip(times, spent, strict=True)]
     return {
         "median_step_s": statistics.median(times),
         "steps_timed": len(times),
         "tokens_per_s": sum(tokens) / sum(times) if tokens else float("nan"),
         "peak_rss_mb": max(result["peak_rss_mb"] for result in results),
+        "peak_gflops": peak / 1e9,
+        "capability": results[0]["capability"],
+        "phases": phases | {"other": {"seconds": statistics.median(rest)}},
     }
 
 
 def run_worker(side: str, variant: str, args: argparse.Namespace, out: Path) -> dict:
     """Run one side in a fresh process; its measurements."""
+    command = [sys.executable, __file__, "--out", str(out), "--worker", side, variant]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     done = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--out",
-            str(out),
-            "--worker",
-            side,
-            variant,
-            "--steps",
-            str(args.steps),
-            "--warmup",
-            str(args.warmup),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+        [*command, "--device", args.device], capture_output=True, text=True, check=False
     )
     found = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode or not found:
@@ -229,41 +315,64 @@ def run_worker(side: str, variant: str, args: argparse.Namespace, out: Path) -> 
     return json.loads(found[-1].removeprefix("RESULT "))
 
 
+HEADER = (
+    f"{'variant':<13}{'side':<8}{'s/step':>8}{'tok/s':>7}{'RSS MB':>8}"
+    f"{'generation':>13}{'log-probs':>13}{'fwd+bwd':>13}{'optim':>7}{'other':>7}"
+)
+
+
+def row_line(variant: str, side: str, cells: dict) -> str:
+    """One table row: step, tokens/s, memory, and each phase's seconds (share of peak)."""
+    phases = cells["phases"]
+    shares = "".join(
+        f"{phases[p]['seconds']:>7.2f} {phases[p].get('of_peak', math.nan):>4.0%}" for p in PHASES
+    )
+    return (
+        f"{variant:<13}{side:<8}{cells['median_step_s']:>8.3f}{cells['tokens_per_s']:>7.0f}"
+        f"{cells['peak_rss_mb']:>8.0f}{shares}{phases['optimizer']['seconds']:>7.2f}"
+        f"{phases['other']['seconds']:>7.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps after warm-up")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
-    parser.add_argument("--variants", default="full,lora,50m")
+    parser.add_argument("--variants", default="full,lora,50m", help=", ".join(VARIANTS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="bench_out")
     parser.add_argument("--rounds", type=int, default=1, help="alternating runs of each side")
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    total = args.steps + args.warmup
     if args.worker:
-        worker(args.worker[0], args.worker[1], total, out)
+        worker(*args.worker, args.steps + args.warmup, out, args.device)
         return
-    results = {
-        "settings": SETTINGS | {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds}
-    }
-    lines = [f"{'variant':<8}{'side':<9}{'median s/step':>14}{'tokens/s':>10}{'peak RSS MB':>13}"]
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variant(s) {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
+    settings = SETTINGS | {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds}
+    results: dict = {"settings": settings | {"device": args.device}}
+    lines = [HEADER]
+    print(HEADER, flush=True)
     for variant in args.variants.split(","):
         runs: dict[str, list[dict]] = {"pgbench": [], "trl": []}
         for round_ in range(args.rounds):
             for side in ("pgbench", "trl") if round_ % 2 == 0 else ("trl", "pgbench"):
                 runs[side].append(run_worker(side, variant, args, out))
-        row = {}
-        for side in ("pgbench", "trl"):
-            row[side] = cells = summarise(runs[side], args.warmup)
-            lines.append(
-                f"{variant:<8}{side:<9}{cells['median_step_s']:>14.3f}"
-                f"{cells['tokens_per_s']:>10.0f}{cells['peak_rss_mb']:>13.0f}"
-            )
+        row = {side: summarise(runs[side], args.warmup) for side in runs}
         row["ratio"] = row["pgbench"]["median_step_s"] / row["trl"]["median_step_s"]
-        lines.append(f"{variant:<8}{'ratio':<9}{row['ratio']:>14.2f}  (pgbench / TRL)")
+        lines += [row_line(variant, side, row[side]) for side in runs]
+        lines.append(f"{variant:<13}{'ratio':<8}{row['ratio']:>8.2f}  (pgbench / TRL)")
         results[variant] = row
-        print(lines[-3], lines[-2], lines[-1], sep="\n", flush=True)
+        print(*lines[-3:], sep="\n", flush=True)
+    peak = row["pgbench"]
+    lines.append(
+        f"s/step: median; phases: median seconds and FLOPs / time as a share of the measured "
+        f"matmul peak ({peak['peak_gflops']:.0f} GFLOP/s, {args.device}, "
+        f"{SETTINGS['threads']} threads, torch capability {peak['capability']})"
+    )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'results.json'}")

@@ -80,7 +80,8 @@ def prepare(
         mask.sum(dim=1), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
     )
     live, device = None, mask.device
-    seconds = dict.fromkeys(("old_logprobs", "reference", "advantages", "update"), 0.0)
+    phases = ("old_logprobs", "reference", "advantages", "update", "optimizer")
+    seconds = dict.fromkeys(phases, 0.0)
     if estimator.epochs == estimator.minibatches == 1 and len(rollout.texts) <= micro:
         with hardware.timed(seconds, "update", device):  # the update's own forward
             live = token_logprobs(
@@ -209,19 +210,20 @@ def optimise(
     rows = len(prepared.mask)
     shuffle = torch.Generator().manual_seed(seed)
     clip = config.trainer.grad_clip if config.trainer.grad_clip > 0 else math.inf
-    with hardware.timed(prepared.seconds, "update", device):  # added to its live forward
-        updates = []
-        for _ in range(estimator.epochs):
-            if estimator.epochs > 1:  # a CPU generator, the same order on every device
-                order = torch.randperm(rows, generator=shuffle, device="cpu").to(device)
-            else:
-                order = torch.arange(rows, device=device)
-            for minibatch in order.chunk(estimator.minibatches):
-                with hardware.autocast(device, config.trainer.precision):
-                    stats = accumulate_gradients(
-                        config, estimator, parts.policy.model, parts.value_head, prepared, minibatch
-                    )
+    precision = config.trainer.precision
+    updates, seconds = [], prepared.seconds
+    for _ in range(estimator.epochs):
+        if estimator.epochs > 1:  # a CPU generator, the same order on every device
+            order = torch.randperm(rows, generator=shuffle, device="cpu").to(device)
+        else:
+            order = torch.arange(rows, device=device)
+        for minibatch in order.chunk(estimator.minibatches):
+            with hardware.timed(seconds, "update", device), hardware.autocast(device, precision):
+                stats = accumulate_gradients(
+                    config, estimator, parts.policy.model, parts.value_head, prepared, minibatch
+                )
                 _combine_gradients(config, parts.processes, params, prepared, minibatch, stats)
+            with hardware.timed(seconds, "optimizer", device):
                 stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip).item()
                 for key, cause in (("loss", "loss"), ("grad_norm", "gradient")):
                     if not math.isfinite(stats[key]):
@@ -229,7 +231,7 @@ def optimise(
                         raise NonFinite(cause)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                updates.append(stats)
+            updates.append(stats)
     return updates
 
 

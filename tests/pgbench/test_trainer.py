@@ -12,7 +12,7 @@ from pgbench.trainer import train
 TRAIN_METRICS = """reward_mean reward_std advantage_mean advantage_std loss kl entropy
 completion_len grad_norm tokens step_time_s rollout_tokens_per_s wall_clock_s
 peak_memory_mb""".split()
-PHASES = ("generate", "reward", "old_logprobs", "reference", "advantages", "update")
+PHASES = ("generate", "reward", "old_logprobs", "reference", "advantages", "update", "optimizer")
 TIMINGS = {
     "train/step_time_s",
     "train/rollout_tokens_per_s",
@@ -134,6 +134,7 @@ def test_every_estimator_trains_and_logs_the_same_metrics(run_overrides, tmp_pat
         assert all(v >= 0 for v in phases.values())
         assert sum(phases.values()) <= summary["train"]["train/step_time_s"]
         assert phases["timing/generate_s"] > 0 and phases["timing/update_s"] > 0
+        assert phases["timing/optimizer_s"] > 0
         assert phases["timing/reference_s"] > 0  # kl.coef = 0.05
         # one pass: the scoring forward is the update's; several: a separate no-grad forward
         several = config.estimator.epochs * config.estimator.minibatches > 1
