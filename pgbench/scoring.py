@@ -35,7 +35,9 @@ def token_logprobs(
     them. With `value_head`, it is applied to the last hidden state.
     """
     logits, hidden = completion_logits(model, rollout, value_head is not None)
-    logits = logits.float() / temperature  # [N, Tc, V]: predicts token t
+    logits = logits.float()  # [N, Tc, V]: predicts token t
+    if temperature != 1.0:  # skipped at 1: a full-vocabulary pass and its backward
+        logits = logits / temperature
     log_norm = logits.logsumexp(dim=-1)  # [N, Tc]
     chosen = logits.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
     entropy = values = None
