@@ -349,6 +349,12 @@ def main() -> None:
     if args.worker:
         worker(*args.worker, args.steps + args.warmup, out, args.device)
         return
+    import torch
+
+    if args.device not in ("cpu", "cuda") or (
+        args.device == "cuda" and not torch.cuda.is_available()
+    ):
+        parser.error(f"--device {args.device}: use cpu, or cuda on a machine with a CUDA GPU")
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variant(s) {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
