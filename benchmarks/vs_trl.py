@@ -185,14 +185,18 @@ def run_trl(variant: str, steps: int, out: Path, device: str) -> dict:
             with timed(seconds, "generation", where):
                 return counter.generation(super()._generate_single_turn)(*args, **kwargs)
 
-        def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        def _get_per_token_logps_and_entropies(self, model, ids, mask, keep, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
             phase = "train" if torch.is_grad_enabled() else "logprobs"
-            # TRL's fused head (add_fused_lm_head) scores every position except on
-            # CUDA/XPU with Triton, where it scores the completion positions only
-            if where.type != "cuda":
-                counter.counts[phase][1] += input_ids.shape[0] * (input_ids.shape[1] - 1)
+            # TRL's fused head (add_fused_lm_head) bypasses the head module: it scores every
+            # position but the last, or, on CUDA/XPU with Triton, the completion tokens only
+            if where.type == "cuda":
+                counter.counts[phase][1] += int(mask[:, -keep:].sum())
+            else:
+                counter.counts[phase][1] += ids.shape[0] * (ids.shape[1] - 1)
             with timed(seconds, phase, where):
-                return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
+                return super()._get_per_token_logps_and_entropies(
+                    model, ids, mask, keep, *args, **kwargs
+                )
 
     class StepTimer(TrainerCallback):
         started = backward_ended = 0.0
