@@ -7,16 +7,12 @@ SmolLM2-135M-Instruct), split into its phases and timed separately with pgbench'
 generation (`engine.sample`, KV-cached), reference log-probs (`Reference.logprobs`, no
 gradient) and the training forward + backward (`scoring.token_logprobs` with its graph, then
 backward of the policy-gradient loss; with one update pass this is pgbench's only policy
-forward of the step). Each phase's FLOPs are those pgbench executes, from parameter and token
-counts: 2 per weight per position forward, 6 for forward + backward of full fine-tuning and 4
-with LoRA (no weight gradients of the frozen base). The body (every weight but the
-embeddings) runs on each distinct prompt once (the K samples share its KV cache) and on every
-completion position (padding included, it is computed; generation counts the real tokens
-only, a lower bound); the vocabulary head runs only where a logit is needed (the last prompt
-position and the completion positions). Attention's own FLOPs are left out (small at these
-lengths). The peak is
-measured in the same process, threads and dtype: the best of dense fp32 matmuls shaped like
-the model's ([tokens, hidden] x [hidden, intermediate]) and square 2048 ones.
+forward of the step). Each phase's FLOPs are those pgbench executes, counted by hooks on the
+model's body and vocabulary head (`flops.py`, as `vs_trl.py` counts them): 2 per weight per
+position forward, 6 for forward + backward of full fine-tuning and 4 with LoRA (no weight
+gradients of the frozen base); attention's own FLOPs are left out (small at these lengths).
+The peak is measured in the same process, threads and dtype: the best of dense fp32 matmuls
+shaped like the model's ([tokens, hidden] x [hidden, intermediate]) and square 2048 ones.
 Writes `<out>/peak.json`.
 """
 
@@ -30,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from flops import model_peak, weights
+from flops import PHASES, PositionCounter, model_peak, phase_flops, weights
 
 from pgbench import tasks
 from pgbench.engine import sample
@@ -46,16 +42,17 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
-def step_phases(policy, reference, prompts: list[str], args) -> dict[str, tuple[float, float]]:
+def step_phases(
+    policy, reference, counter: PositionCounter, prompts: list[str], args
+) -> dict[str, tuple[float, float]]:
     """(seconds, FLOPs) of each phase of one step."""
-    body, head = weights(policy.model)
+    counter.take()
     gen_s, rollout = timed(
-        lambda: sample(policy.model, policy.tokenizer, prompts, args.samples, args.tokens, 1.0)
+        counter.generation(
+            lambda: sample(policy.model, policy.tokenizer, prompts, args.samples, args.tokens, 1.0)
+        )
     )
-    rows, distinct = len(rollout.texts), len(prompts)
-    prompt_positions = distinct * rollout.prompt_ids.shape[1]
-    completion_positions = rows * rollout.completion_ids.shape[1]
-    generated = int(rollout.completion_mask.sum())
+    rows = len(rollout.texts)
     ref_s, _ = timed(lambda: reference.logprobs(rollout, rows, 1.0))
 
     def train() -> None:
@@ -65,18 +62,9 @@ def step_phases(policy, reference, prompts: list[str], args) -> dict[str, tuple[
         policy.model.zero_grad(set_to_none=True)
 
     train_s, _ = timed(train)
-    scored = body * (prompt_positions + completion_positions) + head * (
-        distinct + completion_positions
-    )
-    backward = 4 if args.lora else 6
-    return {
-        "generation": (
-            gen_s,
-            2 * (body * (prompt_positions + generated) + head * (distinct + generated)),
-        ),
-        "reference_logprobs": (ref_s, 2 * scored),
-        "train_forward_backward": (train_s, backward * scored),
-    }
+    flops = phase_flops(counter.take(), *weights(policy.model), lora=bool(args.lora))
+    seconds = {"generation": gen_s, "logprobs": ref_s, "train": train_s}
+    return {phase: (seconds[phase], flops[phase]) for phase in PHASES}
 
 
 def main() -> None:
@@ -100,7 +88,9 @@ def main() -> None:
     prompts = [task.prompt(e, policy.tokenizer) for e in task.splits().train[: args.prompts]]
     peak = model_peak(policy.model.config, args.prompts * args.samples * 64)
     torch.manual_seed(0)
-    runs = [step_phases(policy, reference, prompts, args) for _ in range(args.steps + 1)][1:]
+    counter = PositionCounter(policy.model, reference.copy)
+    runs = [step_phases(policy, reference, counter, prompts, args) for _ in range(args.steps + 1)]
+    runs = runs[1:]
     result = {"model": args.model, "lora": args.lora, "threads": args.threads}
     result |= {"capability": cpu_capability(), "peak_gflops": peak / 1e9, "phases": {}}
     print(

@@ -157,7 +157,8 @@ class SpareRoomLayer(DynamicLayer):
     ) -> tuple[Tensor, Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        length, end = self.get_seq_length(), self.get_seq_length() + key_states.shape[-2]
+        length = self.get_seq_length()
+        end = length + key_states.shape[-2]
         buffers = getattr(self, "buffers", None)
         if buffers is None or self.keys is not self.views[0] or end > buffers[0].shape[-2]:
             pairs = ((self.keys, key_states), (self.values, value_states))
