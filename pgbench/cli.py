@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from pgbench.config import (
     saved_run_values,
 )
 from pgbench.errors import ConfigError, DataError, PgbenchError
+from pgbench.urls import URL_KEYS, redact, restore
 
 T = TypeVar("T")
 
@@ -49,7 +51,8 @@ def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
     """Overrides, or for `resume=<dir>` the run's saved configuration.
 
     `resume=auto` continues the newest unfinished run with the same configuration, or starts
-    a new run when there is none.
+    a new run when there is none. A URL key (tracking.uri) may be given again with its
+    password, which the saved config.json never holds.
     """
     if "resume" not in overrides:
         return overrides
@@ -62,17 +65,19 @@ def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
             print("resume=auto: no unfinished run with this configuration; starting a new one")
             return fresh
         print(f"resume=auto: continuing {found}")
-        overrides = {"resume": str(found)}
+        overrides = {"resume": str(found)} | {k: v for k, v in fresh.items() if k in URL_KEYS}
     run_dir = Path(overrides["resume"])
     saved = run_dir / "config.json"
     if not saved.is_file():
         raise DataError(f"resume={run_dir}: no pgbench run there ({saved} is missing)")
-    extra = sorted(set(overrides) - {"resume"})
+    extra = sorted(set(overrides) - {"resume", *URL_KEYS})
     if extra:
         raise ConfigError(
             f"resume={run_dir} continues with its saved config.json; drop {', '.join(extra)}"
         )
     values = saved_run_values(json.loads(saved.read_text()))
+    for key in set(values) & set(URL_KEYS):  # saved without their passwords
+        values[key] = restore(key, values[key], overrides.get(key), str(saved))
     return values | {"resume": str(run_dir), "output_dir": str(run_dir)}
 
 
@@ -208,10 +213,13 @@ def sync_run(overrides: dict[str, str]) -> int:
     """Upload what a run buffered while its MLflow server was unreachable."""
     from pgbench.tracking import sync
 
-    if set(overrides) != {"run_dir"}:
-        raise ConfigError("usage: pgbench sync <run dir> (a directory written by pgbench run)")
+    if "run_dir" not in overrides or set(overrides) - {"run_dir", "tracking.uri"}:
+        raise ConfigError(
+            "usage: pgbench sync <run dir> [tracking.uri=URL] (a directory written by pgbench "
+            "run; tracking.uri again if its saved one had a password)"
+        )
     run_dir = Path(overrides["run_dir"])
-    count = sync(run_dir)
+    count = sync(run_dir, overrides.get("tracking.uri"))
     print(f"uploaded {count} buffered records of {run_dir}" if count else "nothing to sync")
     return 0
 
@@ -245,7 +253,7 @@ def verb_help(name: str, overrides: dict[str, str]) -> str:
     """Help of one verb: every key it accepts, for the selected task and estimator."""
     verb = VERBS[name]
     if verb.args is None:
-        return f"usage: pgbench {name} <run dir>\n\n{verb.summary}."
+        return f"usage: pgbench {name} <run dir> [tracking.uri=URL]\n\n{verb.summary}."
     task, estimator = overrides.get("task", "fr_en"), overrides.get("estimator", "rloo")
     rows = help_rows(verb.args, task, estimator)
     width = max(len(r[0]) for r in rows) + 2
@@ -291,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return VERBS[name].handler(overrides)
     except PgbenchError as err:
-        print(f"pgbench {name}: error: {err}", file=sys.stderr)
+        print(f"pgbench {name}: error: {redact(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pgbench {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a library's message may quote a URL: its traceback without passwords
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pgbench import checkpoint
 from pgbench.config import Config, resolve, saved_run_values
 from pgbench.errors import ConfigError, PgbenchError
 from pgbench.tasks import Example
+from pgbench.urls import redact_values
 
 
 def default_output_dir(config: Config) -> str:
@@ -27,7 +28,8 @@ def unfinished_run_like(config: Config, root: Path = Path("runs")) -> Path | Non
     Same means every key but `output_dir` and `resume` (`resume=auto`).
     """
     ignore = {"output_dir", "resume"}
-    wanted = {k: v for k, v in config.to_flat().items() if k not in ignore}
+    # saved configs hold URLs without their passwords: compare them that way
+    wanted = {k: v for k, v in redact_values(config.to_flat()).items() if k not in ignore}
     found: list[tuple[float, Path]] = []
     for saved in root.glob("*/config.json"):
         run_dir = saved.parent
@@ -39,7 +41,7 @@ def unfinished_run_like(config: Config, root: Path = Path("runs")) -> Path | Non
             values = resolve(saved_values | {"resume": str(run_dir)})
         except (ValueError, PgbenchError):  # written by another version: not the same config
             continue
-        if {k: v for k, v in values.to_flat().items() if k not in ignore} == wanted:
+        if {k: v for k, v in redact_values(values.to_flat()).items() if k not in ignore} == wanted:
             found.append((latest.stat().st_mtime, run_dir))
     return max(found)[1] if found else None
 

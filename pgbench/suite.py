@@ -39,10 +39,11 @@ from optuna.trial import TrialState
 
 from pgbench import tasks
 from pgbench.compose import accepts
-from pgbench.config import Config, SuiteArgs, SweepArgs, VarianceArgs, resolve
+from pgbench.config import Config, SuiteArgs, VarianceArgs, resolve
 from pgbench.errors import ConfigError
 from pgbench.hardware import use_threads
 from pgbench.tracking import SPOOL, MLflowTracker, check_reachable, write_json
+from pgbench.urls import redact_values
 
 PROTOCOLS = Path(__file__).parent / "protocols"
 ALIASES = {"suite": "suite.protocol", "tasks": "suite.tasks"}  # short CLI keys
@@ -154,7 +155,9 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
     names = [t.strip() for t in config.suite.tasks.split(",") if t.strip()]
     if not names:
         raise ConfigError("no tasks: give suite=<cpu|gpu|file.toml> or tasks=NAME,...")
-    digest = hashlib.sha1(json.dumps(common | cli, sort_keys=True, default=str).encode())
+    # the id does not change with a password (the saved configs never hold one)
+    shown = redact_values(common | cli)
+    digest = hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode())
     suite_id = config.suite.id or (path.stem if path else digest.hexdigest()[:8])
     out = Path(config.output_dir or f"runs/suite-{suite_id}")
     base, from_file = _keys_of(Config, common | cli), _keys_of(Config, common)
@@ -197,10 +200,9 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
 
 def open_storage(plan: Plan) -> optuna.storages.BaseStorage:
     """The study's storage: a journal file, or an RDB with heartbeats (as pgbench sweep)."""
-    from pgbench.sweeps.runner import open_storage as open_sweep_storage
+    from pgbench.sweeps.runner import connect
 
-    probe = {"sweep.storage": plan.storage, "sweep.heartbeat_s": plan.heartbeat_s}
-    return open_sweep_storage(resolve(probe, SweepArgs))
+    return connect(plan.storage, plan.heartbeat_s, "suite.storage")
 
 
 def run_cell(plan: Plan, cell: Cell) -> dict[str, Any]:
@@ -299,6 +301,7 @@ def _queue(plan: Plan, study: optuna.Study) -> int:
 
 def run_suite(plan: Plan) -> dict[str, Any]:
     """Run (or continue) every cell with the workers, then write and log the tables."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # workers print their cells
     check_reachable(plan.tracking_uri)
     for task in dict.fromkeys(c.task for c in plan.cells):  # a missing reward model fails now
         cell_config(next(c for c in plan.cells if c.task == task)).task.check_reward()

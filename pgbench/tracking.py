@@ -10,11 +10,13 @@ import math
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
 from pgbench.errors import ConfigError, DataError
+from pgbench.urls import check_database, is_database, redact, redact_values, restore
 
 
 class Tracker(Protocol):
@@ -55,22 +57,29 @@ class NullTracker:
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Raise a ConfigError now if the URI cannot work (MLflow itself retries for minutes)."""
+    shown = redact(uri)
     if uri.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(uri)
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])  # no user:password@
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            with urllib.request.urlopen(f"{bare.geturl().rstrip('/')}/health", timeout=timeout_s):
                 return
+        except urllib.error.HTTPError:  # the server answered (a login-protected /health)
+            return
         except (urllib.error.URLError, OSError) as err:
             raise ConfigError(
-                f"tracking.uri={uri} is unreachable ({err}); start the MLflow server or use "
-                "tracking.uri=sqlite:///mlflow.db for a local file"
+                f"tracking.uri={shown} is unreachable ({redact(str(err))}); start the MLflow "
+                "server or use tracking.uri=sqlite:///mlflow.db for a local file"
             ) from None
     elif uri.startswith("sqlite:///"):
         parent = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
         if not parent.is_dir():
-            raise ConfigError(f"tracking.uri={uri}: folder {parent} does not exist")
+            raise ConfigError(f"tracking.uri={shown}: folder {parent} does not exist")
+    elif is_database(uri):
+        check_database("tracking.uri", uri, round(timeout_s))
     elif uri.startswith("file:") or "://" not in uri:
         raise ConfigError(
-            f"tracking.uri={uri}: MLflow's file store is deprecated; use sqlite:///<path>.db "
+            f"tracking.uri={shown}: MLflow's file store is deprecated; use sqlite:///<path>.db "
             "or an http(s):// MLflow server"
         )
 
@@ -116,7 +125,9 @@ class MLflowTracker:
             if found
             else self.client.create_experiment(experiment, _artifact_location(uri, experiment))
         )
-        run = self.client.create_run(experiment_id, run_name=run_name or None, tags=tags or {})
+        run = self.client.create_run(
+            experiment_id, run_name=run_name or None, tags=redact_values(tags or {})
+        )
         self.run_id = run.info.run_id
 
     def _send(self, record: dict[str, Any]) -> None:
@@ -138,7 +149,9 @@ class MLflowTracker:
             handle.write(json.dumps(record) + "\n")
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._send({"kind": "params", "params": {k: str(v) for k, v in params.items()}})
+        """Log params, every URL's password hidden (pgbench.urls)."""
+        shown = {key: redact(str(value)) for key, value in params.items()}
+        self._send({"kind": "params", "params": shown})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         values = {
@@ -166,14 +179,14 @@ class MLflowTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tags on this run (a sweep trial's state, a sweep's best parameters)."""
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+            self.client.set_tag(self.run_id, key, redact(value))
 
     def fail_if_running(self, run_id: str, tags: dict[str, str]) -> None:
         """Tag another run of this store and end it FAILED if it still claims to be RUNNING
         (its worker died without saying so)."""
         if self.client.get_run(run_id).info.status == "RUNNING":
             for key, value in tags.items():
-                self.client.set_tag(run_id, key, value)
+                self.client.set_tag(run_id, key, redact(value))
             self.client.set_terminated(run_id, "FAILED")
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -207,8 +220,10 @@ def replay(client: Any, run_id: str, record: dict[str, Any]) -> None:
 SPOOL = "tracking_buffer.jsonl"  # in the run directory, while MLflow is unreachable
 
 
-def sync(run_dir: Path) -> int:
-    """Upload a run's buffered tracking records to its MLflow run; returns how many."""
+def sync(run_dir: Path, uri: str | None = None) -> int:
+    """Upload a run's buffered tracking records to its MLflow run; returns how many.
+
+    `uri` is the tracking URI again, for a saved one whose password was hidden."""
     from mlflow import MlflowClient
 
     info_path, spool = run_dir / "run.json", run_dir / SPOOL
@@ -217,8 +232,9 @@ def sync(run_dir: Path) -> int:
     if not spool.is_file():
         return 0
     info = json.loads(info_path.read_text())
-    check_reachable(info["tracking_uri"])
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    uri = restore("tracking.uri", info["tracking_uri"], uri, str(info_path))
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
     records = [json.loads(line) for line in spool.read_text().splitlines() if line.strip()]
     for record in records:  # metrics keep their step and time: a repeated sync adds nothing
         replay(client, info["run_id"], record)
@@ -227,7 +243,7 @@ def sync(run_dir: Path) -> int:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write JSON atomically (temporary file, then rename), every URL's password hidden."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(redact_values(data), indent=2, sort_keys=True) + "\n")
     tmp.replace(path)

@@ -34,6 +34,7 @@ from pgbench.errors import ConfigError
 from pgbench.hardware import use_threads
 from pgbench.sweeps import spaces
 from pgbench.tracking import MLflowTracker, check_reachable, write_json
+from pgbench.urls import check_database, redact, redact_values
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -59,30 +60,35 @@ def storage_url(config: SweepArgs) -> str:
 
 
 def open_storage(config: SweepArgs) -> optuna.storages.BaseStorage:
-    url = storage_url(config)
+    return connect(storage_url(config), config.sweep.heartbeat_s, "sweep.storage")
+
+
+def connect(url: str, heartbeat_s: int, key: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage at `url` (a .journal path or a database URL given as `key`); a
+    database is probed first, so a missing driver or server is a one-line error."""
     if url.endswith(".journal"):
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url))
     if "://" not in url:
         raise ConfigError(
-            f"sweep.storage={url}: use sqlite:///<file>.db, postgresql://..., mysql://... "
+            f"{key}={redact(url)}: use sqlite:///<file>.db, postgresql://..., mysql://... "
             "or a <file>.journal path"
         )
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    heartbeat = config.sweep.heartbeat_s
+    check_database(key, url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
                 url,
-                heartbeat_interval=heartbeat,
-                grace_period=2 * heartbeat,
+                heartbeat_interval=heartbeat_s,
+                grace_period=2 * heartbeat_s,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRY),
             )
     except Exception as err:  # sqlalchemy raises many types for a bad URL or server
         raise ConfigError(
-            f"sweep.storage={url}: cannot open ({type(err).__name__}: {err})"
+            f"{key}={redact(url)}: cannot open ({type(err).__name__}: {redact(str(err))})"
         ) from None
 
 
@@ -199,6 +205,7 @@ def _pruner(config: SweepArgs) -> optuna.pruners.BasePruner:
 
 def run_sweep(config: SweepArgs) -> dict[str, Any]:
     """Create or resume the study, run the workers, log the outcome; returns the best trial."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     check_reachable(config.tracking.uri)
     load_space(config)
     name, folder = study_name(config), sweep_dir(config)
@@ -265,7 +272,7 @@ def _conclude(config: SweepArgs, study: optuna.Study, parent: MLflowTracker) -> 
     write_json(sweep_dir(config) / "best.json", result)
     parent.log_artifact(sweep_dir(config) / "best.json")
     parent.finish("FINISHED")
-    return result
+    return redact_values(result)  # what is printed: the command holds tracking.uri
 
 
 def _close_dead_trials(study: optuna.Study, parent: MLflowTracker) -> None:

@@ -3,6 +3,7 @@ and a throwaway PostgreSQL server for the distributed sweep and suite tests."""
 
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -65,37 +67,64 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class PostgresServer:
+    """A password-protected PostgreSQL server on 127.0.0.1, as the README's recipe reaches one."""
+
+    port: int
+    password: str
+
+    def url(self, database: str = "postgres", password: bool = True) -> str:
+        """The README's form: postgresql://user:pass@host:port/db (no driver named)."""
+        login = f"postgres:{self.password}" if password else "postgres"
+        return f"postgresql://{login}@127.0.0.1:{self.port}/{database}"
+
+
 @pytest.fixture(scope="session")
-def postgres_url():
-    """URL of a PostgreSQL server started for this session on a Unix socket (no TCP)."""
-    initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
-    if not (initdb and pg_ctl):
+def postgres_server():
+    """A PostgreSQL server started for this session, with password logins over TCP on
+    127.0.0.1 and a second database `mlflow` (MLflow's tables beside Optuna's would clash)."""
+    initdb, pg_ctl, createdb = pg_binary("initdb"), pg_binary("pg_ctl"), pg_binary("createdb")
+    if not (initdb and pg_ctl and createdb):
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL server binaries are missing; .ci/run installs them")
         pytest.skip("PostgreSQL server binaries not found (CI installs them); skipping")
     root = Path(tempfile.mkdtemp(prefix="pgbench-pg-"))
+    password = f"pgbench-Secret-{secrets.token_hex(6)}"
+    (root / "pwfile").write_text(password + "\n")
     prefix = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         prefix = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-    data = root / "data"
+        for path in (root, root / "pwfile"):
+            shutil.chown(path, "postgres")
+    data, port = root / "data", free_port()
     subprocess.run(
-        prefix + [initdb, "-D", str(data), "-U", "postgres", "--auth=trust"],
+        prefix
+        + [initdb, "-D", str(data), "-U", "postgres", "--auth=scram-sha-256"]
+        + ["--pwfile", str(root / "pwfile")],
         check=True,
         capture_output=True,
     )
-    port = free_port()
-    options = f"-p {port} -k {root} -c listen_addresses=''"
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
     subprocess.run(
         prefix + [pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
         check=True,
         capture_output=True,
     )
-    yield f"postgresql+psycopg2://postgres@/postgres?host={root}&port={port}"
+    env = os.environ | {"PGPASSWORD": password}
+    login = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    subprocess.run([createdb, *login, "mlflow"], check=True, capture_output=True, env=env)
+    yield PostgresServer(port, password)
     subprocess.run(
         prefix + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
     )
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    """The README's storage URL of the test server, password included."""
+    return postgres_server.url()
 
 
 def kill_when_running(

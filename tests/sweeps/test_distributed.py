@@ -4,6 +4,7 @@ from optuna.trial import TrialState
 
 from pgbench.config import SweepArgs, resolve
 from pgbench.sweeps.runner import open_storage, run_sweep
+from pgbench.urls import redact
 
 
 def sweep_config(values):
@@ -24,7 +25,8 @@ def test_two_workers_share_a_postgresql_study(sweep_values, postgres_url):
     result = run_sweep(config)
     study = optuna.load_study(study_name="shared", storage=open_storage(config))
     finished = [t for t in study.trials if t.state != TrialState.RUNNING]
-    assert len(finished) >= 4 and result["storage"] == postgres_url
+    assert len(finished) >= 4 and result["storage"] == redact(postgres_url)
+    assert ":***@" in result["storage"]
 
 
 def test_a_killed_workers_trial_is_retried(

@@ -1,0 +1,147 @@
+"""URLs that reach services (`tracking.uri`, `sweep.storage`, `suite.storage`): the one place
+that hides their passwords and checks that a database answers before any work starts.
+
+A URL is kept whole where it is used to connect. Wherever it is shown or saved (MLflow params
+and tags, JSON files, messages) its password is replaced, as SQLAlchemy's
+`render_as_string(hide_password=True)` does: `postgresql://alice:***@db-host/pgbench`.
+Credentials are better kept out of URLs altogether: libpq reads `PGPASSWORD` and
+`~/.pgpass`, MLflow reads `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pgbench.errors import ConfigError
+
+HIDDEN = "***"
+URL_KEYS = ("tracking.uri", "sweep.storage", "suite.storage")  # the keys that hold such URLs
+# the password of `scheme://user:password@host`; the lookahead takes the authority's last @
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*:)([^/?#\s]+)(?=@)")
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd)=)([^&#\s]+)", re.IGNORECASE)
+# where the database drivers SQLAlchemy names come from
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pymysql": "pymysql",
+    "mysqldb": "mysqlclient",
+}
+# words of a driver's message that mean the server answered and refused the login
+_REFUSALS = ("password", "authentication", "does not exist", "pg_hba", "access denied")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***."""
+    return _QUERY_PASSWORD.sub(rf"\1{HIDDEN}", _PASSWORD.sub(rf"\1{HIDDEN}", text))
+
+
+def redact_values(value: Any) -> Any:
+    """A copy of `value` (dicts, lists and strings, nested) with every URL's password hidden."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_values(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_values(item) for item in value]
+    return value
+
+
+def is_database(url: str) -> bool:
+    """Whether `url` names a SQLAlchemy database (postgresql://, mysql+pymysql://, sqlite://)."""
+    scheme = url.partition("://")[0].partition("+")[0]
+    return "://" in url and scheme in ("postgresql", "postgres", "mysql", "mariadb", "sqlite")
+
+
+def env_credentials(url: str) -> str:
+    """The environment credentials that `url` (without a password) would connect with, named;
+    empty if there are none."""
+    scheme = url.partition("://")[0].partition("+")[0]
+    if scheme in ("postgresql", "postgres"):
+        pgpass = Path(os.environ.get("PGPASSFILE", "~/.pgpass")).expanduser()
+        if os.environ.get("PGPASSWORD"):
+            return "PGPASSWORD"
+        return str(pgpass) if pgpass.is_file() else ""
+    if scheme in ("http", "https"):
+        names = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+        return next((name for name in names if os.environ.get(name)), "")
+    return ""
+
+
+def restore(key: str, saved: str, given: str | None, where: str) -> str:
+    """The URL to connect with for `key`, whose saved value (in `where`) may be redacted.
+
+    A URL given again (`given`) must be the saved one up to its password. Without it, a saved
+    URL whose password was hidden connects without one, if the environment has credentials
+    for it (PGPASSWORD, ~/.pgpass, MLFLOW_TRACKING_PASSWORD); otherwise a ConfigError says so.
+    """
+    if given is not None:
+        if redact(given) != saved:
+            raise ConfigError(
+                f"{key}={redact(given)} is not the URL saved in {where} ({saved}); "
+                "only its password may be given again"
+            )
+        return given
+    if HIDDEN not in saved:
+        return saved
+    bare = saved.replace(f":{HIDDEN}@", "@", 1)  # user:***@host -> user@host
+    if HIDDEN in bare or not env_credentials(bare):
+        raise ConfigError(
+            f"{key} in {where} had a password, which pgbench never saves: give it again "
+            f"({key}=<the URL with its password>), or set PGPASSWORD or ~/.pgpass for a "
+            "database, MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD for an MLflow server"
+        )
+    return bare
+
+
+def _where(url: Any) -> str:
+    """`host:port` of a SQLAlchemy URL (a Unix socket's folder for `?host=/path`)."""
+    host = url.host or url.query.get("host") or "localhost"
+    default = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}.get(url.get_backend_name())
+    port = url.port or url.query.get("port") or default
+    return f"{host}:{port}" if port else str(host)
+
+
+def check_database(key: str, url: str, timeout_s: int = 5) -> None:
+    """Raise a one-line ConfigError now if the database at `url` cannot be used: its driver is
+    missing (naming the package to install), or its server does not answer or refuses the
+    login within `timeout_s` (naming host and port, never the password)."""
+    from sqlalchemy import create_engine, exc, make_url
+    from sqlalchemy.pool import NullPool
+
+    shown = f"{key}={redact(url)}"
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except (exc.ArgumentError, exc.NoSuchModuleError, ValueError):
+        raise ConfigError(
+            f"{shown}: not a database URL; use postgresql://user@host/db, mysql+pymysql://... "
+            "or sqlite:///<file>.db (percent-encode @, : and / in a password)"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        package = DRIVER_PACKAGES.get(dialect.driver, dialect.driver)
+        raise ConfigError(
+            f"{shown}: its driver {dialect.driver} is not installed; pip install '{package}'"
+            + (" (or pip install 'pgbench[postgres]')" if dialect.driver == "psycopg" else "")
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        return
+    engine = create_engine(parsed, poolclass=NullPool, connect_args={"connect_timeout": timeout_s})
+    try:
+        with engine.connect():
+            return
+    except exc.DBAPIError as err:
+        reason = redact(str(err.orig).strip().splitlines()[0]) if str(err.orig).strip() else ""
+    finally:
+        engine.dispose()
+    server = f"the database server at {_where(parsed)}"
+    if any(word in reason.lower() for word in _REFUSALS):
+        raise ConfigError(
+            f"{shown}: {server} refused the connection ({reason}); check the user, the "
+            "database and the password (PGPASSWORD or ~/.pgpass)"
+        )
+    raise ConfigError(f"{shown}: {server} is not reachable ({reason})")
