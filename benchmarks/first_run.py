@@ -1,11 +1,14 @@
-"""Time a new user's first `pgbench run` of each task: tiny bootstrap included, empty cache.
+"""Time a new user's first `pgbench run` of each task, and a second identical one.
 
     python benchmarks/first_run.py [--tasks fr_en,arith,poet] [--emulate-avx2] [--threads N]
 
-Each task runs `pgbench run task=<task> estimator=<default>` in its own process with a fresh
-cache folder, then once more on the cached policy. `--emulate-avx2` makes PyTorch, oneDNN and
-MKL use AVX2 kernels only (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS),
-as on a CPU without native bfloat16. Prints one JSON line per task with the CPU capability.
+Each task runs `pgbench run task=<task> estimator=<default>` twice in its own process with a
+fresh cache folder: the first run starts from the shipped tiny policy (no SFT) and decodes
+the start evaluation, the second reads it from the cache. `--emulate-avx2` makes PyTorch,
+oneDNN and MKL use AVX2 kernels only (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
+MKL_ENABLE_INSTRUCTIONS), as on a CPU without native bfloat16. Prints one JSON line per task
+with the CPU capability, each run's wall time, the seconds from launch to the start of the
+first training step (from MLflow's first `train/step_time_s`), peak RSS and test metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlflow import MlflowClient
+
 AVX2_ONLY = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -27,17 +32,31 @@ AVX2_ONLY = {
 ESTIMATOR = {"fr_en": "rloo", "arith": "grpo", "poet": "rloo"}  # the README's commands
 
 
-def timed_run(args: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of `python -m pgbench run <args>`."""
+def timed_run(args: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB) of `python -m pgbench run <args>`, and its launch time."""
     command = [sys.executable, "-m", "pgbench", "run", *args]
-    started = time.perf_counter()
+    launched, started = time.time(), time.perf_counter()
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = child.stderr.read().decode()  # the progress bars; read so the pipe never fills
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status):
         sys.exit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
-    return wall, usage.ru_maxrss / 1024  # Linux: KiB
+    return wall, usage.ru_maxrss / 1024, launched  # Linux: KiB
+
+
+def measure(common: list[str], out: Path, env: dict[str, str], uri: str) -> dict[str, float]:
+    """One run: wall time, seconds from launch to its first training step, peak RSS."""
+    wall, peak_mb, launched = timed_run([*common, f"output_dir={out}"], env)
+    summary = json.loads((out / "summary.json").read_text())
+    first = MlflowClient(uri).get_metric_history(summary["run_id"], "train/step_time_s")[0]
+    training = first.timestamp / 1000 - first.value  # the first step's start
+    return {
+        "wall_s": round(wall, 1),
+        "to_training_s": round(training - launched, 1),
+        "peak_rss_mb": round(peak_mb),
+        "summary": summary,
+    }
 
 
 def main() -> None:
@@ -53,35 +72,29 @@ def main() -> None:
     ).stdout.strip()
     for task in args.tasks.split(","):
         folder = Path(tempfile.mkdtemp(prefix=f"pgbench-first-{task}-"))
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
         common = [
             f"task={task}",
             f"estimator={ESTIMATOR[task]}",
             f"cache_dir={folder / 'cache'}",
-            f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+            f"tracking.uri={uri}",
             f"threads={args.threads}",
         ]
-        first_s, first_mb = timed_run([*common, f"output_dir={folder / 'first'}"], env)
-        cached_s, cached_mb = timed_run([*common, f"output_dir={folder / 'cached'}"], env)
-        built = json.loads(next((folder / "cache").glob("tiny-*/tiny.json")).read_text())
-        summary = json.loads((folder / "cached" / "summary.json").read_text())
-        print(
-            json.dumps(
-                {
-                    "task": task,
-                    "cpu_capability": capability,
-                    "threads": built["threads"],
-                    "precision": built["spec"]["precision"],
-                    "first_run_s": round(first_s, 1),
-                    "bootstrap_s": built["build_seconds"],
-                    "cached_run_s": round(cached_s, 1),
-                    "first_peak_rss_mb": round(first_mb),
-                    "cached_peak_rss_mb": round(cached_mb),
-                    "test_before": summary["eval_before"],
-                    "test_after": summary["eval_after"],
-                }
-            ),
-            flush=True,
-        )
+        first = measure(common, folder / "first", env, uri)
+        second = measure(common, folder / "second", env, uri)
+        summary = second.pop("summary")
+        first.pop("summary")
+        result = {
+            "task": task,
+            "cpu_capability": capability,
+            "model_sha256": summary["model_sha256"][:16],
+            "first": first,
+            "second": second,
+            "second_over_first": round(second["wall_s"] / first["wall_s"], 3),
+            "test_before": summary["eval_before"],
+            "test_after": summary["eval_after"],
+        }
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

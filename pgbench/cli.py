@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 from pgbench import __version__
 from pgbench.config import (
+    BuildTinyArgs,
     CompareArgs,
     Config,
     EvalArgs,
@@ -133,6 +135,40 @@ def evaluate_policy(overrides: dict[str, str]) -> int:
     return 0
 
 
+def build_tiny(overrides: dict[str, str]) -> int:
+    """Build the task's tiny policy (or take it from the cache), measure it on the valid and
+    test splits, and write it with its manifest (pgbench.shipped)."""
+    from pgbench.evaluate import evaluate
+    from pgbench.hardware import describe
+    from pgbench.policy import load_policy, pick_device
+    from pgbench.sections import LoraConfig
+    from pgbench.shipped import check_free, write_policy
+    from pgbench.tiny import FORMAT, tiny_policy_dir
+
+    config = _configure(overrides, BuildTinyArgs)
+    task, settings = config.task, config.eval
+    task.check_reward()
+    out = Path(config.output_dir or f"tiny-{task.name}")
+    check_free(out)  # before minutes of training
+    source = tiny_policy_dir(task, Path(config.cache_dir).expanduser())
+    policy = load_policy(str(source), LoraConfig(), pick_device(config.device))
+    splits, metrics = task.splits(), {}
+    for split, examples in (("valid", splits.valid[: settings.size]), ("test", splits.test)):
+        scores, texts = evaluate(
+            policy, task, examples, settings.max_new_tokens, settings.batch_size
+        )
+        metrics[split] = scores
+    facts = {"task": task.name, "format": FORMAT, "cache_key": source.name.rpartition("-")[2]}
+    facts["eval"] = dataclasses.asdict(settings) | describe(policy.model.device)
+    facts["metrics"] = metrics
+    facts["test_completions"] = texts[:4]  # greedy: the same on every load (tested)
+    manifest = write_policy(source, out, facts)
+    for split, scores in metrics.items():
+        print(f"{split:<6}" + "  ".join(f"{k} {v:.2f}" for k, v in sorted(scores.items())))
+    print(f"wrote {out} (weights sha256 {manifest['sha256'][:16]}); use it with model={out}")
+    return 0
+
+
 def variance(overrides: dict[str, str]) -> int:
     """Gradient variance of each estimator on the same rollouts of a fixed policy."""
     from pgbench.variance import run_variance
@@ -236,6 +272,9 @@ VERBS: dict[str, Verb] = {
         "gradient variance of each estimator on the same rollouts", variance, VarianceArgs
     ),
     "eval": Verb("score a policy on a test split (chrF, BLEU, embed)", evaluate_policy, EvalArgs),
+    "build-tiny": Verb(
+        "build a task's tiny policy and write it with its manifest", build_tiny, BuildTinyArgs
+    ),
     "sync": Verb("upload a run's metrics buffered during an MLflow outage", sync_run, None),
 }
 

@@ -214,6 +214,19 @@ class EvalArgs(Resolved):
 
 
 @dataclass(frozen=True, kw_only=True)
+class BuildTinyArgs(Resolved):
+    """`pgbench build-tiny`: a task's tiny policy built, measured and written with its manifest."""
+
+    task: Task = component("task")
+    output_dir: str = output_dir("tiny-<task>")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    eval: EvalConfig = section(EvalConfig)
+    reward: RewardConfig = section(RewardConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ReportArgs(Resolved):
     """`pgbench report`: tables and figures of one comparison or experiment, from MLflow."""
 
@@ -234,6 +247,7 @@ VERB_ARGS: dict[str, type] = {
     "suite": SuiteArgs,
     "variance": VarianceArgs,
     "eval": EvalArgs,
+    "build-tiny": BuildTinyArgs,
     "report": ReportArgs,
 }
 

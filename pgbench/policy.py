@@ -30,10 +30,12 @@ def pick_device(name: str) -> torch.device:
 def resolve_model(model: str, task: Task, cache_dir: str) -> str:
     """Folder or hub id of the policy named by `model=`: tiny, smollm2, a run dir, a path or
     an id."""
-    if model == "tiny":
+    if model == "tiny":  # the shipped policy, or one built for another spec or data
+        from pgbench.shipped import shipped_policy
         from pgbench.tiny import tiny_policy_dir
 
-        return str(tiny_policy_dir(task, Path(cache_dir).expanduser()))
+        shipped = shipped_policy(task)
+        return str(shipped or tiny_policy_dir(task, Path(cache_dir).expanduser()))
     if model == "smollm2":
         from pgbench.smollm2 import smollm2_dir
 

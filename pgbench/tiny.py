@@ -1,4 +1,5 @@
-"""The default policy `model=tiny`: built locally, offline, and cached.
+"""Building a tiny policy (`pgbench build-tiny`, or `model=tiny` where none ships for the
+task's spec and data: pgbench.shipped), offline, and cached.
 
 A byte-level BPE tokenizer trained on the task's train split, a small Llama-architecture
 causal LM built from a config, and supervised fine-tuning on (prompt, answer) pairs of the
@@ -19,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -35,6 +35,7 @@ from pgbench.hardware import auto_precision, cpu_capability
 from pgbench.tasks import Task
 
 FORMAT = "pgbench-tiny-v4"  # bump when the build procedure changes
+ESTIMATE_AFTER = 4  # SFT steps timed before the build's duration is printed
 SPECIAL_TOKENS = ["<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
@@ -81,6 +82,11 @@ MICRO = TinySpec(
 def task_spec(task: Task) -> TinySpec:
     """The default spec with the task's own `tiny_overrides` (a ClassVar dict, if declared)."""
     return dataclasses.replace(TinySpec(), **getattr(task, "tiny_overrides", {}))
+
+
+def train_pairs(task: Task) -> list[tuple[list[dict[str, str]], str]]:
+    """(chat messages, answer) of every train example: what SFT learns from."""
+    return [(task.messages(example), task.target(example)) for example in task.splits().train]
 
 
 def cache_key(task: Task, pairs: list[tuple[list[dict[str, str]], str]], spec: TinySpec) -> str:
@@ -212,6 +218,7 @@ def supervised_fine_tune(
     model.train()
     desc = f"tiny SFT ({spec.precision}, {torch.get_num_threads()} threads)"
     bar = tqdm(range(spec.sft_steps), desc=desc, disable=not progress)
+    started = time.perf_counter()
     for step in bar:
         rows = torch.randint(len(encoded), (spec.sft_batch_size,), generator=generator).tolist()
         ids, mask, labels = sft_batch(encoded, rows, pad_id)
@@ -225,6 +232,12 @@ def supervised_fine_tune(
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if progress and step == ESTIMATE_AFTER:
+            per_step = (time.perf_counter() - started) / (step + 1)
+            tqdm.write(
+                f"building the tiny policy: about {per_step * spec.sft_steps / 60:.0f} min on "
+                f"this machine ({per_step:.2f} s x {spec.sft_steps} SFT steps)"
+            )
         if reached is not None and (step + 1) % spec.stop_every == 0:
             model.eval()
             metric = reached()
@@ -235,18 +248,6 @@ def supervised_fine_tune(
     bar.close()
     model.eval()
     return losses
-
-
-def build_params(folder: str | Path) -> dict[str, Any]:
-    """How the tiny policy in `folder` was built (`tiny.precision`, `tiny.threads`,
-    `tiny.cpu_capability`), for MLflow params; empty for any other model."""
-    info = Path(folder) / "tiny.json"
-    if not info.is_file():
-        return {}
-    built = json.loads(info.read_text())
-    facts = {"precision": built["spec"].get("precision")}
-    facts |= {k: built.get(k) for k in ("threads", "cpu_capability")}
-    return {f"tiny.{k}": v for k, v in facts.items() if v is not None}
 
 
 def stop_metric(
@@ -277,9 +278,9 @@ def tiny_policy_dir(
     spec = spec or task_spec(task)
     if spec.precision == "auto":  # resolved before hashing: the key records the precision
         spec = dataclasses.replace(spec, precision=auto_precision(torch.device("cpu")))
-    train = task.splits().train
-    pairs = [(task.messages(example), task.target(example)) for example in train]
-    target_dir = Path(cache_dir) / f"tiny-{task.name}-{cache_key(task, pairs, spec)}"
+    pairs = train_pairs(task)
+    key = cache_key(task, pairs, spec)
+    target_dir = Path(cache_dir) / f"tiny-{task.name}-{key}"
     if (target_dir / "tiny.json").is_file():
         return target_dir
 
@@ -305,6 +306,9 @@ def tiny_policy_dir(
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     info = {
+        "task": task.name,
+        "format": FORMAT,
+        "cache_key": key,
         "spec": dataclasses.asdict(spec),
         "train_pairs": len(encoded),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -314,6 +318,7 @@ def tiny_policy_dir(
         "build_seconds": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(),
         "cpu_capability": cpu_capability(),
+        "torch": torch.__version__,
     }
     (tmp / "tiny.json").write_text(json.dumps(info, indent=2) + "\n")
     if (target_dir / "tiny.json").is_file():  # another process (a suite worker) finished first

@@ -29,7 +29,7 @@ from pgbench import checkpoint, hardware, parallel
 from pgbench.components import Parts, build_optimizer, build_parts
 from pgbench.config import Config
 from pgbench.errors import TrainingError
-from pgbench.evaluate import evaluate
+from pgbench.evaluate import evaluate, evaluate_start
 from pgbench.policy import peak_memory_mb
 from pgbench.rollout import Collected, collect_rollout
 from pgbench.rundir import (
@@ -39,8 +39,8 @@ from pgbench.rundir import (
     drop_samples_after,
     git_commit,
 )
+from pgbench.shipped import policy_params
 from pgbench.tasks import Example
-from pgbench.tiny import build_params
 from pgbench.tracking import (
     SPOOL,
     MLflowTracker,
@@ -149,10 +149,14 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------
     def _evaluate(self, examples: list[Example], prefix: str) -> dict[str, float]:
-        cfg = self.config.eval
-        metrics, texts = evaluate(
-            self.policy, self.task, examples, cfg.max_new_tokens, cfg.batch_size
-        )
+        cfg = self.config
+        settings = {"max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size}
+        if self.state.step == 0:  # the starting policy: the same for every run that uses it
+            settings["reward"] = dataclasses.asdict(cfg.reward)
+            cache = Path(cfg.cache_dir).expanduser()
+            metrics, texts = evaluate_start(self.policy, self.task, examples, settings, cache)
+        else:
+            metrics, texts = evaluate(self.policy, self.task, examples, **settings)
         self.tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, self.state.step)
         kept = slice(SAMPLES_PER_EVAL)
         append_samples(self.run_dir, self.state.step, prefix, examples[kept], texts[kept])
@@ -336,7 +340,7 @@ class Trainer:
             | {"pgbench_version": pgbench.__version__, "git_commit": git_commit()}
             | {"model_path": self.policy.source}
             | hardware.describe(self.device)
-            | build_params(self.policy.source)
+            | policy_params(self.policy.source)
         )
         self.tracker.log_artifact(self.run_dir / "config.json")
         self.state.eval_before = self._evaluate(self.splits.test, "test")
@@ -365,6 +369,7 @@ class Trainer:
             "tracking_uri": cfg.tracking.uri,
             "experiment": cfg.mlflow_experiment,
             "model_path": self.policy.source,
+            "model_sha256": policy_params(self.policy.source).get("model_sha256", ""),
             "output_dir": str(self.run_dir),
             "steps": state.step,
             "train": state.last_train,

@@ -8,6 +8,7 @@ Data: Tatoeba pairs shipped with pgbench (default), the fr-en rows of the hub da
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from statistics import fmean
@@ -83,6 +84,7 @@ class FrEn(Task):
     }
 
     def __post_init__(self) -> None:
+        self._splits: Splits | None = None  # computed once: the test-file note prints once
         self.reward_terms = parse_reward_spec(self.reward_name)
         self.model_rewards = ModelRewards()
         if self.source == "file" and not self.train_file:
@@ -105,12 +107,29 @@ class FrEn(Task):
         return pairs[: self.limit] if self.limit else pairs
 
     def splits(self) -> Splits:
-        pairs = self._pairs()
-        if not self.test_file:
-            return split(pairs, self.valid_size, self.test_size, self.split_seed)
-        test = read_pairs(self.test_file)
-        rest = split(pairs, self.valid_size, 0, self.split_seed)
-        return Splits(train=rest.train, valid=rest.valid, test=test)
+        """Train, valid and test of the source; `task.test_file` replaces the test split only,
+        so train and valid (and the tiny policy built on them) are the same with or without
+        it. Its sentences whose French source is in train or valid are dropped, said once."""
+        if self._splits is not None:
+            return self._splits
+        default = split(self._pairs(), self.valid_size, self.test_size, self.split_seed)
+        self._splits = default
+        if self.test_file:
+            seen = {example.source for example in default.train + default.valid}
+            given = read_pairs(self.test_file)
+            test = [example for example in given if example.source not in seen]
+            if len(test) < len(given):
+                print(
+                    f"task.test_file={self.test_file}: dropped {len(given) - len(test)} of "
+                    f"{len(given)} sentences whose French source is in the train or valid split",
+                    file=sys.stderr,
+                )
+            if not test:
+                raise DataError(
+                    f"task.test_file={self.test_file}: every sentence is in train or valid"
+                )
+            self._splits = Splits(train=default.train, valid=default.valid, test=test)
+        return self._splits
 
     def messages(self, example: Example) -> list[dict[str, str]]:
         return [{"role": "user", "content": f"Translate French to English:\n{example.source}"}]

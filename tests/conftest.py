@@ -53,6 +53,7 @@ def run_overrides(micro_policy, tmp_path) -> dict[str, str]:
         "checkpoint.every": "2",
         "output_dir": str(tmp_path / "run"),
         "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "cache_dir": str(tmp_path / "cache"),  # start evaluations are cached there
     }
 
 

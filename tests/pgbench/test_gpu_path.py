@@ -28,7 +28,7 @@ CPU = torch.device("cpu")
 
 
 # -- configuration --------------------------------------------------------------------------
-def test_new_keys_have_defaults_and_help():
+def test_new_keys_have_defaults_and_help(monkeypatch):
     config = resolve({})
     assert config.engine.backend == "hf" and config.engine.sync_every == 1
     assert config.engine.gpu_memory_utilization == 0.3
@@ -36,6 +36,8 @@ def test_new_keys_have_defaults_and_help():
     keys = {row[0]: row for row in help_rows()}
     assert keys["engine.backend"][1] == "{hf|vllm}" and "pgbench[vllm]" in keys["engine.backend"][3]
     assert keys["trainer.precision"][1] == "{fp32|bf16}"
+    # where bf16 is native (an AVX2-only CPU refuses it: tests/pgbench/test_hardware.py)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)
     resolved = resolve({"trainer.precision": "bf16", "trainer.gradient_checkpointing": "true"})
     assert resolved.trainer.precision == "bf16" and resolved.trainer.gradient_checkpointing
 
@@ -261,7 +263,9 @@ def test_two_processes_train_like_one(run_overrides, tmp_path):
     script.write_text(TWO_PROCESSES)
     out = tmp_path / "result.json"
     overrides = run_overrides | {"trainer.steps": "3", "trainer.lr": "1e-3", "eval.every": "0"}
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
+    # this interpreter's accelerate: its console script is on PATH only in an activated venv
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launch += ["--main_process_port", "29517", str(script), str(out)]
     done = subprocess.run(

@@ -71,8 +71,25 @@ def test_file_source_reads_references(tmp_path):
         test_size=1,
     )
     splits = task.splits()
-    assert splits.sizes() == {"train": 15, "valid": 5, "test": 1}
+    # the test file replaces the test split only: the default test pair is not trained on
+    assert splits.sizes() == {"train": 14, "valid": 5, "test": 1}
     assert splits.test[0].references == ("hello", "hi")
+
+
+def test_a_test_file_keeps_train_and_valid_and_drops_what_they_contain(tmp_path, capsys):
+    default = tasks.get("fr_en", limit=300, valid_size=20, test_size=20).splits()
+    rows = [default.train[0], default.valid[3], default.test[0]]  # 2 of 3 already seen
+    text = "fr\ten\n" + "".join(f"{e.source}\t{e.references[0]}\n" for e in rows)
+    text += "une phrase nouvelle\ta new sentence\n"
+    mine = write(tmp_path / "mine.tsv", text)
+    task = tasks.get("fr_en", limit=300, valid_size=20, test_size=20, test_file=str(mine))
+    splits = task.splits()
+    assert splits.train == default.train and splits.valid == default.valid
+    assert [e.source for e in splits.test] == [default.test[0].source, "une phrase nouvelle"]
+    task.splits()  # computed once: one line, however often the splits are asked for
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "dropped 2 of 4 sentences whose French source is in the train or valid split" in err
 
 
 @pytest.mark.parametrize(
