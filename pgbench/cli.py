@@ -280,7 +280,8 @@ VERBS: dict[str, Verb] = {
 
 
 def usage() -> str:
-    verbs = "\n".join(f"  {name:<10}{verb.summary}" for name, verb in VERBS.items())
+    width = max(len(name) for name in VERBS) + 2
+    verbs = "\n".join(f"  {name:<{width}}{verb.summary}" for name, verb in VERBS.items())
     return (
         f"pgbench {__version__}: compare policy-gradient estimators for language models\n\n"
         f"usage: pgbench <verb> [key=value ...]\n\nverbs:\n{verbs}\n\n"

