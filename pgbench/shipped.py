@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pgbench.errors import DataError
+from pgbench.errors import ConfigError, DataError
 from pgbench.tasks import Task
 
 SHIPPED = Path(__file__).parent / "policies"
@@ -97,14 +97,9 @@ def shipped_policy(task: Task) -> Path | None:
     if not folder.is_dir():
         return None
     manifest = verify(folder)
-    built = manifest["spec"]
-    wanted = dataclasses.asdict(task_spec(task)) | {"precision": built["precision"]}
-    if wanted != built:  # the task's tiny_overrides changed since the policy was built
-        return None
-    spec = dataclasses.replace(task_spec(task), precision=built["precision"])
-    if cache_key(task, train_pairs(task), spec) != manifest["cache_key"]:
-        return None  # other training data (task.source, task.limit, ...)
-    return folder
+    # the key hashes the spec (the task's tiny_overrides) and the training data
+    spec = dataclasses.replace(task_spec(task), precision=manifest["spec"]["precision"])
+    return folder if cache_key(task, train_pairs(task), spec) == manifest["cache_key"] else None
 
 
 def policy_params(folder: str | Path) -> dict[str, Any]:
@@ -121,8 +116,6 @@ def policy_params(folder: str | Path) -> dict[str, Any]:
 
 def check_free(out: Path) -> None:
     """Refuse to write a policy into a non-empty folder."""
-    from pgbench.errors import ConfigError
-
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output_dir={out} already exists and is not empty; pick another")
 
