@@ -109,6 +109,10 @@ class EvalConfig:
     size: int = knob(500, "valid-split examples per evaluation", ge=1)
     batch_size: int = knob(64, "prompts per greedy-decoding batch", ge=1)
     max_new_tokens: int = knob(48, "max tokens per greedy completion", ge=1)
+    test: bool = knob(
+        True,
+        "training runs: score the test split before and after (false in a suite's tuning runs)",
+    )
 
 
 @dataclass(frozen=True)

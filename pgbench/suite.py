@@ -1,9 +1,7 @@
 """`pgbench suite`: a declared protocol of tasks x estimators x seeds at fixed budgets.
 
-A suite is a shipped protocol (`suite=cpu`, `suite=gpu`: pgbench/protocols/*.toml), the user's
-TOML file (`suite=path.toml`) or inline keys (`tasks=arith,fr_en estimators=rloo,grpo seeds=10
-trainer.steps=100`). Keys apply in the order: protocol `[overrides]`, protocol `[task.NAME]`,
-command line. Every cell's config is resolved and checked before the first run starts.
+The plan (every cell's config, resolved and checked before the first run) comes from
+pgbench/protocol.py; a protocol's `[tune]` table (pgbench/tuning.py) adds a tuning phase.
 
 Scheduler: one Optuna study `suite-<id>` whose queue holds one enqueued trial per unfinished
 cell (`study.enqueue_trial({"cell": i})`); `suite.workers=N` processes on this machine pop
@@ -11,191 +9,50 @@ cells from it, each with torch threads = cores // N. The storage is
 `<output_dir>/suite.journal` (JournalFileBackend), or `suite.storage=postgresql://...` for
 workers on several machines, with heartbeats: a cell whose worker died is re-queued.
 
-Resume rule: the same command (same suite id) continues. A cell whose run directory
-`<output_dir>/<task>-<estimator>-s<seed>` has summary.json is finished and never trained
-again; one with only run.json was killed mid-run and resumes from its last checkpoint, in the
-same MLflow run. Trials left RUNNING in a local journal by a killed suite are failed and
-their cells queued again.
+Phases: the tuning runs, the runs at shared defaults and the variance cells are queued first.
+When every tuning run of a column has finished, the column's selected point
+(`tuning.select`, valid split and tuning seeds only) is queued on the test seeds, in the same
+queue; a column whose tuning is unfinished is never tested.
 
-Outputs: runs.csv and the report of reports/suite_report.py (leaderboards, pairs, findings,
-suite.md, suite.html, figures), logged as artifacts of the MLflow run `suite-<id>`; cell runs
-are tagged pgbench.suite, .task, .estimator (the column: estimator or variant) and .seed.
+Resume rule: the same command (same suite id) continues. A cell whose run directory
+`<output_dir>/<cell>` has summary.json is finished and never trained again; one with only
+run.json was killed mid-run and resumes from its last checkpoint, in the same MLflow run.
+Trials left RUNNING in a local journal by a killed suite are failed and their cells queued
+again.
+
+Outputs: runs.csv (the leaderboard's runs: tuned columns at their selected point) and the
+report of reports/suite_report.py, logged as artifacts of the MLflow run `suite-<id>`; cell
+runs are tagged pgbench.suite, .task, .estimator (the column: estimator or variant), .seed,
+.phase (tune or test) and .point.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
-import tomllib
 import warnings
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
+from mlflow import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
 
 from pgbench import tasks
-from pgbench.compose import accepts
-from pgbench.config import Config, SuiteArgs, VarianceArgs, resolve
-from pgbench.errors import ConfigError
+from pgbench.config import resolve
 from pgbench.hardware import use_threads
+from pgbench.protocol import VARIANCE, Cell, Plan, cell_config, plan_suite
 from pgbench.tracking import SPOOL, MLflowTracker, check_reachable, write_json
-from pgbench.urls import redact_values
+from pgbench.tuning import SELECTION, select
 
-PROTOCOLS = Path(__file__).parent / "protocols"
-ALIASES = {"suite": "suite.protocol", "tasks": "suite.tasks"}  # short CLI keys
-# keys of a protocol's [suite] table
-SUITE_TABLE = {"tasks", "estimators", "seeds", "id", "variance"}
-NOT_PASSED = ("output_dir", "resume")  # the suite's own keys, not its cells'
+__all__ = ["plan_suite", "run_suite", "run_cell", "open_storage"]
+
 PARENT_ATTR = "mlflow_parent_run_id"
 RUNS = ["task", "estimator", "seed", "metric", "value", "run_id"]
-VARIANCE = "variance"  # the column name of a task's `pgbench variance` cell
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run of the suite: its task, estimator (or variant name), seed and whole flat config."""
-
-    task: str
-    estimator: str  # the column it is ranked in: an estimator, or a protocol [variant.NAME]
-    seed: int
-    values: dict[str, Any]  # Config.to_flat() of the run (a variance cell: VarianceArgs's)
-
-    @property
-    def name(self) -> str:
-        return f"{self.task}-{self.estimator}-s{self.seed}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything the workers need; picklable, so spawned processes get a copy."""
-
-    id: str
-    out: Path
-    storage: str  # a .journal path or an RDB URL
-    workers: int
-    threads: int
-    heartbeat_s: int
-    tracking_uri: str
-    cells: list[Cell]
-
-
-def protocol_path(name: str) -> Path:
-    """A shipped protocol by name, or the user's TOML file."""
-    shipped = PROTOCOLS / f"{name}.toml"
-    if shipped.is_file():
-        return shipped
-    path = Path(name).expanduser()
-    if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in PROTOCOLS.glob("*.toml")))
-        raise ConfigError(f"suite={name}: no such protocol; shipped: {names}, or a .toml file")
-    return path
-
-
-def read_protocol(path: Path) -> tuple[dict[str, Any], dict[str, dict], dict[str, dict]]:
-    """(keys for every run, keys per task, variants) of a protocol TOML file."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    extra = sorted(set(data) - {"suite", "overrides", "task", "variant"})
-    bad = sorted(set(data.get("suite", {})) - SUITE_TABLE)
-    if extra or bad:
-        wrong = ", ".join([f"[{t}]" for t in extra] + [f"suite.{k}" for k in bad])
-        raise ConfigError(
-            f"{path}: unknown {wrong}; valid: [suite] {sorted(SUITE_TABLE)}, "
-            "[overrides], [task.NAME], [variant.NAME]"
-        )
-    suite = {
-        k if k in ("estimators", "seeds") else f"suite.{k}": v
-        for k, v in data.get("suite", {}).items()
-    }
-    for key in ("suite.tasks", "estimators"):
-        if isinstance(suite.get(key), list):
-            suite[key] = ",".join(suite[key])
-    variants = data.get("variant", {})
-    for name, keys in variants.items():
-        if "estimator" not in keys:
-            raise ConfigError(f'{path}: [variant.{name}] needs estimator = "<estimator>"')
-    return suite | data.get("overrides", {}), data.get("task", {}), variants
-
-
-def _checked(values: dict[str, Any], where: str, verb: type = Config) -> Any:
-    try:
-        return resolve(values, verb)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
-
-
-def _keys_of(verb: type, values: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a suite's `values` that a cell of `verb` (Config, VarianceArgs) takes."""
-    return {k: v for k, v in values.items() if accepts(verb, k) and k not in NOT_PASSED}
-
-
-def cell_config(cell: Cell) -> Config | VarianceArgs:
-    """The cell's resolved configuration: a run's, or a variance cell's."""
-    return resolve(cell.values, VarianceArgs if cell.estimator == VARIANCE else Config)
-
-
-def plan_suite(overrides: dict[str, Any]) -> Plan:
-    """Resolve and check every cell's config before anything runs."""
-    cli = {ALIASES.get(k, k): v for k, v in overrides.items()}
-    for key in ("task", "estimator", "seed"):
-        if key in cli:
-            raise ConfigError(f"{key}= does not apply to a suite; use tasks=, estimators=, seeds=")
-    source = str(cli.get("suite.protocol", ""))
-    path = protocol_path(source) if source else None
-    common, per_task, variants = read_protocol(path) if path else ({}, {}, {})
-    where = str(path) if path else ""
-    _checked(common, where, SuiteArgs)  # a bad key in the file is named as the file's
-    config = _checked(common | cli, "", SuiteArgs)
-    names = [t.strip() for t in config.suite.tasks.split(",") if t.strip()]
-    if not names:
-        raise ConfigError("no tasks: give suite=<cpu|gpu|file.toml> or tasks=NAME,...")
-    # the id does not change with a password (the saved configs never hold one)
-    shown = redact_values(common | cli)
-    digest = hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode())
-    suite_id = config.suite.id or (path.stem if path else digest.hexdigest()[:8])
-    out = Path(config.output_dir or f"runs/suite-{suite_id}")
-    base, from_file = _keys_of(Config, common | cli), _keys_of(Config, common)
-    cells = []
-    for task in names:
-        extra = {f"task.{k}" if "." not in k else k: v for k, v in per_task.get(task, {}).items()}
-        columns = {name: {"estimator": name} for name in config.estimator_names()}
-        for name, keys in variants.items():
-            if task in keys.get("tasks", [task]):
-                columns[name] = {k: v for k, v in keys.items() if k != "tasks"}
-        if config.suite.variance:  # the estimators' gradient variance on this task's policy
-            cell = Cell(task, VARIANCE, 0, {})
-            run = {"task": task, "output_dir": str(out / cell.name)}
-            estimators = ",".join(config.estimator_names())
-            values = _keys_of(VarianceArgs, common | cli | extra) | run
-            resolved = _checked(values | {"estimators": estimators}, cell.name, VarianceArgs)
-            cells.append(Cell(task, VARIANCE, 0, resolved.to_flat()))
-        for seed in range(config.seeds):
-            for label, keys in columns.items():
-                cell = Cell(task, label, seed, {})
-                run = {"task": task, **keys, "seed": seed, "output_dir": str(out / cell.name)}
-                _checked(from_file | extra | run, f"{where} (cell {cell.name})")  # names the file
-                resolved = _checked(base | extra | run, f"cell {cell.name}")
-                cells.append(Cell(task, label, seed, resolved.to_flat()))
-    unknown = sorted(set(per_task) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: [task.{unknown[0]}] is not among the suite's tasks {names}")
-    storage = config.suite.storage or str((out / "suite.journal").resolve())
-    return Plan(
-        suite_id,
-        out,
-        storage,
-        config.suite.workers,
-        config.threads,
-        config.suite.heartbeat_s,
-        config.tracking.uri,
-        cells,
-    )
+TUNING = ["task", "estimator", "point", "seed", "objective", "run_id", "tokens", "wall_clock_s"]
 
 
 def open_storage(plan: Plan) -> optuna.storages.BaseStorage:
@@ -235,6 +92,8 @@ def run_cell(plan: Plan, cell: Cell) -> dict[str, Any]:
             "pgbench.task": cell.task,
             "pgbench.estimator": cell.estimator,
             "pgbench.seed": str(cell.seed),
+            "pgbench.phase": "tune" if cell.tuning else "test",
+            "pgbench.point": "defaults" if cell.point is None else str(cell.point),
         }
         tracker = MLflowTracker(
             plan.tracking_uri,
@@ -250,30 +109,66 @@ def _queued(study: optuna.Study, number: int) -> bool:
     return "fixed_params" in trial.system_attrs
 
 
+def _taken(study: optuna.Study, number: int, name: str) -> bool:
+    """Another trial runs or ran this cell (two machines may queue a test phase at once)."""
+    live = (TrialState.COMPLETE, TrialState.RUNNING)
+    return any(
+        t.user_attrs.get("cell") == name and t.number != number
+        for t in study.get_trials(deepcopy=False, states=live)
+    )
+
+
+def valid_auc(uri: str, run_id: str, metric: str) -> float:
+    """The area under a run's valid curve per step, as reports.tables.area_under_curve."""
+    history = sorted(MlflowClient(uri).get_metric_history(run_id, metric), key=lambda p: p.step)
+    steps = np.array([p.step for p in history], dtype=float)
+    values = np.array([p.value for p in history], dtype=float)
+    if not len(steps):
+        return float("nan")
+    return float(np.trapezoid(values, steps) / max(steps.max() - steps.min(), 1))
+
+
+def _record(plan: Plan, cell: Cell, trial: optuna.Trial, summary: dict[str, Any]) -> float:
+    """Store a finished run's numbers in its trial; returns the trial's value (the test
+    metric, or for a tuning run the valid-split objective)."""
+    metric = tasks.REGISTRY.get_class(cell.task).metric
+    final = summary["eval_valid"].get(metric, float("nan"))
+    attrs = {
+        "run_id": summary["run_id"],
+        "valid_final": final,
+        "valid_auc": valid_auc(plan.tracking_uri, summary["run_id"], f"eval/{metric}"),
+        "tokens": summary["train"].get("train/tokens", float("nan")),
+        "wall_clock_s": summary["train"].get("train/wall_clock_s", float("nan")),
+    }
+    if not cell.tuning:
+        attrs["start"] = summary["eval_before"][metric]
+    for key, value in attrs.items():  # the study, not the run folders, is shared by machines
+        trial.set_user_attr(key, value)
+    return attrs[plan.tune.objective] if cell.tuning else summary["eval_after"][metric]
+
+
 def work(plan: Plan, worker: int) -> None:
     """One worker: train queued cells until the queue is empty."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     threads = use_threads(plan.threads, plan.workers)
     study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
-    by_name = {cell.name: cell for cell in plan.cells}
+    by_name = {cell.name: cell for cell in plan.all_cells()}
 
     def objective(trial: optuna.Trial) -> float:
         if not _queued(study, trial.number):  # another worker took the last cell
             raise optuna.TrialPruned("no queued cell")
         trial.suggest_int("cell", 0, len(plan.cells) - 1)  # the queued index, as a param
         cell = by_name[trial.user_attrs["cell"]]  # the name, robust to a protocol's new cells
+        if _taken(study, trial.number, cell.name):
+            raise optuna.TrialPruned(f"{cell.name} is run by another trial")
         print(f"suite {plan.id}: worker {worker} ({threads} threads) runs {cell.name}")
         summary = run_cell(plan, cell)
         if cell.estimator == VARIANCE:
             trial.set_user_attr(VARIANCE, summary)
             return 0.0
-        metric = tasks.REGISTRY.get_class(cell.task).metric
-        # the study, not the run directories, is the record shared by every machine
-        trial.set_user_attr("run_id", summary["run_id"])
-        trial.set_user_attr("start", summary["eval_before"][metric])
-        return summary["eval_after"][metric]
+        return _record(plan, cell, trial, summary)
 
-    def stop_when_empty(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def stop_when_empty(study: optuna.Study, trial: FrozenTrial) -> None:
         if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             study.stop()
 
@@ -299,21 +194,82 @@ def _queue(plan: Plan, study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
+def _finished(study: optuna.Study) -> dict[str, FrozenTrial]:
+    return {t.user_attrs["cell"]: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+
+
+def tuning_frame(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
+    """Every finished training run as rows task, estimator, point, seed, split, value: its
+    valid objective, and for a test-phase run its test metric (which selection ignores)."""
+    rows = []
+    for cell in plan.all_cells():
+        trial = finished.get(cell.name)
+        if trial is None or cell.estimator == VARIANCE:
+            continue
+        key = {"task": cell.task, "estimator": cell.estimator, "point": cell.point}
+        key |= {"seed": cell.seed}
+        objective = trial.user_attrs.get(plan.tune.objective)  # absent: a run of an untuned suite
+        if objective is not None:
+            rows.append(key | {"split": "valid", "value": objective})
+        if not cell.tuning:
+            rows.append(key | {"split": "test", "value": trial.value})
+    return pd.DataFrame(rows, columns=["task", "estimator", "point", "seed", "split", "value"])
+
+
+def selected(plan: Plan, study: optuna.Study) -> pd.DataFrame:
+    """The selected point of every tuned column whose tuning runs have all finished."""
+    if plan.tune is None:
+        return pd.DataFrame(columns=SELECTION)
+    finished = _finished(study)
+    complete = {
+        (c.task, c.estimator)
+        for c in plan.cells
+        if c.tuning and all(t.name in finished for t in plan.tuning_cells(c.task, c.estimator))
+    }
+    table = tuning_frame(plan, finished)
+    pairs = zip(table.task, table.estimator, strict=True)
+    table = table[np.array([pair in complete for pair in pairs], dtype=bool)]
+    return select(table, plan.tune.seeds)
+
+
+def _promote(plan: Plan, study: optuna.Study) -> Plan:
+    """The plan with the test phase of every column whose tuning has finished."""
+    known = {c.name for c in plan.cells}
+    new = []
+    for row in selected(plan, study).itertuples():
+        group = plan.candidates[(row.task, row.estimator, row.point)]
+        new += [c for c in group if c.name not in known]
+    tuning = sum(c.tuning for c in plan.cells)  # the test phase next, before the rest
+    return replace(plan, cells=plan.cells[:tuning] + new + plan.cells[tuning:]) if new else plan
+
+
+def _run_workers(plan: Plan) -> None:
+    context = multiprocessing.get_context("spawn")
+    helpers = [context.Process(target=work, args=(plan, w)) for w in range(1, plan.workers)]
+    for process in helpers:
+        process.start()
+    try:
+        work(plan, 0)
+    finally:
+        for process in helpers:
+            process.join()
+
+
 def run_suite(plan: Plan) -> dict[str, Any]:
-    """Run (or continue) every cell with the workers, then write and log the tables."""
+    """Run (or continue) every cell with the workers, phase by phase, then write the tables."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # workers print their cells
     check_reachable(plan.tracking_uri)
     for task in dict.fromkeys(c.task for c in plan.cells):  # a missing reward model fails now
         cell_config(next(c for c in plan.cells if c.task == task)).task.check_reward()
     plan.out.mkdir(parents=True, exist_ok=True)
-    write_json(plan.out / "cells.json", {"id": plan.id, "cells": [c.name for c in plan.cells]})
+    names = [c.name for c in plan.all_cells()]
+    write_json(plan.out / "cells.json", {"id": plan.id, "cells": names})
     study = optuna.create_study(
         study_name=f"suite-{plan.id}",
         storage=open_storage(plan),
         direction="maximize",
         load_if_exists=True,
     )
-    queued = _queue(plan, study)
     parent_id = study.user_attrs.get(PARENT_ATTR, "")
     parent = MLflowTracker(
         plan.tracking_uri,
@@ -324,65 +280,119 @@ def run_suite(plan: Plan) -> dict[str, Any]:
     )
     if not parent_id:
         study.set_user_attr(PARENT_ATTR, parent.run_id)
-    print(f"suite {plan.id}: {len(plan.cells)} cells, {queued} to run, {plan.workers} workers")
-    context = multiprocessing.get_context("spawn")
-    helpers = [context.Process(target=work, args=(plan, w)) for w in range(1, plan.workers)]
-    for process in helpers:
-        process.start()
-    try:
-        work(plan, 0)
-    finally:
-        for process in helpers:
-            process.join()
+    plan = _promote(plan, study)  # resumed: tunings finished before
+    tuning = [c for c in plan.cells if c.tuning]
+    finished = _finished(study)
+    # the tuning runs alone first, so that the test phase is queued before the other cells
+    queue = plan if all(c.name in finished for c in tuning) else replace(plan, cells=tuning)
+    while True:
+        queued = _queue(queue, study)
+        print(
+            f"suite {plan.id}: {len(plan.cells)} cells ({len(tuning)} tuning), {queued} to run "
+            f"now, {plan.workers} workers"
+        )
+        _run_workers(queue)
+        more = _promote(plan, study)
+        if queue is plan and len(more.cells) == len(plan.cells):
+            break
+        plan = queue = more  # the test phase of the columns just tuned, then the rest
     return _conclude(
         plan, optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan)), parent
     )
+
+
+def _run_rows(cells: list[Cell], finished: dict[str, FrozenTrial]) -> pd.DataFrame:
+    rows = []
+    for cell in cells:
+        trial = finished[cell.name]
+        metric = tasks.REGISTRY.get_class(cell.task).metric
+        run_id = trial.user_attrs["run_id"]
+        rows.append([cell.task, cell.estimator, cell.seed, metric, trial.value, run_id])
+    return pd.DataFrame(rows, columns=RUNS)
+
+
+def _tuning_rows(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
+    """The finished tuning runs (TUNING columns) with the tuned keys' values."""
+    rows = []
+    for cell in plan.cells:
+        if cell.tuning and cell.name in finished:
+            trial = finished[cell.name]
+            attrs = [trial.user_attrs[k] for k in ("run_id", "tokens", "wall_clock_s")]
+            tuned = plan.points[(cell.task, cell.estimator, cell.point)]
+            rows.append([cell.task, cell.estimator, cell.point, cell.seed, trial.value, *attrs])
+            rows[-1].append(tuned)
+    frame = pd.DataFrame(rows, columns=[*TUNING, "keys"])
+    keys = pd.json_normalize(frame.pop("keys").tolist()) if len(frame) else pd.DataFrame()
+    return pd.concat([frame, keys], axis=1)
+
+
+def _phases(plan: Plan, study: optuna.Study) -> tuple[list[Cell], list[Cell], list[str]]:
+    """(the leaderboard's cells, the shared-defaults cells of tuned tasks, unfinished tunings):
+    a tuned column is ranked at its selected point, any other at the shared defaults."""
+    chosen = selected(plan, study)
+    board = [
+        c
+        for row in chosen.itertuples()
+        for c in plan.candidates[(row.task, row.estimator, row.point)]
+    ]
+    tuned = {(c.task, c.estimator) for c in plan.cells if c.tuning}
+    defaults = [c for c in plan.cells if c.point is None and c.estimator != VARIANCE]
+    board += [c for c in defaults if (c.task, c.estimator) not in tuned]
+    waiting = sorted(
+        f"{t}-{e}" for t, e in tuned - set(zip(chosen.task, chosen.estimator, strict=True))
+    )
+    return board, [c for c in defaults if (c.task, c.estimator) in tuned], waiting
 
 
 def _conclude(plan: Plan, study: optuna.Study, parent: MLflowTracker) -> dict[str, Any]:
     """runs.csv and the report (reports/suite_report.py) from the study's finished trials."""
     from pgbench.reports.suite_report import write_report
 
-    rows, start, missing = [], {}, []
-    finished = {t.user_attrs["cell"]: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
-    variance = {}  # task -> {estimator: total gradient variance}
-    for cell in plan.cells:
-        if cell.name not in finished:
-            missing.append(cell.name)
-            continue
-        trial = finished[cell.name]
-        if cell.estimator == VARIANCE:
-            variance[cell.task] = trial.user_attrs[VARIANCE]
-            continue
-        metric = tasks.REGISTRY.get_class(cell.task).metric
-        rows.append(
-            [cell.task, cell.estimator, cell.seed, metric, trial.value, trial.user_attrs["run_id"]]
-        )
-        start[cell.task] = trial.user_attrs["start"]  # the same starting policy per task
-    runs = pd.DataFrame(rows, columns=RUNS)
+    finished = _finished(study)
+    missing = [c.name for c in plan.cells if c.name not in finished]
+    variance = {
+        c.task: finished[c.name].user_attrs[VARIANCE]
+        for c in plan.cells
+        if c.estimator == VARIANCE and c.name in finished
+    }
+    board, defaults, waiting = _phases(plan, study)
+    missing += [c.name for c in board if c.name not in finished and c.name not in missing]
+    runs = _run_rows([c for c in board if c.name in finished], finished)
     runs.to_csv(plan.out / "runs.csv", index=False)
-    done = len(plan.cells) - len(missing)
+    # the same starting policy per task: its test score, logged by every test-phase run
+    start = {c.task: finished[c.name].user_attrs["start"] for c in board if c.name in finished}
     title = (
-        f"# Suite {plan.id}\n\n{done} of {len(plan.cells)} cells finished: {len(runs)} training "
-        f"runs and {len(variance)} gradient-variance cells."
+        f"# Suite {plan.id}\n\n{len(plan.cells) - len(missing)} of {len(plan.cells)} queued cells "
+        f"finished: {len(runs)} ranked training runs and {len(variance)} gradient-variance cells."
     )
+    if waiting:
+        title += f" Not tested, their tuning unfinished: {', '.join(waiting)}."
     if missing:
         title += f" Missing (rerun the command to retry): {', '.join(missing)}."
+    tuned = None
+    if plan.tune is not None:
+        shared = _run_rows([c for c in defaults if c.name in finished], finished)
+        tuned = {
+            "tuning": _tuning_rows(plan, finished),
+            "selection": selected(plan, study),
+            "defaults": shared,
+            "objective": plan.tune.objective,
+        }
     report = {"leaderboard": None}
     if len(runs):
-        report = write_report(plan.out, title, runs, start, variance, plan.tracking_uri)
+        report = write_report(plan.out, title, runs, start, variance, plan.tracking_uri, tuned)
     else:
         (plan.out / "suite.md").write_text(title + "\n")
     for path in sorted(plan.out.iterdir()):
         if path.suffix in (".csv", ".md", ".html", ".png"):
             parent.log_artifact(path)
     parent.log_metrics({"suite/finished_runs": len(runs), "suite/missing_runs": len(missing)}, 0)
-    parent.finish("FINISHED" if not missing else "FAILED")
+    parent.finish("FINISHED" if not (missing or waiting) else "FAILED")
     return {
         "id": plan.id,
         "out": str(plan.out),
         "runs": len(runs),
-        "missing": missing,
+        "missing": missing + [f"{w} (test phase)" for w in waiting],
         "leaderboard": report["leaderboard"],
         "parent_run_id": parent.run_id,
     }

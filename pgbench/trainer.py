@@ -343,7 +343,8 @@ class Trainer:
             | policy_params(self.policy.source)
         )
         self.tracker.log_artifact(self.run_dir / "config.json")
-        self.state.eval_before = self._evaluate(self.splits.test, "test")
+        if cfg.eval.test:
+            self.state.eval_before = self._evaluate(self.splits.test, "test")
         if cfg.eval.every:
             self._evaluate_valid()
 
@@ -354,11 +355,11 @@ class Trainer:
             self.on_eval(self.state.step, metrics)
 
     def _finish(self) -> dict[str, Any]:
-        """Score the final policy on the test split, save it and write summary.json."""
+        """Score the final policy (valid; test unless eval.test=false), save it, summarise."""
         cfg, state = self.config, self.state
         if not (cfg.eval.every and state.step % cfg.eval.every == 0):
             self._evaluate_valid()
-        eval_after = self._evaluate(self.splits.test, "test")
+        eval_after = self._evaluate(self.splits.test, "test") if cfg.eval.test else {}
         final = self.run_dir / "final"
         self.policy.model.save_pretrained(final)
         self.policy.tokenizer.save_pretrained(final)

@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from pgbench import tasks
-from pgbench.reports import collect, findings, render, stats, tables
+from pgbench.reports import collect, findings, render, stats, tables, tuned
 
 TAUS = np.linspace(0.0, 1.0, 21)  # normalised-score thresholds of the performance profile
 
@@ -80,6 +80,49 @@ def _figures(
     return figures
 
 
+def _tuned_sections(
+    out: Path,
+    board: pd.DataFrame,
+    pair_table: pd.DataFrame,
+    start: dict[str, float],
+    tuning: dict[str, Any],
+) -> tuple[pd.DataFrame, list[str], list[Path]]:
+    """(the leaderboard with each column's robustness, Markdown sections, figures) of a tuned
+    suite; writes its tables (reports/tuned.py) and the shared-defaults leaderboard."""
+    shared = tuning["defaults"][["task", "estimator", "seed", "value"]]
+    default_pairs = stats.pairs(shared)
+    written = tuned.write_tables(out, tuning, pair_table, default_pairs)
+    robust = tuned.robustness(tuning["tuning"], pair_table)
+    board = board.merge(robust, on=["task", "estimator"], how="left")
+    sections = [
+        "## Tuning",
+        f"Every column of a tuned task ran the same points on the same tuning seeds; each was "
+        f"tested at the point with the best mean `{tuning['objective']}` (valid split, tuning "
+        "seeds only). Selected points:",
+        render.frame_markdown(written["selected"]),
+        "Budget spent per column (tuning runs):",
+        render.frame_markdown(written["tuning_budget"]),
+        tuned.__doc__.split("\n\n")[2].strip(),
+        render.frame_markdown(robust),
+    ]
+    figures = [
+        tuned.sensitivity_figure(written["sensitivity"], task, out / f"sensitivity_{task}.png")
+        for task in written["sensitivity"].task.unique()
+    ]
+    if len(shared):
+        default_board = stats.leaderboard(shared, start=start, pair_table=default_pairs)
+        default_board.to_csv(out / "leaderboard_defaults.csv", index=False)
+        default_pairs.to_csv(out / "pairs_defaults.csv", index=False)
+        changes = written["verdict_changes"]
+        sections += [
+            "## Leaderboard at the shared defaults (the same test seeds, untuned)",
+            render.leaderboard_markdown(default_board),
+            "Pairs whose verdict changes with tuning (Holm-corrected paired tests, alpha 0.05):",
+            render.frame_markdown(changes) if len(changes) else "None.",
+        ]
+    return board, sections, figures
+
+
 def write_report(
     out: Path,
     title: str,
@@ -87,8 +130,13 @@ def write_report(
     start: dict[str, float],
     variance: dict[str, dict[str, float]],
     uri: str,
+    tuning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the tables, findings, Markdown, HTML and figures of these runs into `out`."""
+    """Write the tables, findings, Markdown, HTML and figures of these runs into `out`.
+
+    A tuned suite passes `tuning`: its tuning runs, selection, objective and the runs at the
+    shared defaults (suite._conclude); `_tuned_sections` adds their tables and figures.
+    """
     curves, quantities = per_run_frame(MlflowClient(uri), runs)
     scores = _scores(quantities, "metric")
     pair_table = stats.pairs(scores)
@@ -97,16 +145,21 @@ def write_report(
     auc_pairs = stats.pairs(auc)
     auc_board = stats.leaderboard(auc, pair_table=auc_pairs)
     found = findings.findings(quantities, variance)
+    extra: list[str] = []
+    extra_figures: list[Path] = []
+    if tuning is not None:
+        board, extra, extra_figures = _tuned_sections(out, board, pair_table, start, tuning)
     board.to_csv(out / "leaderboard.csv", index=False)
     auc_board.to_csv(out / "leaderboard_auc.csv", index=False)
     auc_pairs.to_csv(out / "pairs_auc.csv", index=False)
     pair_table.to_csv(out / "pairs.csv", index=False)
     found.to_csv(out / "findings.csv", index=False)
-    figures = _figures(out, board, pair_table, scores, start, curves)
+    figures = _figures(out, board, pair_table, scores, start, curves) + extra_figures
     sections = [
         title,
         "## Leaderboard (final held-out metric)",
         render.leaderboard_markdown(board),
+        *extra,
         "## Leaderboard (area under the valid curve per step: learning speed)",
         render.leaderboard_markdown(auc_board),
         "## Paired comparison",

@@ -49,15 +49,22 @@ def load(path: str) -> Space:
         space = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"sweep.space={path}: cannot read a JSON search space ({err})") from None
+    check(space, f"sweep.space={path}")
+    return space
+
+
+def check(space: Any, where: str) -> None:
+    """A ConfigError naming `where` unless `space` maps keys to well-formed distributions."""
+    needs = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{where}: a search space maps config keys to distributions")
     for key, spec in space.items():
         kind = spec.get("type") if isinstance(spec, dict) else None
-        needs = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
         if kind not in needs or any(n not in spec for n in needs[kind]):
             raise ConfigError(
-                f"sweep.space={path}: {key} must be an object with type float|int (low, high, "
+                f"{where}: {key} must be an object with type float|int (low, high, "
                 "optional log) or categorical (choices)"
             )
-    return space
 
 
 def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:

@@ -113,17 +113,20 @@ def test_protocol_file_is_read_and_a_bad_key_names_the_file(run_overrides, tmp_p
 def test_shipped_cpu_protocol_resolves_every_cell():
     plan = plan_suite({"suite": "cpu"})
     columns = {"reinforce", "rloo", "grpo", "reinforce_pp", "ppo", "rloo_k3", "variance"}
-    assert plan.id == "cpu" and len(plan.cells) == (8 + 6) * 10 + 2  # + a variance cell each
+    zoo = {"grpo_seq", "dr_grpo", "reinforce_pp_baseline", "remax", "opo", "gpg"}
+    # arith: 12 columns x 4 lr x 2 tuning seeds, then 10 seeds at defaults; fr_en untuned
+    tuning = [c for c in plan.cells if c.tuning]
+    assert len(tuning) == 12 * 4 * 2 and {c.task for c in tuning} == {"arith"}
+    assert {c.seed for c in tuning} == {100, 101} and not any(c.values["eval.test"] for c in tuning)
+    assert {c.values["trainer.lr"] for c in tuning} == {3e-5, 1e-4, 3e-4, 1e-3}
+    assert plan.id == "cpu" and len(plan.cells) == 96 + (12 + 6) * 10 + 2  # + a variance cell each
     variance = [c for c in plan.cells if c.estimator == "variance"]
     assert [c.task for c in variance] == ["arith", "fr_en"]
     assert variance[0].values["estimators"] == "reinforce,rloo,grpo,reinforce_pp,ppo"
     # a variance cell holds the keys of `pgbench variance`: no eval.*, no kl.*
     assert variance[1].values["trainer.steps"] == 75 and "eval.every" not in variance[1].values
     assert {c.estimator for c in plan.cells if c.task == "fr_en"} == columns
-    assert {c.estimator for c in plan.cells if c.task == "arith"} == columns | {
-        "grpo_seq",
-        "dr_grpo",
-    }
+    assert {c.estimator for c in plan.cells if c.task == "arith"} == columns | zoo
     fr_en = [c.values for c in plan.cells if c.task == "fr_en" and c.estimator != "variance"]
     assert {
         (v["trainer.steps"], v["trainer.prompts_per_step"], v["eval.every"]) for v in fr_en
@@ -131,7 +134,7 @@ def test_shipped_cpu_protocol_resolves_every_cell():
     dr_grpo = next(c.values for c in plan.cells if c.estimator == "dr_grpo")
     assert (dr_grpo["estimator"], dr_grpo["estimator.scale"]) == ("grpo", "none")
     assert dr_grpo["loss.aggregation"] == "seq_mean_token_sum_norm"
-    k3 = next(c.values for c in plan.cells if c.estimator == "rloo_k3")
+    k3 = next(c.values for c in plan.cells if c.estimator == "rloo_k3" and not c.tuning)
     assert (k3["estimator"], k3["kl.estimator"], k3["kl.placement"]) == ("rloo", "k3", "loss")
     assert k3["output_dir"].endswith("arith-rloo_k3-s0")
     assert len(plan_suite({"suite": "gpu"}).cells) == 3 * 5 * 10
