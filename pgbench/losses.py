@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-KLEstimator = Literal["k1", "k2", "k3"]
+KLEstimator = Literal["k1", "k2", "k3", "k3_plus"]
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 
 
@@ -25,13 +25,20 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator)
     gradient of KL(pi || ref); with kl.placement=loss it is differentiated, which is not the
     gradient of the KL for k1 (zero in expectation) or k3 (the reverse KL's); only k2 in the
     loss gives E[log(p/q) grad log p], the gradient of KL(pi || ref).
+    k3_plus (verl's `k3+`): k3's value with k2's gradient, by a straight-through estimator
+    k2 - sg(k2) + sg(k3): in the loss, the low-variance k3 is what is logged and k2's correct
+    gradient is what trains. In the reward it is k3 (a reward carries no gradient).
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio
+    k2 = 0.5 * log_ratio**2
     if estimator == "k2":
-        return 0.5 * log_ratio**2
-    return torch.expm1(-log_ratio) + log_ratio
+        return k2
+    k3 = torch.expm1(-log_ratio) + log_ratio
+    if estimator == "k3_plus":
+        return k2 - k2.detach() + k3.detach()
+    return k3
 
 
 def uniform_groups(rewards: Tensor) -> Tensor:

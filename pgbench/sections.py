@@ -70,7 +70,9 @@ class EngineConfig:
 class KLConfig:
     coef: float = knob(0.05, "weight beta of KL(policy || reference); 0 = no reference", ge=0.0)
     estimator: KLEstimator = knob(
-        "k1", "per-token KL estimator: k1 = log ratio, k2 = squared/2, k3 = Schulman's"
+        "k1",
+        "per-token KL estimator: k1 = log ratio, k2 = squared/2, k3 = Schulman's, "
+        "k3_plus = k3's value with k2's gradient (verl k3+)",
     )
     placement: Literal["reward", "loss"] = knob(
         "reward", "subtract beta*KL from the reward, or add it to the loss"

@@ -181,16 +181,18 @@ def work(plan: Plan, worker: int) -> None:
         )
 
 
-def _queue(plan: Plan, study: optuna.Study) -> int:
-    """Queue every cell without a finished or live trial; returns how many wait to run."""
+def _queue(plan: Plan, study: optuna.Study, cells: list[Cell] | None = None) -> int:
+    """Queue every cell of `cells` (default: the plan's) without a finished or live trial;
+    returns how many wait to run."""
     if plan.storage.endswith(".journal"):  # one machine: RUNNING trials are a killed suite's
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(trial.number, state=TrialState.FAIL)
     live = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
     taken = {t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False, states=live)}
-    todo = [i for i, cell in enumerate(plan.cells) if cell.name not in taken]
-    for index in todo:
-        study.enqueue_trial({"cell": index}, user_attrs={"cell": plan.cells[index].name})
+    chosen = {c.name for c in (plan.cells if cells is None else cells)}
+    for index, cell in enumerate(plan.cells):
+        if cell.name in chosen and cell.name not in taken:
+            study.enqueue_trial({"cell": index}, user_attrs={"cell": cell.name})
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
@@ -284,18 +286,18 @@ def run_suite(plan: Plan) -> dict[str, Any]:
     tuning = [c for c in plan.cells if c.tuning]
     finished = _finished(study)
     # the tuning runs alone first, so that the test phase is queued before the other cells
-    queue = plan if all(c.name in finished for c in tuning) else replace(plan, cells=tuning)
+    queue = None if all(c.name in finished for c in tuning) else tuning
     while True:
-        queued = _queue(queue, study)
+        queued = _queue(plan, study, queue)
         print(
             f"suite {plan.id}: {len(plan.cells)} cells ({len(tuning)} tuning), {queued} to run "
             f"now, {plan.workers} workers"
         )
-        _run_workers(queue)
+        _run_workers(plan)
         more = _promote(plan, study)
-        if queue is plan and len(more.cells) == len(plan.cells):
+        if queue is None and len(more.cells) == len(plan.cells):
             break
-        plan = queue = more  # the test phase of the columns just tuned, then the rest
+        plan, queue = more, None  # the test phase of the columns just tuned, then the rest
     return _conclude(
         plan, optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan)), parent
     )

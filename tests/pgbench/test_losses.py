@@ -22,6 +22,19 @@ def test_kl_estimators_hand_computed():
     assert kl_per_token(ref, ref, "k3").abs().max() == 0
 
 
+def test_k3_plus_has_k3s_value_and_k2s_gradient():
+    # log p/q = log 2 and log 0.5: k3's value (above), and the gradient of k2 = (log p/q)^2 / 2
+    # with respect to log p, which is log p/q = [log 2, -log 2]
+    logp = torch.tensor([[math.log(0.5), math.log(0.2)]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25), math.log(0.4)]])
+    value = kl_per_token(logp, ref, "k3_plus")
+    torch.testing.assert_close(
+        value.detach(), torch.tensor([[-0.5 + math.log(2), 1 - math.log(2)]])
+    )
+    value.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[math.log(2), -math.log(2)]]))
+
+
 # Two sequences: lengths 2 and 1 (third slot masked), values x = [[1, 3, 99], [4, 99, 99]]
 VALUES = torch.tensor([[1.0, 3.0, 99.0], [4.0, 99.0, 99.0]])
 MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
