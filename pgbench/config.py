@@ -334,6 +334,11 @@ def _check_training(config: Config | SweepArgs) -> None:
         raise ConfigError(
             f"loss.dual_clip must be 0 (off) or a constant c > 1 (got {config.loss.dual_clip})"
         )
+    if config.loss.dual_clip and config.loss.policy != "ppo_clip":
+        raise ConfigError(
+            f"loss.dual_clip applies to loss.policy=ppo_clip only (got loss.policy="
+            f"{config.loss.policy}); set loss.dual_clip=0"
+        )
     if config.engine.backend == "vllm":
         _check_vllm(config)
     if config.trainer.precision == "bf16":

@@ -11,8 +11,12 @@ by the length-normalised sequence ratio s_i = exp(mean_t log rho_it), keeping th
 own gradient (GSPO-token: rho_it = sg(s_i) pi_it / sg(pi_it)); with
 loss.aggregation=seq_mean_token_mean that is GSPO's objective exactly. DAPO's clip-higher
 (arXiv:2503.14476) is hi > lo. With one update pass rho = 1 and every form gives the same
-gradient, -A grad log pi per token, under every loss.aggregation; the forms differ only when
-an estimator takes several passes (estimator.epochs or minibatches > 1).
+gradient, -A grad log pi per token, under every loss.aggregation, except GMPO with
+token-level advantages (its A is the sequence mean); the forms differ only when an estimator
+takes several passes (estimator.epochs or minibatches > 1).
+CISPO's value is -clip(rho) A (rho / sg(rho) = 1), not verl's and TRL's -clip(rho) A log pi:
+the gradient is the same. GMPO's clip mask counts the tokens where the pessimistic clamp
+binds; verl's geo_mean counts every clamped token.
 GMPO clips log rho in [log(1 - lo), log(1 + hi)] (the paper's e^-0.4, e^0.4 is lo = 0.33,
 hi = 0.49) and its per-sequence loss is repeated on each token, so seq_mean_token_mean
 averages sequences as the paper does.
