@@ -27,7 +27,7 @@ class Batch:
     mask: Tensor  # [N, T] 1.0 on the policy's tokens (tool results and padding are 0)
     values: Tensor | None = None  # [N, T] value-head estimates (estimators with a value head)
     baseline: Tensor | None = None  # [P] task reward of each prompt's greedy completion
-    uniform: Tensor | None = None  # [P] prompts whose K task rewards (before KL) are all equal
+    uniform: Tensor | None = None  # [P] prompts whose K rewards (before KL) are all equal
 
     @classmethod
     def shaped(

@@ -6,7 +6,8 @@
 j runs over the K samples of the same prompt; M of the batch's P prompts have K equal task
 rewards (all right or all wrong: no signal, yet they dilute the loss's average), and
 alpha = P / (P - M) undoes that dilution; it is the paper's B / (B - M) in samples, since
-every prompt has K. M counts task rewards before the KL penalty (`Batch.uniform`), so the KL
+every prompt has K. M counts rewards before the KL penalty (task reward plus the overlong
+penalty, `Batch.uniform`, the same rewards rollout.drop_uniform_groups judges), so the KL
 in the reward (kl.placement=reward) does not hide uniform groups; a group whose KL-shaped
 rewards are exactly equal gets exactly 0. With rollout.drop_uniform_groups=true uniform
 groups never reach the estimator and alpha = 1.

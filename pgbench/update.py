@@ -1,8 +1,9 @@
 """From a sampled rollout to gradients, the same way for every estimator.
 
-`prepare` drops prompts whose K rewards are all equal (rollout.drop_uniform_groups), scores
-the rollout once (rollout-time log-probs, reference log-probs, values), shapes the rewards
-(overlong penalty, KL penalty) and asks the estimator for advantages. `accumulate_gradients`
+`prepare` adds the overlong penalty to the task rewards, drops prompts whose K rewards are
+then all equal (rollout.drop_uniform_groups), scores the rollout once (rollout-time
+log-probs, reference log-probs, values), folds in the KL penalty and asks the estimator for
+advantages. `accumulate_gradients`
 back-propagates the shared loss over some rows of it, micro-batch by micro-batch:
 
     per token: policy loss of rho, A      loss.policy / loss.ratio / loss.clip_* (policy_losses)
@@ -71,14 +72,20 @@ def prepare(
     """Score `rollout` (rewards [P, K]) and compute the estimator's advantages; `baseline` [P]
     is the greedy completions' reward (estimators with `needs_greedy`)."""
     micro, temperature = config.trainer.micro_batch_size, config.rollout.temperature
+    cfg = config.rollout
+    # uniform groups are judged once, on the rewards the estimator sees before the KL: task
+    # reward plus overlong penalty (a group whose lengths differ still carries a signal)
+    overlong = overlong_penalty(
+        rollout.policy_mask.sum(dim=1),
+        cfg.max_new_tokens,
+        cfg.overlong_buffer,
+        cfg.overlong_penalty,
+    )
+    rewards = rewards + overlong.view_as(rewards)
     uniform = uniform_groups(rewards)  # [P]
-    if config.rollout.drop_uniform_groups and not uniform.all():  # an all-uniform batch stays
+    if cfg.drop_uniform_groups and not uniform.all():  # an all-uniform batch stays
         rollout, rewards, baseline = _keep_groups(~uniform, rollout, rewards, baseline)
     mask = rollout.policy_mask.float()  # tool results are the environment's: no loss, no KL
-    cfg = config.rollout
-    overlong = overlong_penalty(
-        mask.sum(dim=1), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
-    )
     live, device = None, mask.device
     phases = ("old_logprobs", "reference", "advantages", "update", "optimizer")
     seconds = dict.fromkeys(phases, 0.0)
@@ -99,9 +106,7 @@ def prepare(
             ref_logprobs = reference.logprobs(rollout, micro, temperature)
         kl = kl_per_token(scores.logprobs, ref_logprobs, config.kl.estimator) * mask
     penalty = config.kl.coef * kl if config.kl.placement == "reward" else torch.zeros_like(kl)
-    batch = Batch.shaped(
-        rewards + overlong.view_as(rewards), mask, penalty, scores.values, baseline
-    )
+    batch = Batch.shaped(rewards, mask, penalty, scores.values, baseline)
     with hardware.timed(seconds, "advantages", device):
         result = estimator.token_advantages(batch, state)
     return Prepared(

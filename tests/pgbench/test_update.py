@@ -190,3 +190,24 @@ def test_policy_loss_knobs_apply_to_a_multi_pass_update(
         assert torch.isfinite(grad).all() and 0 <= stats["clip_fraction"] <= 1
         grads.append(grad)
     assert not torch.equal(grads[0], grads[1])
+
+
+def test_uniform_groups_are_judged_after_the_overlong_penalty(
+    micro_policy, micro_task, run_overrides
+):
+    # task rewards all 1; overlong penalties (see above) [-0.25, -0.25, -1, -0.75]: prompt 0's
+    # shaped rewards [0.75, 0.75] are uniform, prompt 1's [0, 0.25] are not
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    base = run_overrides | {"kl.coef": "0", "rollout.max_new_tokens": "8"}
+    base |= {"rollout.overlong_buffer": "4", "estimator": "gpg"}
+    rollout = multi_turn_rollout(policy, micro_task)
+    rewards = torch.ones(2, 2)
+    config = resolve(base | {"rollout.drop_uniform_groups": "true"})
+    prepared = prepare(config, config.estimator, policy.model, None, None, rollout, rewards, {})
+    assert (prepared.uniform_groups, len(prepared.mask)) == (1, 2)  # prompt 0 dropped
+    # kept: GPG sees M = 0 of P = 1, alpha = 1: [0, 0.25] - 0.125
+    torch.testing.assert_close(prepared.advantages[:, 0], torch.tensor([-0.125, 0.125]))
+    config = resolve(base)
+    prepared = prepare(config, config.estimator, policy.model, None, None, rollout, rewards, {})
+    # not dropped: M = 1 of P = 2, alpha = 2; prompt 0 gets 0, prompt 1 2 * [-0.125, 0.125]
+    torch.testing.assert_close(prepared.advantages[:, 0], torch.tensor([0.0, 0.0, -0.25, 0.25]))
