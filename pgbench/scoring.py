@@ -16,7 +16,7 @@ from pgbench.engine import Rollout, cache_keyword
 
 class TokenScores(NamedTuple):
     logprobs: Tensor  # [N, Tc] log-probabilities of the completion tokens
-    entropy: Tensor | None  # [N, Tc] policy entropy at each position (detached)
+    entropy: Tensor | None  # [N, Tc] policy entropy at each position (detached unless asked)
     values: Tensor | None  # [N, Tc] value-head estimate of the state before each token
 
 
@@ -26,13 +26,15 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     value_head: torch.nn.Module | None = None,
+    entropy_grad: bool = False,
 ) -> TokenScores:
     """Log-probabilities [N, Tc] of the completion tokens given the prompts.
 
     Logits are divided by the sampling temperature, so these are the log-probabilities of
     the distribution that was sampled. Only the logits of completion positions are computed.
     Position ids follow the attention mask, as in generation, so left padding does not shift
-    them. With `value_head`, it is applied to the last hidden state.
+    them. With `value_head`, it is applied to the last hidden state. The entropy is detached
+    unless `entropy_grad` (an entropy bonus back-propagates through it).
     """
     logits, hidden = completion_logits(model, rollout, value_head is not None)
     logits = logits.float()  # [N, Tc, V]: predicts token t
@@ -42,7 +44,7 @@ def token_logprobs(
     chosen = logits.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
     entropy = values = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             probs = logits.softmax(dim=-1)
             entropy = log_norm - (probs * logits).sum(dim=-1)  # H = logZ - E_p[logit]
     if value_head is not None:

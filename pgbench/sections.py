@@ -95,6 +95,9 @@ class LossConfig:
     dual_clip: float = knob(
         0.0, "dual-clip constant c > 1 bounding the loss at -c*A for A < 0 (0 = off)", ge=0.0
     )
+    entropy_coef: float = knob(
+        0.0, "entropy bonus: minus coef * policy entropy per token, aggregated as the loss", ge=0.0
+    )
 
 
 @dataclass(frozen=True)

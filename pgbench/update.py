@@ -7,6 +7,7 @@ advantages. `accumulate_gradients`
 back-propagates the shared loss over some rows of it, micro-batch by micro-batch:
 
     per token: policy loss of rho, A      loss.policy / loss.ratio / loss.clip_* (policy_losses)
+               - entropy_coef * entropy     if loss.entropy_coef > 0
                + beta * KL                  if kl.placement=loss
                + vf_coef * value loss       if the estimator has a value head
     reduced by loss.aggregation over the rows.
@@ -92,7 +93,12 @@ def prepare(
     if estimator.epochs == estimator.minibatches == 1 and len(rollout.texts) <= micro:
         with hardware.timed(seconds, "update", device):  # the update's own forward
             live = token_logprobs(
-                model, rollout, temperature, with_entropy=True, value_head=value_head
+                model,
+                rollout,
+                temperature,
+                with_entropy=True,
+                value_head=value_head,
+                entropy_grad=config.loss.entropy_coef > 0,
             )
         values = live.values.detach() if live.values is not None else None
         scores = TokenScores(live.logprobs.detach(), None, values)
@@ -167,11 +173,14 @@ def accumulate_gradients(
                 config.rollout.temperature,
                 with_entropy=True,
                 value_head=value_head,
+                entropy_grad=lc.entropy_coef > 0,
             )
         old = prepared.old_logprobs[chunk]
         per_token, binds = policy_loss(
             scores.logprobs, old, prepared.advantages[chunk], chunk_mask, clip, lc.policy, lc.ratio
         )
+        if lc.entropy_coef > 0:  # the bonus: higher entropy, lower loss
+            per_token = per_token - lc.entropy_coef * scores.entropy
         if prepared.ref_logprobs is not None and config.kl.placement == "loss":
             kl = kl_per_token(scores.logprobs, prepared.ref_logprobs[chunk], config.kl.estimator)
             per_token = per_token + config.kl.coef * kl
@@ -184,7 +193,7 @@ def accumulate_gradients(
         loss = aggregate(per_token, chunk_mask, **reduce)
         loss.backward()
         stats["loss"] += loss.item()
-        stats["entropy"] += (scores.entropy * chunk_mask).sum().item()
+        stats["entropy"] += (scores.entropy.detach() * chunk_mask).sum().item()
         stats["clipped"] += (binds.float() * chunk_mask).sum().item()
     tokens = max(reduce["batch_tokens"], 1)
     return {

@@ -211,3 +211,22 @@ def test_uniform_groups_are_judged_after_the_overlong_penalty(
     prepared = prepare(config, config.estimator, policy.model, None, None, rollout, rewards, {})
     # not dropped: M = 1 of P = 2, alpha = 2; prompt 0 gets 0, prompt 1 2 * [-0.125, 0.125]
     torch.testing.assert_close(prepared.advantages[:, 0], torch.tensor([0.0, 0.0, -0.25, 0.25]))
+
+
+def test_the_entropy_bonus_is_minus_coef_times_the_mean_entropy(
+    micro_policy, micro_task, run_overrides
+):
+    # equal rewards: RLOO's advantages are 0 and the policy term vanishes; with token_mean the
+    # loss is then -coef * sum_t H_t / tokens = -coef * the logged mean entropy
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    rollout = multi_turn_rollout(policy, micro_task)
+    rewards = torch.full((2, 2), 0.5)
+    grads = []
+    for coef in ("0", "0.1"):
+        config = resolve(run_overrides | {"kl.coef": "0", "loss.entropy_coef": coef})
+        prepared = prepare(config, config.estimator, policy.model, None, None, rollout, rewards, {})
+        grad, stats = gradient(config, policy.model, prepared, None)
+        assert stats["entropy"] > 0
+        assert stats["loss"] == pytest.approx(-float(coef) * stats["entropy"], rel=1e-5)
+        grads.append(grad)
+    assert grads[0].abs().max() == 0 and grads[1].abs().max() > 0
