@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 KLEstimator = Literal["k1", "k2", "k3", "k3_plus"]
-Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "prompt_mean"]
 
 
 def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator) -> Tensor:
@@ -71,18 +71,26 @@ def aggregate(
     batch_sequences: int,
     batch_tokens: int,
     max_new_tokens: int,
+    batch_prompts: int = 0,
+    group_tokens: Tensor | None = None,
 ) -> Tensor:
     """Reduce per-token values [N, T] to a scalar.
 
-    `batch_sequences` and `batch_tokens` count the whole rollout batch, so summing this over
-    micro-batches gives exactly the value of the whole batch.
+    `batch_sequences`, `batch_tokens` and `batch_prompts` count the whole rollout batch, and
+    `group_tokens` [N] is the number of tokens of each row's prompt group in it, so summing
+    this over micro-batches gives exactly the value of the whole batch.
       token_mean:              sum_i sum_t x_it / sum_i |o_i|                     (DAPO)
       seq_mean_token_mean:     1/N sum_i (1/|o_i|) sum_t x_it                     (GRPO)
       seq_mean_token_sum_norm: 1/N sum_i sum_t x_it / max_new_tokens              (Dr. GRPO)
+      prompt_mean:             1/P sum_p (1/|o_p|) sum_{i in p} sum_t x_it        (ScaleRL)
+    where |o_p| is the token count of prompt p's K completions: each prompt weighs the same,
+    and its tokens the same within it (ScaleRL, arXiv:2510.13786; SkyRL `prompt_mean`).
     """
     masked = per_token * mask
     if how == "token_mean":
         return masked.sum() / max(batch_tokens, 1)
+    if how == "prompt_mean":
+        return (masked.sum(dim=1) / group_tokens.clamp(min=1)).sum() / max(batch_prompts, 1)
     if how == "seq_mean_token_mean":
         return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).sum() / batch_sequences
     return masked.sum() / (batch_sequences * max_new_tokens)

@@ -140,6 +140,16 @@ def _keep_groups(
     return rollout.rows(rows), rewards[groups], None if baseline is None else baseline[groups]
 
 
+def prompt_groups(mask: Tensor, rows: Tensor, samples: int) -> tuple[Tensor, int]:
+    """For `rows` (indices of a batch grouped K = `samples` rows per prompt): the tokens of
+    each row's prompt group among `rows` [len(rows)], and how many prompts they cover."""
+    prompt = torch.div(rows, samples, rounding_mode="floor")
+    prompts, inverse = prompt.unique(return_inverse=True)
+    tokens = mask[rows].sum(dim=1)
+    totals = torch.zeros(len(prompts), device=mask.device).index_add_(0, inverse, tokens)
+    return totals[inverse], len(prompts)
+
+
 def accumulate_gradients(
     config: Config,
     estimator: Estimator,
@@ -151,19 +161,24 @@ def accumulate_gradients(
 ) -> dict[str, float]:
     """Add the gradient of the loss on `rows` (an index tensor) to `.grad`; returns statistics."""
     mask = prepared.mask[rows]
+    group_tokens, prompts = prompt_groups(prepared.mask, rows, config.rollout.samples_per_prompt)
     reduce = dict(
         how=config.loss.aggregation,
         batch_sequences=len(rows),
         batch_tokens=int(mask.sum()),
         max_new_tokens=config.rollout.max_new_tokens,
+        batch_prompts=prompts,
     )
     stats = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "value_loss": 0.0}
     lc = config.loss
     clip = Clip(lc.clip_low or estimator.clip, lc.clip_high or estimator.clip, lc.dual_clip)
     live, prepared.live = prepared.live, None  # a graph is back-propagated at most once
     all_rows = torch.arange(len(prepared.mask), device=prepared.mask.device)
-    for chunk in rows.split(config.trainer.micro_batch_size):
+    chunks = rows.split(config.trainer.micro_batch_size)
+    groups = group_tokens.split(config.trainer.micro_batch_size)
+    for chunk, chunk_groups in zip(chunks, groups, strict=True):
         chunk_mask = prepared.mask[chunk]
+        reduce["group_tokens"] = chunk_groups
         if live is not None and torch.equal(chunk, all_rows):
             scores = live
         else:

@@ -53,6 +53,27 @@ def test_aggregation_hand_computed(how, expected):
     assert value.item() == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("group_tokens", "prompts", "expected"),
+    [
+        ([3.0, 3.0], 1, (1 + 3 + 4) / 3),  # one prompt: its 3 tokens weigh the same
+        ([2.0, 1.0], 2, ((1 + 3) / 2 + 4 / 1) / 2),  # two prompts of one sample each
+    ],
+)
+def test_prompt_mean_weighs_each_prompt_the_same(group_tokens, prompts, expected):
+    value = aggregate(
+        VALUES,
+        MASK,
+        "prompt_mean",
+        batch_sequences=2,
+        batch_tokens=3,
+        max_new_tokens=5,
+        batch_prompts=prompts,
+        group_tokens=torch.tensor(group_tokens),
+    )
+    assert value.item() == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("how", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_aggregation_over_micro_batches_equals_whole_batch(how):
     whole = aggregate(VALUES, MASK, how, 2, 3, 5)

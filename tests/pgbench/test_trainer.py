@@ -101,6 +101,7 @@ def test_crash_and_resume_ends_like_an_uninterrupted_run(run_overrides, tmp_path
         {"lora.r": "4", "kl.estimator": "k3_plus", "kl.placement": "loss"},
         {"loss.aggregation": "seq_mean_token_sum_norm", "kl.coef": "0"},
         {"loss.entropy_coef": "0.01", "kl.coef": "0"},
+        {"loss.aggregation": "prompt_mean", "kl.coef": "0", "estimator": "ppo"},
     ],
 )
 def test_shared_knob_variants_train(run_overrides, extra):

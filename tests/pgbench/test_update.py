@@ -6,7 +6,7 @@ import torch
 from pgbench.config import LoraConfig, resolve
 from pgbench.engine import Rollout, encode_prompts
 from pgbench.policy import Reference, load_policy
-from pgbench.update import accumulate_gradients, prepare
+from pgbench.update import accumulate_gradients, prepare, prompt_groups
 
 
 def multi_turn_rollout(policy, task) -> Rollout:
@@ -230,3 +230,14 @@ def test_the_entropy_bonus_is_minus_coef_times_the_mean_entropy(
         assert stats["loss"] == pytest.approx(-float(coef) * stats["entropy"], rel=1e-5)
         grads.append(grad)
     assert grads[0].abs().max() == 0 and grads[1].abs().max() > 0
+
+
+def test_prompt_groups_count_the_tokens_of_each_rows_prompt():
+    # policy tokens per row 5, 5, 8, 7; K = 2: prompt 0 = rows 0-1 (10), prompt 1 = rows 2-3
+    mask = torch.zeros(4, 8)
+    for row, length in enumerate((5, 5, 8, 7)):
+        mask[row, :length] = 1
+    tokens, prompts = prompt_groups(mask, torch.arange(4), 2)
+    assert tokens.tolist() == [10, 10, 15, 15] and prompts == 2
+    tokens, prompts = prompt_groups(mask, torch.tensor([3, 0, 2]), 2)  # a minibatch
+    assert tokens.tolist() == [15, 5, 15] and prompts == 2
