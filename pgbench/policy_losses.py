@@ -5,6 +5,8 @@ estimator. rho = pi / pi_old per token, A the estimator's advantage; all tensors
               dual clip c > 1, A < 0: min(that, -c A)            Ye et al. 2019, arXiv:1912.09729
     cispo     -sg(clip(rho, 1 - lo, 1 + hi)) A rho / sg(rho)     MiniMax-M1, arXiv:2506.13585
     gmpo      -A_i exp(mean_t clip_A(log rho_t)) per sequence    Zhao et al. 2025, arXiv:2507.20673
+    sapo      -A (4 / tau) sigmoid(tau (rho - 1)),               Gao et al. 2025, arXiv:2511.20347
+              tau = tau_pos if A > 0 else tau_neg: a soft gate in place of the clip
 
 `loss.ratio=sequence` (GSPO, Zheng et al. 2025, arXiv:2507.18071) replaces each token's rho
 by the length-normalised sequence ratio s_i = exp(mean_t log rho_it), keeping the token's
@@ -31,7 +33,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-PolicyForm = Literal["ppo_clip", "cispo", "gmpo"]
+PolicyForm = Literal["ppo_clip", "cispo", "gmpo", "sapo"]
 RatioLevel = Literal["token", "sequence"]
 
 
@@ -86,6 +88,13 @@ def _gmpo(log_rho: Tensor, advantages: Tensor, mask: Tensor, clip: Clip) -> tupl
     return (-advantage * ratio).expand_as(log_rho), (kept != log_rho) & (sign != 0)
 
 
+def _sapo(ratio: Tensor, advantages: Tensor, tau: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    # d/drho (4 / tau) sigmoid(tau (rho - 1)) = 4 s (1 - s) = 1 at rho = 1: the plain gradient
+    temperature = torch.where(advantages > 0, tau[0], tau[1])
+    gate = torch.sigmoid(temperature * (ratio - 1)) * 4 / temperature
+    return -advantages * gate, torch.zeros_like(ratio, dtype=torch.bool)
+
+
 def policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -94,13 +103,17 @@ def policy_loss(
     clip: Clip = Clip(),
     form: PolicyForm = "ppo_clip",
     ratio: RatioLevel = "token",
+    sapo_tau: tuple[float, float] = (1.0, 1.05),
 ) -> tuple[Tensor, Tensor]:
     """Per-token policy loss [N, T] and where the clip binds [N, T] (bool): the tokens whose
-    gradient the clip changes, as verl's pg_clipfrac and TRL's clip_ratio count them."""
+    gradient the clip changes, as verl's pg_clipfrac and TRL's clip_ratio count them (SAPO has
+    no hard clip: none). `sapo_tau` = (tau_pos, tau_neg), TRL's defaults."""
     log_rho = log_ratio(logprobs, old_logprobs, mask, ratio)
     if form == "gmpo":
         return _gmpo(log_rho, advantages, mask, clip)
     rho = torch.exp(log_rho)
     if form == "cispo":
         return _cispo(rho, advantages, clip)
+    if form == "sapo":
+        return _sapo(rho, advantages, sapo_tau)
     return _ppo_clip(rho, advantages, clip)

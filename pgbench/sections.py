@@ -83,7 +83,9 @@ class KLConfig:
 class LossConfig:
     aggregation: Aggregation = knob("token_mean", "how per-token losses become one number")
     policy: PolicyForm = knob(
-        "ppo_clip", "policy-loss form: ppo_clip, cispo (clipped, stopped weight), gmpo (geo mean)"
+        "ppo_clip",
+        "policy-loss form: ppo_clip, cispo (clipped, stopped weight), gmpo (geo mean), "
+        "sapo (soft gate)",
     )
     ratio: RatioLevel = knob(
         "token", "importance ratio per token, or per sequence (GSPO, length-normalised)"
@@ -95,6 +97,8 @@ class LossConfig:
     dual_clip: float = knob(
         0.0, "dual-clip constant c > 1 bounding the loss at -c*A for A < 0 (0 = off)", ge=0.0
     )
+    sapo_tau_pos: float = knob(1.0, "SAPO gate temperature for A > 0 (loss.policy=sapo)", gt=0.0)
+    sapo_tau_neg: float = knob(1.05, "SAPO gate temperature for A <= 0 (loss.policy=sapo)", gt=0.0)
     entropy_coef: float = knob(
         0.0, "entropy bonus: minus coef * policy entropy per token, aggregated as the loss", ge=0.0
     )

@@ -192,7 +192,14 @@ def accumulate_gradients(
             )
         old = prepared.old_logprobs[chunk]
         per_token, binds = policy_loss(
-            scores.logprobs, old, prepared.advantages[chunk], chunk_mask, clip, lc.policy, lc.ratio
+            scores.logprobs,
+            old,
+            prepared.advantages[chunk],
+            chunk_mask,
+            clip,
+            lc.policy,
+            lc.ratio,
+            (lc.sapo_tau_pos, lc.sapo_tau_neg),
         )
         if lc.entropy_coef > 0:  # the bonus: higher entropy, lower loss
             per_token = per_token - lc.entropy_coef * scores.entropy

@@ -34,7 +34,7 @@ CASES = [
     (["run", "kl.estimator=k4"], f"choose one of: {KL_CHOICES}"),
     (["run", "loss.dual_clip=0.5"], "loss.dual_clip must be 0 (off) or a constant c > 1"),
     (["run", "loss.dual_clip=3", "loss.policy=cispo"], "applies to loss.policy=ppo_clip only"),
-    (["run", "loss.policy=sapo"], "choose one of: ppo_clip, cispo, gmpo"),
+    (["run", "loss.policy=vespo"], "choose one of: ppo_clip, cispo, gmpo, sapo"),
     (["run", "device=tpu"], "choose one of: auto, cpu, cuda"),
     (["run", "estimator.baseline=ema"], "belongs to estimator=reinforce, not rloo"),
     (["run", "estimator=grpo", "rollout.samples_per_prompt=1"], "must be >= 2"),

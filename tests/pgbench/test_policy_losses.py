@@ -10,7 +10,7 @@ from pgbench.policy_losses import Clip, log_ratio, policy_loss
 ONE = torch.ones(1, 2)
 
 
-@pytest.mark.parametrize("form", ["ppo_clip", "cispo", "gmpo"])
+@pytest.mark.parametrize("form", ["ppo_clip", "cispo", "gmpo", "sapo"])
 @pytest.mark.parametrize("ratio", ["token", "sequence"])
 def test_at_ratio_one_every_form_is_the_plain_policy_gradient(form, ratio):
     # rho = 1 (one pass): -A grad log pi per token, for each form and ratio level
@@ -99,3 +99,27 @@ def test_sequence_ratio_is_gspos_length_normalised_ratio():
     torch.testing.assert_close(out * mask, torch.tensor([[0.3, 0.3], [-0.1, 0.0]]))
     out[0, 0].backward()  # GSPO-token: each token keeps its own gradient
     assert logprobs.grad.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+def test_sapo_is_a_soft_gate_with_a_temperature_per_sign():
+    # rho = e^0.5 = 1.6487 on both tokens; A = 2 (tau_pos 1), A = -1 (tau_neg 1.05)
+    #   gate = (4 / tau) sigmoid(tau (rho - 1)): sigmoid(0.6487) = 0.65672 -> 2.62689;
+    #   sigmoid(1.05 * 0.6487) = 0.66400 -> 2.52951; loss = -A gate = [-5.25378, 2.52951]
+    #   d loss / d log pi = -A * 4 s (1 - s) * rho: -2 * 0.90175 * 1.6487 = -2.97348 and
+    #   +1 * 4 * 0.66400 * 0.33600 * 1.6487 = +1.47135
+    logprobs = torch.tensor([[0.5, 0.5]], requires_grad=True)
+    loss, binds = policy_loss(
+        logprobs, torch.zeros(1, 2), torch.tensor([[2.0, -1.0]]), ONE, form="sapo"
+    )
+    rho = math.exp(0.5)
+    s_pos, s_neg = 1 / (1 + math.exp(-(rho - 1))), 1 / (1 + math.exp(-1.05 * (rho - 1)))
+    expected = torch.tensor([[-2 * 4 * s_pos, 4 / 1.05 * s_neg]])
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(loss, torch.tensor([[-5.25378, 2.52951]]), atol=1e-4, rtol=0)
+    loss.sum().backward()
+    grad = torch.tensor([[-2 * 4 * s_pos * (1 - s_pos) * rho, 4 * s_neg * (1 - s_neg) * rho]])
+    torch.testing.assert_close(logprobs.grad, grad)
+    torch.testing.assert_close(
+        logprobs.grad, torch.tensor([[-2.97348, 1.47135]]), atol=1e-4, rtol=0
+    )
+    assert not binds.any()
