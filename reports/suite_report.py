@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from pgbench import tasks
-from pgbench.reports import collect, findings, render, stats, tables, tuned
+from pgbench.reports import collect, findings, render, scaling, stats, tables, tuned
 
 TAUS = np.linspace(0.0, 1.0, 21)  # normalised-score thresholds of the performance profile
 
@@ -145,6 +145,12 @@ def write_report(
     auc_pairs = stats.pairs(auc)
     auc_board = stats.leaderboard(auc, pair_table=auc_pairs)
     found = findings.findings(quantities, variance)
+    metrics = {t: f"eval/{tasks.REGISTRY.get_class(t).metric}" for t in runs.task.unique()}
+    fits = scaling.scaling_table(curves, metrics)
+    fits.to_csv(out / "scaling.csv", index=False)
+    board = board.merge(
+        fits[["task", "estimator", *scaling.PARAMS]], on=["task", "estimator"], how="left"
+    )
     extra: list[str] = []
     extra_figures: list[Path] = []
     if tuning is not None:
@@ -155,6 +161,12 @@ def write_report(
     pair_table.to_csv(out / "pairs.csv", index=False)
     found.to_csv(out / "findings.csv", index=False)
     figures = _figures(out, board, pair_table, scores, start, curves) + extra_figures
+    figures += [
+        scaling.scaling_figure(
+            history, fits[fits.task == task], metrics[task], out / f"scaling_{task}.png"
+        )
+        for task, history in curves.groupby("task")
+    ]
     sections = [
         title,
         "## Leaderboard (final held-out metric)",
@@ -162,6 +174,9 @@ def write_report(
         *extra,
         "## Leaderboard (area under the valid curve per step: learning speed)",
         render.leaderboard_markdown(auc_board),
+        "## Scaling curves (valid metric against generated tokens)",
+        scaling.__doc__.split("\n\n", 1)[1].strip(),
+        scaling.markdown(fits),
         "## Paired comparison",
         render.pairs_markdown(pair_table),
         "## Findings",

@@ -38,7 +38,10 @@ def test_inline_suite_writes_tables_and_resumes_without_rerunning(run_overrides,
     ]
     assert set(runs.metric) == {"chrf"}
     board = pd.read_csv(out / "leaderboard.csv")
-    assert list(board.columns) == LEADERBOARD
+    # the statistics, then each column's fitted scaling curve (NaN: 2 steps do not fit one)
+    assert list(board.columns) == [*LEADERBOARD, "asymptote", "efficiency", "c_mid"]
+    scaling = pd.read_csv(out / "scaling.csv")
+    assert not scaling.identified.any() and set(scaling.estimator) == {"reinforce", "rloo"}
     # `all` rows appear only where some run beat the starting policy (2 steps may not)
     assert set(board[board.task == "fr_en"].estimator) == {"reinforce", "rloo"}
     assert list(pd.read_csv(out / "pairs.csv").columns) == PAIRS
