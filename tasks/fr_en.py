@@ -166,13 +166,18 @@ class FrEn(Task):
         self.model_rewards.embedder()
         if "comet" in self._names():
             self.model_rewards.comet_scorer()
+        if "bertscore" in self._names():
+            self.model_rewards.bertscorer()
 
     def _scores(self, name: str, hypotheses: list[str], examples: list[Example]) -> list[float]:
         """Sentence scores of one reward: chrf, bleu in [0, 1]; embed a cosine in [-1, 1];
-        comet on its checkpoint's scale (about [0, 1] for wmt22-comet-da)."""
+        bertscore an F1 (about [0, 1]); comet on its checkpoint's scale (about [0, 1] for
+        wmt22-comet-da)."""
         references = [ex.references for ex in examples]
         if name == "embed":
             return self.model_rewards.embed(hypotheses, references)
+        if name == "bertscore":
+            return self.model_rewards.bertscore(hypotheses, references)
         if name == "comet":
             sources = [ex.source for ex in examples]
             return self.model_rewards.comet(sources, hypotheses, references)
@@ -189,10 +194,12 @@ class FrEn(Task):
         return totals
 
     def metrics(self, completions: list[str], examples: list[Example]) -> dict[str, float]:
-        """Corpus chrF and BLEU, mean embed cosine x 100, and mean COMET x 100 when rewarded."""
+        """Corpus chrF and BLEU, mean embed cosine x 100, and mean BERTScore F1 x 100 and COMET
+        x 100 when rewarded."""
         hypotheses = [c.strip() for c in completions]
         metrics = corpus_metrics(hypotheses, [ex.references for ex in examples])
         metrics["embed"] = 100 * fmean(self._scores("embed", hypotheses, examples))
-        if "comet" in self._names():
-            metrics["comet"] = 100 * fmean(self._scores("comet", hypotheses, examples))
+        for name in ("bertscore", "comet"):  # the model metrics a reward asks for
+            if name in self._names():
+                metrics[name] = 100 * fmean(self._scores(name, hypotheses, examples))
         return metrics

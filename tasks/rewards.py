@@ -14,7 +14,7 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from pgbench.errors import ConfigError
 
-REWARD_NAMES = ("chrf", "bleu", "embed", "comet")
+REWARD_NAMES = ("chrf", "bleu", "embed", "bertscore", "comet")
 MODEL_REWARDS = ("embed", "comet")  # scored by a neural model (tasks/model_rewards.py)
 
 _CHRF = CHRF()

@@ -101,6 +101,7 @@ def test_crash_and_resume_ends_like_an_uninterrupted_run(run_overrides, tmp_path
         {"lora.r": "4", "kl.estimator": "k3_plus", "kl.placement": "loss"},
         {"loss.aggregation": "seq_mean_token_sum_norm", "kl.coef": "0"},
         {"loss.entropy_coef": "0.01", "kl.coef": "0"},
+        {"task.reward": "bertscore", "kl.coef": "0"},
         {"loss.aggregation": "prompt_mean", "kl.coef": "0", "estimator": "ppo"},
     ],
 )
@@ -112,6 +113,8 @@ def test_shared_knob_variants_train(run_overrides, extra):
     )
     final = run_overrides["output_dir"] + "/final"
     assert summary["steps"] == 3
+    if "task.reward" in extra:  # a rewarded model metric is reported at every evaluation
+        assert "bertscore" in summary["eval_after"] and "bertscore" in summary["eval_valid"]
     if "lora.r" in extra:
         # the adapter is saved; the reference is the same weights with it disabled, so KL moves
         assert open(final + "/adapter_config.json").read()

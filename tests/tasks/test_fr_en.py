@@ -49,6 +49,27 @@ def test_multi_reference_rewards_and_metrics():
     assert scores["embed"] == pytest.approx(50 * (1 + go_away), abs=1e-4) and go_away < 1
 
 
+def test_bertscore_reward_and_metric_best_reference_counts():
+    task = tasks.get("fr_en", reward="chrf+0.5*bertscore")
+    rewards = task.model_rewards
+    assert rewards.bertscorer().num_layers == 5  # of MiniLM-L6's 6, as the docstring says
+    # an exact match scores F1 = 1 (every token matches itself, cosine 1); a reference that
+    # is another sentence scores less, and with both references the best one counts
+    exact, other = rewards.bertscore(["Go away."] * 2, [("Go away.",), ("It is raining.",)])
+    assert exact == pytest.approx(1.0, abs=1e-5) and 0 < other < 0.9
+    assert rewards.bertscore(["Go away."], [("It is raining.", "Go away.")]) == [
+        pytest.approx(1.0, abs=1e-5)
+    ]
+    example = tasks.Example("Va-t'en.", ("Go away.",))
+    assert task.reward(["Go away."], [example]) == [pytest.approx(1.0 + 0.5, abs=1e-5)]
+    # rewarded, it is also reported at each evaluation, x 100
+    scores = task.metrics(
+        ["Go away.", "Go away."], [example, tasks.Example("x", ("It is raining.",))]
+    )
+    assert set(scores) == {"chrf", "bleu", "embed", "bertscore"}
+    assert scores["bertscore"] == pytest.approx(50 * (1 + other), abs=1e-3)
+
+
 def write(path, text, gz=False):
     if gz:
         with gzip.open(path, "wt", encoding="utf-8") as f:
@@ -193,7 +214,7 @@ def test_cli_rejects_a_bad_reward_spec_in_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert err == (
         "pgbench run: error: task.reward='nope': bad term 'nope'; use [weight*]name terms "
-        "joined by + with names chrf, bleu, embed, comet and positive weights "
+        "joined by + with names chrf, bleu, embed, bertscore, comet and positive weights "
         "(e.g. chrf+0.5*embed)"
     )
 
