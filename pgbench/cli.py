@@ -265,7 +265,10 @@ VERBS: dict[str, Verb] = {
     "sweep": Verb("tune one estimator with Optuna (resumable, parallel)", sweep, SweepArgs),
     "compare": Verb("every estimator x every seed at one budget", compare, CompareArgs),
     "suite": Verb(
-        "a protocol of tasks x estimators x seeds (suite=cpu|gpu|file.toml)", suite, SuiteArgs
+        "tasks x estimators x seeds of a protocol, tuned first if its [tune] table says so "
+        "(suite=cpu|gpu|file.toml)",
+        suite,
+        SuiteArgs,
     ),
     "report": Verb("tables and figures of a comparison from MLflow", report, ReportArgs),
     "variance": Verb(

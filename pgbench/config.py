@@ -212,6 +212,12 @@ class EvalArgs(Resolved):
     eval: EvalConfig = section(EvalConfig)
     reward: RewardConfig = section(RewardConfig)
 
+    def check(self) -> None:
+        if not self.eval.test:
+            raise ConfigError(
+                "eval.test=false does not apply to pgbench eval: it scores the test split"
+            )
+
 
 @dataclass(frozen=True, kw_only=True)
 class BuildTinyArgs(Resolved):

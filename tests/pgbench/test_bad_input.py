@@ -34,6 +34,7 @@ CASES = [
     (["run", "kl.estimator=k4"], f"choose one of: {KL_CHOICES}"),
     (["run", "loss.dual_clip=0.5"], "loss.dual_clip must be 0 (off) or a constant c > 1"),
     (["run", "loss.dual_clip=3", "loss.policy=cispo"], "applies to loss.policy=ppo_clip only"),
+    (["eval", "eval.test=false"], "does not apply to pgbench eval"),
     (["run", "loss.policy=vespo"], "choose one of: ppo_clip, cispo, gmpo, sapo"),
     (["run", "device=tpu"], "choose one of: auto, cpu, cuda"),
     (["run", "estimator.baseline=ema"], "belongs to estimator=reinforce, not rloo"),

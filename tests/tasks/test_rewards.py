@@ -44,7 +44,7 @@ def test_bad_reward_specs_name_the_term_and_the_valid_names(spec, bad):
     with pytest.raises(ConfigError, match="bad term") as info:
         tasks.get("fr_en", reward=spec)
     message = str(info.value)
-    assert f"bad term {bad}" in message and "chrf, bleu, embed, comet" in message
+    assert f"bad term {bad}" in message and "chrf, bleu, embed, bertscore, comet" in message
     assert "\n" not in message
 
 
