@@ -38,14 +38,13 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
-from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from pgbench import tasks
 from pgbench.config import resolve
 from pgbench.hardware import use_threads
 from pgbench.protocol import VARIANCE, Cell, Plan, cell_config, plan_suite
-from pgbench.tracking import SPOOL, MLflowTracker, check_reachable, write_json
+from pgbench.tracking import SPOOL, MLflowTracker, check_reachable, metric_history, write_json
 from pgbench.tuning import SELECTION, select
 
 __all__ = ["plan_suite", "run_suite", "run_cell", "open_storage"]
@@ -120,11 +119,10 @@ def _taken(study: optuna.Study, number: int, name: str) -> bool:
 
 def valid_auc(uri: str, run_id: str, metric: str) -> float:
     """The area under a run's valid curve per step, as reports.tables.area_under_curve."""
-    history = sorted(MlflowClient(uri).get_metric_history(run_id, metric), key=lambda p: p.step)
-    steps = np.array([p.step for p in history], dtype=float)
-    values = np.array([p.value for p in history], dtype=float)
-    if not len(steps):
+    history = np.array(metric_history(uri, run_id, metric), dtype=float).reshape(-1, 2)
+    if not len(history):
         return float("nan")
+    steps, values = history[:, 0], history[:, 1]
     return float(np.trapezoid(values, steps) / max(steps.max() - steps.min(), 1))
 
 

@@ -242,6 +242,14 @@ def sync(run_dir: Path, uri: str | None = None) -> int:
     return len(records)
 
 
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged point of one run's metric, by step."""
+    from mlflow import MlflowClient
+
+    points = MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)
+    return sorted((p.step, p.value) for p in points)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically (temporary file, then rename), every URL's password hidden."""
     tmp = path.with_suffix(path.suffix + ".tmp")

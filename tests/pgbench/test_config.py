@@ -86,7 +86,10 @@ def test_changing_estimator_changes_only_estimator_keys():
         (["rollout.samples_per_prompt=1"], "must be >= 2 for estimator=rloo"),
         (["kl.estimator=k4"], f"choose one of: {KL_CHOICES}"),
         (["kl.placement=both"], "choose one of: reward, loss"),
-        (["task.reward=rouge"], "bad term 'rouge'; use .* names chrf, bleu, embed, bertscore, comet"),
+        (
+            ["task.reward=rouge"],
+            "bad term 'rouge'; use .* names chrf, bleu, embed, bertscore, comet",
+        ),
         (["estimator.baseline=ema"], "estimator.baseline belongs to estimator=reinforce"),
         (["lora.r=-1"], "lora.r must be >= 0"),
         (["device=tpu"], "choose one of: auto, cpu, cuda"),

@@ -88,6 +88,19 @@ def test_a_tuned_suite_tests_the_selected_point_and_reports_sensitivity(run_over
         metrics = client.get_run(run_id).data.metrics
         assert "eval/chrf" in metrics and not any(k.startswith("test/") for k in metrics)
         assert client.get_run(run_id).data.tags["pgbench.phase"] == "tune"
+    # each run's valid-curve area (the valid_auc objective): trapezoids over steps / steps
+    study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
+    trial = next(t for t in study.trials if t.user_attrs.get("run_id") == tuning.run_id[0])
+    points = sorted(
+        (p.step, p.value) for p in client.get_metric_history(tuning.run_id[0], "eval/chrf")
+    )
+    area = sum(
+        (s1 - s0) * (v0 + v1) / 2
+        for (s0, v0), (s1, v1) in zip(points[:-1], points[1:], strict=True)
+    )
+    assert len(points) == 3  # steps 0, 1, 2 (eval.every=1)
+    assert trial.user_attrs["valid_auc"] == pytest.approx(area / (points[-1][0] - points[0][0]))
+    assert trial.user_attrs["valid_final"] == pytest.approx(points[-1][1])
     sensitivity = pd.read_csv(out / "sensitivity.csv")
     assert len(sensitivity) == 4 and set(sensitivity.seeds) == {2}
     row = sensitivity[(sensitivity.estimator == "rloo") & (sensitivity.value == 3e-3)].iloc[0]
