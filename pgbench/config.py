@@ -340,9 +340,9 @@ def _check_training(config: Config | SweepArgs) -> None:
         raise ConfigError(
             f"loss.dual_clip must be 0 (off) or a constant c > 1 (got {config.loss.dual_clip})"
         )
-    if config.loss.dual_clip and config.loss.policy != "ppo_clip":
+    if config.loss.dual_clip and config.loss.policy not in ("ppo_clip", "clip_cov"):
         raise ConfigError(
-            f"loss.dual_clip applies to loss.policy=ppo_clip only (got loss.policy="
+            f"loss.dual_clip applies to loss.policy=ppo_clip or clip_cov only (got loss.policy="
             f"{config.loss.policy}); set loss.dual_clip=0"
         )
     if config.engine.backend == "vllm":

@@ -85,7 +85,7 @@ class LossConfig:
     policy: PolicyForm = knob(
         "ppo_clip",
         "policy-loss form: ppo_clip, cispo (clipped, stopped weight), gmpo (geo mean), "
-        "sapo (soft gate)",
+        "sapo (soft gate), clip_cov / kl_cov (covariance-selected tokens)",
     )
     ratio: RatioLevel = knob(
         "token", "importance ratio per token, or per sequence (GSPO, length-normalised)"
@@ -99,6 +99,17 @@ class LossConfig:
     )
     sapo_tau_pos: float = knob(1.0, "SAPO gate temperature for A > 0 (loss.policy=sapo)", gt=0.0)
     sapo_tau_neg: float = knob(1.05, "SAPO gate temperature for A <= 0 (loss.policy=sapo)", gt=0.0)
+    cov_ratio: float = knob(
+        0.0002,
+        "clip_cov / kl_cov: share of the valid tokens they act on (at least 1)",
+        gt=0.0,
+        le=1.0,
+    )
+    clip_cov_lb: float = knob(1.0, "clip_cov: lower bound of the covariance band")
+    clip_cov_ub: float = knob(5.0, "clip_cov: upper bound of the covariance band")
+    kl_cov_coef: float = knob(
+        1.0, "kl_cov: weight of |log rho| on the top-covariance tokens", ge=0.0
+    )
     entropy_coef: float = knob(
         0.0, "entropy bonus: minus coef * policy entropy per token, aggregated as the loss", ge=0.0
     )

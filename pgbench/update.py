@@ -38,7 +38,7 @@ from pgbench.estimators import Batch, Estimator
 from pgbench.losses import aggregate, kl_per_token, overlong_penalty, uniform_groups
 from pgbench.parallel import Processes
 from pgbench.policy import Reference
-from pgbench.policy_losses import Clip, policy_loss
+from pgbench.policy_losses import Clip, FormKnobs, policy_loss
 from pgbench.scoring import TokenScores, token_logprobs, token_logprobs_chunked
 
 
@@ -172,6 +172,14 @@ def accumulate_gradients(
     stats = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "value_loss": 0.0}
     lc = config.loss
     clip = Clip(lc.clip_low or estimator.clip, lc.clip_high or estimator.clip, lc.dual_clip)
+    knobs = FormKnobs(
+        lc.sapo_tau_pos,
+        lc.sapo_tau_neg,
+        lc.cov_ratio,
+        lc.clip_cov_lb,
+        lc.clip_cov_ub,
+        lc.kl_cov_coef,
+    )
     live, prepared.live = prepared.live, None  # a graph is back-propagated at most once
     all_rows = torch.arange(len(prepared.mask), device=prepared.mask.device)
     chunks = rows.split(config.trainer.micro_batch_size)
@@ -199,7 +207,7 @@ def accumulate_gradients(
             clip,
             lc.policy,
             lc.ratio,
-            (lc.sapo_tau_pos, lc.sapo_tau_neg),
+            knobs,
         )
         if lc.entropy_coef > 0:  # the bonus: higher entropy, lower loss
             per_token = per_token - lc.entropy_coef * scores.entropy

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from pgbench.policy_losses import Clip, log_ratio, policy_loss
+from pgbench.policy_losses import Clip, FormKnobs, log_ratio, policy_loss
 
 ONE = torch.ones(1, 2)
 
 
-@pytest.mark.parametrize("form", ["ppo_clip", "cispo", "gmpo", "sapo"])
+@pytest.mark.parametrize("form", ["ppo_clip", "cispo", "gmpo", "sapo", "kl_cov"])
 @pytest.mark.parametrize("ratio", ["token", "sequence"])
 def test_at_ratio_one_every_form_is_the_plain_policy_gradient(form, ratio):
     # rho = 1 (one pass): -A grad log pi per token, for each form and ratio level
@@ -123,3 +123,43 @@ def test_sapo_is_a_soft_gate_with_a_temperature_per_sign():
         logprobs.grad, torch.tensor([[-2.97348, 1.47135]]), atol=1e-4, rtol=0
     )
     assert not binds.any()
+
+
+# Four tokens of one sequence: log pi = [-0.5, -1, -2, -0.2], log rho = [0, 0.2, 0.3, 0],
+# A = [1, 2, -1, 0]. Covariance (A - 0.5)(log pi + 0.925) = [0.2125, -0.1125, 1.6125, -0.3625]
+COV_LOGP = [[-0.5, -1.0, -2.0, -0.2]]
+COV_OLD = torch.tensor([[-0.5, -1.2, -2.3, -0.2]])
+COV_A = torch.tensor([[1.0, 2.0, -1.0, 0.0]])
+
+
+def test_kl_cov_penalises_the_top_covariance_token():
+    # 4 valid tokens x ratio 0.0002 -> at least 1 token: index 2 (cov 1.6125) gets + |log rho|
+    #   loss = -A rho = [-1, -2 e^0.2, e^0.3, 0] = [-1, -2.44281, 1.34986, 0]; + 0.3 on token 2
+    #   gradient of token 2: e^0.3 + 1 (|log rho| grows with log pi) = 2.34986
+    logprobs = torch.tensor(COV_LOGP, requires_grad=True)
+    loss, binds = policy_loss(logprobs, COV_OLD, COV_A, torch.ones(1, 4), form="kl_cov")
+    torch.testing.assert_close(
+        loss, torch.tensor([[-1.0, -2.44281, 1.64986, 0.0]]), atol=1e-5, rtol=0
+    )
+    loss.sum().backward()
+    torch.testing.assert_close(
+        logprobs.grad, torch.tensor([[-1.0, -2.44281, 2.34986, 0.0]]), atol=1e-5, rtol=0
+    )
+    assert not binds.any()
+
+
+def test_clip_cov_cuts_the_gradient_of_a_token_in_the_covariance_band():
+    # band (0.1, 1): only token 0 (cov 0.2125) is eligible; it is cut (loss 0, no gradient).
+    # PPO-clip 0.2 elsewhere: token 1 (A 2, rho 1.2214 > 1.2) is clipped: -2.4, no gradient;
+    # token 2 (A -1, rho 1.34986): max(1.34986, 1.2) keeps rho, gradient e^0.3
+    logprobs = torch.tensor(COV_LOGP, requires_grad=True)
+    knobs = FormKnobs(clip_cov_lb=0.1, clip_cov_ub=1.0)
+    loss, binds = policy_loss(
+        logprobs, COV_OLD, COV_A, torch.ones(1, 4), Clip(0.2, 0.2), "clip_cov", knobs=knobs
+    )
+    torch.testing.assert_close(loss, torch.tensor([[0.0, -2.4, 1.34986, 0.0]]), atol=1e-5, rtol=0)
+    loss.sum().backward()
+    torch.testing.assert_close(
+        logprobs.grad, torch.tensor([[0.0, 0.0, 1.34986, 0.0]]), atol=1e-5, rtol=0
+    )
+    assert binds.tolist() == [[True, True, False, False]]

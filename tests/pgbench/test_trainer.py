@@ -102,6 +102,7 @@ def test_crash_and_resume_ends_like_an_uninterrupted_run(run_overrides, tmp_path
         {"loss.aggregation": "seq_mean_token_sum_norm", "kl.coef": "0"},
         {"loss.entropy_coef": "0.01", "kl.coef": "0"},
         {"task.reward": "bertscore", "kl.coef": "0"},
+        {"loss.policy": "clip_cov", "estimator": "ppo", "kl.coef": "0", "loss.cov_ratio": "0.1"},
         {"loss.aggregation": "prompt_mean", "kl.coef": "0", "estimator": "ppo"},
     ],
 )

@@ -167,6 +167,8 @@ def test_overlong_shaping_lowers_the_reward_of_long_completions(
         {"loss.policy": "cispo", "loss.clip_high": "0.28"},
         {"loss.policy": "gmpo", "loss.aggregation": "seq_mean_token_mean"},
         {"loss.policy": "sapo", "loss.sapo_tau_neg": "2"},
+        {"loss.policy": "kl_cov", "loss.cov_ratio": "0.5"},
+        {"loss.policy": "clip_cov", "loss.cov_ratio": "0.5", "loss.clip_cov_lb": "-100"},
         {"loss.ratio": "sequence", "loss.dual_clip": "3", "kl.estimator": "k2"},
     ],
 )
