@@ -77,9 +77,6 @@ class Plan:
             cells.update({c.name: c for c in group})
         return list(cells.values())
 
-    def tuning_cells(self, task: str, column: str) -> list[Cell]:
-        return [c for c in self.cells if c.tuning and (c.task, c.estimator) == (task, column)]
-
 
 @dataclass(frozen=True)
 class Protocol:

@@ -216,16 +216,13 @@ def tuning_frame(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["task", "estimator", "point", "seed", "split", "value"])
 
 
-def selected(plan: Plan, study: optuna.Study) -> pd.DataFrame:
+def selected(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
     """The selected point of every tuned column whose tuning runs have all finished."""
     if plan.tune is None:
         return pd.DataFrame(columns=SELECTION)
-    finished = _finished(study)
-    complete = {
-        (c.task, c.estimator)
-        for c in plan.cells
-        if c.tuning and all(t.name in finished for t in plan.tuning_cells(c.task, c.estimator))
-    }
+    tuning = [c for c in plan.cells if c.tuning]
+    unfinished = {(c.task, c.estimator) for c in tuning if c.name not in finished}
+    complete = {(c.task, c.estimator) for c in tuning} - unfinished
     table = tuning_frame(plan, finished)
     pairs = zip(table.task, table.estimator, strict=True)
     table = table[np.array([pair in complete for pair in pairs], dtype=bool)]
@@ -236,7 +233,7 @@ def _promote(plan: Plan, study: optuna.Study) -> Plan:
     """The plan with the test phase of every column whose tuning has finished."""
     known = {c.name for c in plan.cells}
     new = []
-    for row in selected(plan, study).itertuples():
+    for row in selected(plan, _finished(study)).itertuples():
         group = plan.candidates[(row.task, row.estimator, row.point)]
         new += [c for c in group if c.name not in known]
     tuning = sum(c.tuning for c in plan.cells)  # the test phase next, before the rest
@@ -319,17 +316,17 @@ def _tuning_rows(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
             trial = finished[cell.name]
             attrs = [trial.user_attrs[k] for k in ("run_id", "tokens", "wall_clock_s")]
             tuned = plan.points[(cell.task, cell.estimator, cell.point)]
-            rows.append([cell.task, cell.estimator, cell.point, cell.seed, trial.value, *attrs])
-            rows[-1].append(tuned)
+            rows.append(
+                [cell.task, cell.estimator, cell.point, cell.seed, trial.value, *attrs, tuned]
+            )
     frame = pd.DataFrame(rows, columns=[*TUNING, "keys"])
     keys = pd.json_normalize(frame.pop("keys").tolist()) if len(frame) else pd.DataFrame()
     return pd.concat([frame, keys], axis=1)
 
 
-def _phases(plan: Plan, study: optuna.Study) -> tuple[list[Cell], list[Cell], list[str]]:
+def _phases(plan: Plan, chosen: pd.DataFrame) -> tuple[list[Cell], list[Cell], list[str]]:
     """(the leaderboard's cells, the shared-defaults cells of tuned tasks, unfinished tunings):
-    a tuned column is ranked at its selected point, any other at the shared defaults."""
-    chosen = selected(plan, study)
+    a tuned column is ranked at its selected point (`chosen`), any other at the defaults."""
     board = [
         c
         for row in chosen.itertuples()
@@ -355,7 +352,8 @@ def _conclude(plan: Plan, study: optuna.Study, parent: MLflowTracker) -> dict[st
         for c in plan.cells
         if c.estimator == VARIANCE and c.name in finished
     }
-    board, defaults, waiting = _phases(plan, study)
+    chosen = selected(plan, finished)
+    board, defaults, waiting = _phases(plan, chosen)
     missing += [c.name for c in board if c.name not in finished and c.name not in missing]
     runs = _run_rows([c for c in board if c.name in finished], finished)
     runs.to_csv(plan.out / "runs.csv", index=False)
@@ -374,7 +372,7 @@ def _conclude(plan: Plan, study: optuna.Study, parent: MLflowTracker) -> dict[st
         shared = _run_rows([c for c in defaults if c.name in finished], finished)
         tuned = {
             "tuning": _tuning_rows(plan, finished),
-            "selection": selected(plan, study),
+            "selection": chosen,
             "defaults": shared,
             "objective": plan.tune.objective,
         }
