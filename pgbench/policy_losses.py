@@ -18,8 +18,9 @@ own gradient (GSPO-token: rho_it = sg(s_i) pi_it / sg(pi_it)); with
 loss.aggregation=seq_mean_token_mean that is GSPO's objective exactly. DAPO's clip-higher
 (arXiv:2503.14476) is hi > lo. With one update pass rho = 1 and every form gives the same
 gradient, -A grad log pi per token, under every loss.aggregation, except GMPO with
-token-level advantages (its A is the sequence mean) and Clip-Cov (it cuts tokens on-policy); the forms differ only when an estimator
-takes several passes (estimator.epochs or minibatches > 1).
+token-level advantages (its A is the sequence mean) and Clip-Cov (it cuts tokens on-policy);
+the forms differ only when an estimator takes several passes (estimator.epochs or
+minibatches > 1).
 CISPO's value is -clip(rho) A (rho / sg(rho) = 1), not verl's and TRL's -clip(rho) A log pi:
 the gradient is the same. GMPO's clip mask counts the tokens where the pessimistic clamp
 binds; verl's geo_mean counts every clamped token.
@@ -134,7 +135,7 @@ def _clip_cov(
     cut = torch.zeros_like(eligible).flatten()
     cut[candidates[order[: _count(knobs, mask)]]] = True
     cut = cut.view_as(eligible)
-    return torch.where(cut, loss.detach() * 0, loss), binds | cut
+    return torch.where(cut, torch.zeros_like(loss), loss), binds | cut
 
 
 def _kl_cov(
@@ -148,12 +149,10 @@ def _kl_cov(
     loss = -advantages * rho
     cov = _covariance(logprobs, advantages, mask).masked_fill(mask <= 0, -math.inf)
     top = cov.flatten().topk(min(_count(knobs, mask), int((mask > 0).sum()))).indices
-    chosen = torch.zeros_like(mask, dtype=torch.bool).flatten()
-    chosen[top] = True
+    chosen = torch.zeros_like(mask, dtype=torch.bool)
+    chosen.view(-1)[top] = True
     penalty = knobs.kl_cov_coef * log_rho.abs()
-    return torch.where(chosen.view_as(mask), loss + penalty, loss), torch.zeros_like(
-        chosen.view_as(mask)
-    )
+    return torch.where(chosen, loss + penalty, loss), torch.zeros_like(chosen)
 
 
 def policy_loss(

@@ -24,7 +24,7 @@ That forward is then timed as part of the update (`Prepared.seconds`, logged as 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -161,29 +161,24 @@ def accumulate_gradients(
 ) -> dict[str, float]:
     """Add the gradient of the loss on `rows` (an index tensor) to `.grad`; returns statistics."""
     mask = prepared.mask[rows]
-    group_tokens, prompts = prompt_groups(prepared.mask, rows, config.rollout.samples_per_prompt)
     reduce = dict(
         how=config.loss.aggregation,
         batch_sequences=len(rows),
         batch_tokens=int(mask.sum()),
         max_new_tokens=config.rollout.max_new_tokens,
-        batch_prompts=prompts,
     )
+    chunks = rows.split(config.trainer.micro_batch_size)
+    groups = [None] * len(chunks)  # prompt_mean only: each row's prompt-group token count
+    if config.loss.aggregation == "prompt_mean":
+        samples = config.rollout.samples_per_prompt
+        group_tokens, reduce["batch_prompts"] = prompt_groups(prepared.mask, rows, samples)
+        groups = group_tokens.split(config.trainer.micro_batch_size)
     stats = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "value_loss": 0.0}
     lc = config.loss
     clip = Clip(lc.clip_low or estimator.clip, lc.clip_high or estimator.clip, lc.dual_clip)
-    knobs = FormKnobs(
-        lc.sapo_tau_pos,
-        lc.sapo_tau_neg,
-        lc.cov_ratio,
-        lc.clip_cov_lb,
-        lc.clip_cov_ub,
-        lc.kl_cov_coef,
-    )
+    knobs = FormKnobs(**{f.name: getattr(lc, f.name) for f in fields(FormKnobs)})
     live, prepared.live = prepared.live, None  # a graph is back-propagated at most once
     all_rows = torch.arange(len(prepared.mask), device=prepared.mask.device)
-    chunks = rows.split(config.trainer.micro_batch_size)
-    groups = group_tokens.split(config.trainer.micro_batch_size)
     for chunk, chunk_groups in zip(chunks, groups, strict=True):
         chunk_mask = prepared.mask[chunk]
         reduce["group_tokens"] = chunk_groups
