@@ -84,13 +84,13 @@ def load_bertscorer(model: str, device: str, batch_size: int) -> Any:
     from bert_score import BERTScorer
     from transformers.utils import logging as hf_logging
 
+    local = Path(model).expanduser()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights are not used": the pooling head, expected
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # as load_embedder: no bar for a 90 MB load
     try:
         return BERTScorer(
-            model_type=str(Path(model).expanduser())
-            if Path(model).expanduser().is_dir()
-            else model,
+            model_type=str(local) if local.is_dir() else model,
             num_layers=BERTSCORE_LAYER,
             device=device,
             batch_size=batch_size,
@@ -100,6 +100,9 @@ def load_bertscorer(model: str, device: str, batch_size: int) -> Any:
             f"reward.model={model!r} cannot be loaded for bertscore ({_one_line(err)}); give a "
             "transformers model folder or leave reward.model empty for the shipped MiniLM"
         ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 @functools.lru_cache(maxsize=2)
