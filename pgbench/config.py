@@ -345,6 +345,12 @@ def _check_training(config: Config | SweepArgs) -> None:
             f"loss.dual_clip applies to loss.policy=ppo_clip or clip_cov only (got loss.policy="
             f"{config.loss.policy}); set loss.dual_clip=0"
         )
+    if config.loss.rollout_correction != "none" and config.rollout.staleness == 0:
+        raise ConfigError(
+            f"loss.rollout_correction={config.loss.rollout_correction} corrects stale rollouts, "
+            "and rollout.staleness=0 samples with the trained policy itself; set "
+            "rollout.staleness >= 1 or loss.rollout_correction=none"
+        )
     if config.engine.backend == "vllm":
         _check_vllm(config)
     if config.trainer.precision == "bf16":

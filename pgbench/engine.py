@@ -41,6 +41,7 @@ class Rollout:
     completion_mask: Tensor  # [N, Tc] 1 on real tokens (policy and tool results) through EOS
     policy_mask: Tensor  # [N, Tc] 1 on tokens the policy sampled; 0 on tool results, padding
     texts: list[str]  # N decoded completions (tool results included), special tokens removed
+    behaviour: Tensor | None = None  # [N, Tc] log-probs of the sampling policy, if recorded
 
     def rows(self, index: slice | Tensor) -> Rollout:
         """The rollout restricted to rows `index`, a slice or index tensor (for micro-batches)."""
@@ -52,6 +53,7 @@ class Rollout:
             self.completion_mask[index],
             self.policy_mask[index],
             texts,
+            None if self.behaviour is None else self.behaviour[index],
         )
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pgbench.correction import Correction, Level
 from pgbench.fields import knob
 from pgbench.losses import Aggregation, KLEstimator
 from pgbench.policy_losses import PolicyForm, RatioLevel
@@ -52,6 +53,12 @@ class RolloutConfig:
     )
     overlong_penalty: float = knob(
         1.0, "DAPO overlong shaping: reward penalty at max_new_tokens", ge=0.0
+    )
+    staleness: int = knob(
+        0,
+        "sample each step's rollouts with the policy of k updates earlier (an async pipeline's "
+        "lag); behaviour log-probs recorded at sampling, the loss's ratio taken against them",
+        ge=0,
     )
 
 
@@ -112,6 +119,16 @@ class LossConfig:
     )
     entropy_coef: float = knob(
         0.0, "entropy bonus: minus coef * policy entropy per token, aggregated as the loss", ge=0.0
+    )
+    rollout_correction: Correction = knob(
+        "none",
+        "stale rollouts: none (ratio against the behaviour policy), tis (truncated importance "
+        "weight pi_old/mu), mis (mask tokens or sequences whose weight leaves [low, high])",
+    )
+    rollout_correction_level: Level = knob("token", "weight per token, or per sequence (product)")
+    rollout_correction_high: float = knob(2.0, "TIS truncation C, and MIS upper bound", gt=1.0)
+    rollout_correction_low: float = knob(
+        0.0, "MIS lower bound (0 = 1 / rollout_correction_high)", ge=0.0, le=1.0
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -30,8 +28,8 @@ from pgbench.components import Parts, build_optimizer, build_parts
 from pgbench.config import Config
 from pgbench.errors import TrainingError
 from pgbench.evaluate import evaluate, evaluate_start
+from pgbench.pipeline import RolloutQueue, step_seed
 from pgbench.policy import peak_memory_mb
-from pgbench.rollout import Collected, collect_rollout
 from pgbench.rundir import (
     append_samples,
     check_run_dir_free,
@@ -62,12 +60,9 @@ PER_PROCESS_METRICS = (
     "train/entropy",
     "train/completion_len",
     "train/peak_memory_mb",
+    "train/abs_log_rho",
+    "train/correction_kept",
 )
-
-
-def step_seed(seed: int, step: int) -> int:
-    """Seed of one step's sampling: resuming at any step replays the same randomness."""
-    return seed * 1_000_003 + step
 
 
 @dataclass
@@ -104,6 +99,9 @@ class Trainer:
         self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(config, self.params, self.device)
         self.state = LoopState()
+        self.queue = RolloutQueue(
+            config, self.policy, self.splits.train, self.processes, self.device, self.vllm
+        )
         self.on_eval: StepCallback | None = None
         run_info = self.run_dir / "run.json"
         run_id = json.loads(run_info.read_text())["run_id"] if run_info.is_file() else ""
@@ -134,6 +132,7 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = LoopState(**saved["loop"])
+        self.queue.load_state_dict(saved.get("pending", []))
         if self.processes.main:
             drop_samples_after(self.run_dir, self.state.step)  # those steps are replayed
 
@@ -143,6 +142,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loop": loop,
+            "pending": self.queue.state_dict(),
             "run_id": self.tracker.run_id,
         }
         checkpoint.save(self.run_dir / "checkpoints", self.state.step, self.modules, state)
@@ -168,7 +168,7 @@ class Trainer:
         cfg, state, processes = self.config, self.state, self.processes
         started = time.perf_counter()
         seed = step_seed(cfg.seed, state.step)
-        collected, sync_s = self._rollout(seed)
+        collected, sync_s, lag = self.queue.take(state.step)
         tokens = int(processes.sum(collected.rollout.tokens + collected.baseline_tokens))
         rewards = processes.gather(collected.rewards)  # [P, K] of every process
         greedy = rewards if collected.baseline is None else collected.baseline  # remax's [P]
@@ -207,6 +207,7 @@ class Trainer:
             "train/wall_clock_s": state.wall_clock_s,
             "train/peak_memory_mb": peak_memory_mb(self.device),
             "train/skipped_steps": state.skipped_steps,
+            "train/staleness": lag,
         }
         metrics |= {f"timing/{phase}_s": phase_s for phase, phase_s in seconds.items()}
         if self.vllm is not None:
@@ -215,27 +216,6 @@ class Trainer:
         for key in PER_PROCESS_METRICS:  # several processes: the mean of theirs
             metrics[key] = processes.mean(metrics[key])
         return metrics
-
-    def _rollout(self, seed: int) -> tuple[Collected, float]:
-        """P prompts x K samples (this process's share; rows grouped by prompt) and their
-        rewards; and the seconds spent syncing vLLM's weights first (0 without vLLM)."""
-        cfg, processes = self.config, self.processes
-        torch.manual_seed(processes.seed(seed))
-        examples = random.Random(seed).sample(self.splits.train, cfg.trainer.prompts_per_step)
-        examples = processes.share(examples)
-        sync_s = 0.0
-        if self.vllm is not None:
-            sync_s = self.vllm.sync_if_due(self.policy.model, self.state.step)
-        collected = collect_rollout(
-            cfg,
-            self.policy,
-            examples,
-            self.device,
-            self.vllm,
-            processes.seed(seed),
-            hardware.autocast(self.device, cfg.trainer.precision),
-        )
-        return collected, sync_s
 
     def _advance(self, tokens: int, started: float) -> float:
         """Count a finished (or skipped) step's tokens and time; returns the step time."""

@@ -3,10 +3,12 @@
 `prepare` adds the overlong penalty to the task rewards, drops prompts whose K rewards are
 then all equal (rollout.drop_uniform_groups), scores the rollout once (rollout-time
 log-probs, reference log-probs, values), folds in the KL penalty and asks the estimator for
-advantages. `accumulate_gradients`
+advantages. A stale rollout (`rollout.staleness`) then takes its ratio against the recorded
+behaviour log-probs, or is corrected (`pgbench.correction`). `accumulate_gradients`
 back-propagates the shared loss over some rows of it, micro-batch by micro-batch:
 
     per token: policy loss of rho, A      loss.policy / loss.ratio / loss.clip_* (policy_losses)
+               x w                          stale rollouts, loss.rollout_correction=tis
                - entropy_coef * entropy     if loss.entropy_coef > 0
                + beta * KL                  if kl.placement=loss
                + vf_coef * value loss       if the estimator has a value head
@@ -23,6 +25,7 @@ That forward is then timed as part of the update (`Prepared.seconds`, logged as 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -33,6 +36,7 @@ from torch import Tensor
 from pgbench import hardware
 from pgbench.components import Parts
 from pgbench.config import Config
+from pgbench.correction import correct
 from pgbench.engine import Rollout
 from pgbench.estimators import Batch, Estimator
 from pgbench.losses import aggregate, kl_per_token, overlong_penalty, uniform_groups
@@ -55,6 +59,8 @@ class Prepared:
     returns: Tensor | None  # [N, T] value targets
     seq_kl: Tensor  # [N] summed per-token KL to the reference (0 without a reference)
     uniform_groups: int  # prompts whose K rewards were all equal (dropped if configured)
+    weight: Tensor | None = None  # [N, T] rollout-correction weight on the policy loss (TIS)
+    drift: float = 0.0  # mean |log pi_old - log mu| over the policy's tokens (stale rollouts)
     live: TokenScores | None = None  # scores of all rows with their graph, for one backward
     seconds: dict[str, float] = field(default_factory=dict)  # time per phase (hardware.timed)
 
@@ -115,7 +121,7 @@ def prepare(
     batch = Batch.shaped(rewards, mask, penalty, scores.values, baseline)
     with hardware.timed(seconds, "advantages", device):
         result = estimator.token_advantages(batch, state)
-    return Prepared(
+    prepared = Prepared(
         rollout,
         mask,
         scores.logprobs,
@@ -125,9 +131,30 @@ def prepare(
         result.returns,
         kl.sum(dim=1),
         int(uniform.sum()),
-        live,
-        seconds,
+        live=live,
+        seconds=seconds,
     )
+    return _behaviour(prepared, config) if rollout.behaviour is not None else prepared
+
+
+def _behaviour(prepared: Prepared, config: Config) -> Prepared:
+    """A stale rollout (`rollout.staleness`): the ratio against the behaviour log-probs mu, or
+    the trainer's with mu's correction (`pgbench.correction`), after the advantages."""
+    mu, old, mask = prepared.rollout.behaviour, prepared.old_logprobs, prepared.mask
+    drift = float(((old - mu).abs() * mask).sum() / mask.sum().clamp(min=1))
+    lc = config.loss
+    if lc.rollout_correction == "none":
+        return dataclasses.replace(prepared, old_logprobs=mu, drift=drift)
+    weight, kept = correct(
+        old,
+        mu,
+        mask,
+        lc.rollout_correction,
+        lc.rollout_correction_level,
+        lc.rollout_correction_high,
+        lc.rollout_correction_low,
+    )
+    return dataclasses.replace(prepared, mask=kept, weight=weight, drift=drift)
 
 
 def _keep_groups(
@@ -204,6 +231,8 @@ def accumulate_gradients(
             lc.ratio,
             knobs,
         )
+        if prepared.weight is not None:  # rollout correction: TIS's truncated weight
+            per_token = per_token * prepared.weight[chunk]
         if lc.entropy_coef > 0:  # the bonus: higher entropy, lower loss
             per_token = per_token - lc.entropy_coef * scores.entropy
         if prepared.ref_logprobs is not None and config.kl.placement == "loss":
@@ -296,7 +325,8 @@ def step_metrics(
 ) -> dict[str, float]:
     """What a step's rollout, advantages and updates say: rewards [P, K] of every process,
     advantages, loss terms (mean over the optimiser steps), KL, entropy, completion length."""
-    advantages = prepared.advantages[prepared.mask.bool()]
+    policy_mask = prepared.rollout.policy_mask
+    advantages = prepared.advantages[policy_mask.bool()]
     mean = {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
     return {
         "train/reward_mean": rewards.mean().item(),
@@ -309,6 +339,8 @@ def step_metrics(
         "train/kl": prepared.seq_kl.mean().item(),
         "train/uniform_groups": prepared.uniform_groups,
         "train/entropy": updates[0]["entropy"],
-        "train/completion_len": prepared.mask.sum(1).mean().item(),
+        "train/completion_len": policy_mask.sum(1).float().mean().item(),
+        "train/abs_log_rho": prepared.drift,
+        "train/correction_kept": prepared.mask.sum().item() / max(int(policy_mask.sum()), 1),
         "train/grad_norm": mean["grad_norm"],
     }

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import torch
 
-import pgbench.trainer
+import pgbench.pipeline
 from pgbench.config import resolve
 from pgbench.engine import sample
 from pgbench.policy import load_policy
@@ -117,7 +117,7 @@ def test_remax_steps_count_the_greedy_tokens(run_overrides, monkeypatch, tmp_pat
         collected.append(collect_rollout(*args, **kwargs))
         return collected[-1]
 
-    monkeypatch.setattr(pgbench.trainer, "collect_rollout", recording)
+    monkeypatch.setattr(pgbench.pipeline, "collect_rollout", recording)
     remax: list[dict[str, float]] = []
     overrides = base | {"estimator": "remax", "trainer.steps": "2"}
     train(

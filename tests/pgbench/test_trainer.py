@@ -50,13 +50,21 @@ def test_run_logs_params_metrics_artifacts_and_summary(run_overrides):
     assert {"config.json", "summary.json", "samples.csv", "final"} <= artifacts
 
 
-def test_crash_and_resume_ends_like_an_uninterrupted_run(run_overrides, tmp_path):
-    overrides = run_overrides | {
-        "trainer.steps": "5",
-        "estimator": "reinforce",
-        "estimator.baseline": "ema",
-        "trainer.lr": "3e-3",
-    }
+@pytest.mark.parametrize(
+    "extra", [{}, {"rollout.staleness": "2", "loss.rollout_correction": "tis"}]
+)
+def test_crash_and_resume_ends_like_an_uninterrupted_run(run_overrides, tmp_path, extra):
+    # with staleness the rollouts sampled ahead are part of the checkpoint
+    overrides = (
+        run_overrides
+        | extra
+        | {
+            "trainer.steps": "5",
+            "estimator": "reinforce",
+            "estimator.baseline": "ema",
+            "trainer.lr": "3e-3",
+        }
+    )
     straight = train(resolve(overrides | {"output_dir": str(tmp_path / "straight")}))
 
     class Crash(Exception):

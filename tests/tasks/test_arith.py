@@ -228,6 +228,10 @@ LOSS_VARIANTS = [
     {"loss.policy": "gmpo", "loss.aggregation": "seq_mean_token_mean"},
     {"loss.ratio": "sequence", "loss.dual_clip": "3", "kl.estimator": "k2", "kl.placement": "loss"},
     {"rollout.drop_uniform_groups": "true", "rollout.overlong_buffer": "3"},
+    {"loss.policy": "sapo", "rollout.staleness": "1"},
+    {"rollout.staleness": "2", "loss.rollout_correction": "tis"},
+    {"rollout.staleness": "1", "loss.rollout_correction": "mis"},
+    {"rollout.staleness": "1", "loss.rollout_correction": "tis", "loss.ratio": "sequence"},
 ]
 
 
@@ -248,3 +252,8 @@ def test_every_loss_variant_trains_two_steps(micro_arith_policy, run_overrides, 
         assert summary["steps"] == 2, variant
         assert 0 <= summary["train"]["train/clip_fraction"] <= 1, variant
         assert 0 <= summary["train"]["train/uniform_groups"] <= 2, variant
+        stale = int(variant.get("rollout.staleness", 0))
+        assert summary["train"]["train/staleness"] == min(stale, 1), variant  # the last step
+        if not stale:  # on-policy: the behaviour is the trained policy itself
+            assert summary["train"]["train/abs_log_rho"] == 0, variant
+        assert 0 <= summary["train"]["train/correction_kept"] <= 1, variant
