@@ -266,7 +266,7 @@ VERBS: dict[str, Verb] = {
     "compare": Verb("every estimator x every seed at one budget", compare, CompareArgs),
     "suite": Verb(
         "tasks x estimators x seeds of a protocol, tuned first if its [tune] table says so "
-        "(suite=cpu|gpu|file.toml)",
+        "(suite=cpu|cpu_offpolicy|gpu|file.toml)",
         suite,
         SuiteArgs,
     ),

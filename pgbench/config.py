@@ -190,6 +190,11 @@ class VarianceArgs(Resolved, _Many):
     def check(self) -> None:
         samples = self.rollout.samples_per_prompt
         _check_estimators(self.estimator_names(), samples)
+        if self.rollout.staleness:
+            raise ConfigError(
+                "rollout.staleness does not apply to pgbench variance: it measures batches of "
+                "the starting policy, which every earlier policy equals; set rollout.staleness=0"
+            )
         needed = estimators.REGISTRY.get_class("rloo").min_samples_per_prompt
         if samples < needed:
             raise ConfigError(

@@ -227,7 +227,9 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
     config = _checked(common | cli, "", SuiteArgs)
     names = [t.strip() for t in config.suite.tasks.split(",") if t.strip()]
     if not names:
-        raise ConfigError("no tasks: give suite=<cpu|gpu|file.toml> or tasks=NAME,...")
+        raise ConfigError(
+            "no tasks: give suite=<cpu|cpu_offpolicy|gpu|file.toml> or tasks=NAME,..."
+        )
     unknown = sorted(set(protocol.per_task) - set(names)) or sorted(
         set(tune.tasks) - set(names) if tune else ()
     )

@@ -1,11 +1,12 @@
 """Findings: the field's claims about estimators, tested on a suite's runs.
 
-A pair claim says "a > b" for a per-run quantity (the final held-out metric, or the mean
-length of wrong test answers) of two leaderboard columns (estimators or protocol variants);
-it is tested on every task where both columns ran, by the paired difference a - b over the
-seeds both ran (`stats.pair_row`: mean, 95% percentile bootstrap interval, paired t-test). The
-correlation claim says lower gradient variance (`pgbench variance`) goes with faster learning
-(a larger area under the valid curve): Kendall's tau across estimators, exact p-value.
+A pair claim says "a > b" for a per-run quantity (the final held-out metric, the mean
+length of wrong test answers, or the policy's mean entropy over training) of two leaderboard
+columns (estimators or protocol variants); it is tested on every task where both columns
+ran, by the paired difference a - b over the seeds both ran (`stats.pair_row`: mean, 95%
+percentile bootstrap interval, paired t-test). The correlation claim says lower gradient
+variance (`pgbench variance`) goes with faster learning (a larger area under the valid
+curve): Kendall's tau across estimators, exact p-value.
 
 All the p-values of one findings table are Holm-corrected together, and each row gets:
     supported      corrected p < 0.05 and the effect has the claimed sign
@@ -76,7 +77,56 @@ CLAIMS = [
         "rloo",
         "rloo_k3",
     ),
+    Claim(
+        "Lite PPO (group mean, batch std, token-level loss) beats GRPO",
+        "Liu et al. 2025, Tricks or Traps, arXiv:2508.08221",
+        "lite_ppo",
+        "grpo",
+    ),
+    Claim(
+        "Clip-higher keeps the policy's entropy higher than symmetric clipping (mean entropy)",
+        "Yu et al. 2025, DAPO, arXiv:2503.14476",
+        "clip_higher",
+        "grpo",
+        quantity="entropy",
+    ),
 ]
+# the off-policy protocol's columns at staleness k are named stale<k>_<variant>
+for _k in (2, 4):
+    _stale = f"stale{_k}_"
+    CLAIMS += [
+        Claim(
+            f"CISPO beats GSPO on rollouts {_k} updates stale",
+            "Khatri et al. 2025, ScaleRL, arXiv:2510.13786",
+            _stale + "cispo",
+            _stale + "gspo",
+        ),
+        Claim(
+            f"GSPO beats PPO-clip on rollouts {_k} updates stale",
+            "Khatri et al. 2025, ScaleRL, arXiv:2510.13786",
+            _stale + "gspo",
+            _stale + "ppo_clip",
+        ),
+        Claim(
+            f"Truncated importance sampling (TIS) beats no correction at staleness {_k}",
+            "verl rollout correction; Yao et al. 2025",
+            _stale + "tis",
+            _stale + "ppo_clip",
+        ),
+        Claim(
+            f"Masked importance sampling (MIS) beats no correction at staleness {_k}",
+            "verl rollout correction; Liu, Li et al. 2025",
+            _stale + "mis",
+            _stale + "ppo_clip",
+        ),
+        Claim(
+            f"Clip-higher keeps the policy's entropy higher at staleness {_k} (mean entropy)",
+            "Yu et al. 2025, DAPO, arXiv:2503.14476",
+            _stale + "clip_higher",
+            _stale + "ppo_clip",
+            quantity="entropy",
+        ),
+    ]
 VARIANCE_CLAIM = "Lower gradient variance goes with faster learning (valid-curve area)"
 VARIANCE_SOURCE = "pgbench variance; Kendall's tau across estimators"
 

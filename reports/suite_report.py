@@ -25,19 +25,29 @@ def per_run_frame(client: MlflowClient, runs: pd.DataFrame) -> tuple[pd.DataFram
     """(curves, quantities) of `runs` (columns of suite.RUNS).
 
     curves: tidy histories of eval/<metric> and train/tokens (collect.history_frame, plus
-    task); quantities: task, estimator, seed, quantity (metric, auc, wrong_chars), value.
+    task); quantities: task, estimator, seed, quantity (metric, auc, wrong_chars, and entropy,
+    the mean train/entropy over the steps, for the columns an entropy claim names), value.
     """
     curves, rows = [], []
+    claims = [claim for claim in findings.CLAIMS if claim.quantity == "entropy"]
+    named = {column for claim in claims for column in (claim.a, claim.b)}
     for task, group in runs.groupby("task"):
         valid = f"eval/{tasks.REGISTRY.get_class(task).metric}"
         history = collect.history_frame(client, group, [valid, "train/tokens"]).assign(task=task)
         curves.append(history)
         auc = tables.area_under_curve(history, valid)
+        entropy = (
+            collect.history_frame(client, group[group.estimator.isin(named)], ["train/entropy"])
+            .groupby("run_id")
+            .value.mean()
+        )
         for run in group.itertuples():
             key = {"task": task, "estimator": run.estimator, "seed": run.seed}
             rows.append(key | {"quantity": "metric", "value": run.value})
             if run.run_id in auc.index:
                 rows.append(key | {"quantity": "auc", "value": float(auc[run.run_id])})
+            if run.run_id in entropy.index:
+                rows.append(key | {"quantity": "entropy", "value": float(entropy[run.run_id])})
             wrong = client.get_run(run.run_id).data.metrics.get("test/wrong_chars")
             if wrong is not None:
                 rows.append(key | {"quantity": "wrong_chars", "value": wrong})

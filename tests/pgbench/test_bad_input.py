@@ -68,6 +68,11 @@ CASES = [
     (["run", "engine.backend=sglang"], "choose one of: hf, vllm"),
     (["run", "engine.sync_every=0"], "engine.sync_every must be >= 1"),
     (["run", "trainer.precision=fp16"], "choose one of: fp32, bf16"),
+    (["run", "loss.rollout_correction=tis"], "set rollout.staleness >= 1"),
+    (["run", "loss.rollout_correction=is"], "choose one of: none, tis, mis"),
+    (["run", "rollout.staleness=-1"], "rollout.staleness must be >= 0"),
+    (["run", "loss.rollout_correction_high=1"], "loss.rollout_correction_high must be > 1"),
+    (["variance", "rollout.staleness=2"], "does not apply to pgbench variance"),
 ]
 FILE_CASES = [
     ("rows.tsv", "line 3: expected two non-empty tab-separated columns"),

@@ -6,6 +6,7 @@ from optuna.trial import TrialState
 
 from pgbench.cli import main
 from pgbench.errors import ConfigError
+from pgbench.reports import findings
 from pgbench.reports.stats import LEADERBOARD, PAIRS
 from pgbench.suite import _queue, open_storage, plan_suite, run_cell, run_suite
 
@@ -109,7 +110,7 @@ def test_protocol_file_is_read_and_a_bad_key_names_the_file(run_overrides, tmp_p
     protocol.write_text('[suite]\ntasks = ["fr_en"]\n[task.fr_en]\n"rollout.temperature" = -1\n')
     with pytest.raises(ConfigError, match=f"^{protocol} \\(cell fr_en-.*-s0\\): .*temperature"):
         plan_suite({"suite": str(protocol)})
-    with pytest.raises(ConfigError, match="no such protocol; shipped: cpu, gpu"):
+    with pytest.raises(ConfigError, match="no such protocol; shipped: cpu, cpu_offpolicy, gpu"):
         plan_suite({"suite": "nope"})
 
 
@@ -253,3 +254,30 @@ def test_variants_variance_and_findings_in_the_report(run_overrides, tmp_path):
         "leaderboard_auc.csv",
         "pairs_auc.csv",
     } <= artifacts
+
+
+def test_shipped_off_policy_protocol_resolves_every_cell():
+    plan = plan_suite({"suite": "cpu_offpolicy"})
+    assert plan.id == "cpu_offpolicy" and len(plan.cells) == 23 * 10
+    by_column = {c.estimator: c.values for c in plan.cells if c.seed == 0}
+    assert {v["estimator"] for v in by_column.values()} == {"grpo"}
+    assert {v["estimator.minibatches"] for v in by_column.values()} == {2}
+    staleness = {name: v.get("rollout.staleness", 0) for name, v in by_column.items()}
+    assert sorted(n for n, k in staleness.items() if k == 0) == [
+        "cispo",
+        "clip_higher",
+        "gmpo",
+        "grpo",
+        "gspo",
+        "lite_ppo",
+        "sapo",
+    ]
+    for k in (2, 4):
+        columns = sorted(n.removeprefix(f"stale{k}_") for n, s in staleness.items() if s == k)
+        assert columns == ["cispo", "clip_higher", "gmpo", "gspo", "mis", "ppo_clip", "sapo", "tis"]
+    assert by_column["stale4_tis"]["loss.rollout_correction"] == "tis"
+    assert by_column["stale2_gspo"]["loss.ratio"] == "sequence"
+    # every claim of the off-policy findings names columns of this protocol
+    stale_claims = [c for c in findings.CLAIMS if c.a.startswith("stale")]
+    assert len(stale_claims) == 10
+    assert all({c.a, c.b} <= set(by_column) for c in stale_claims)

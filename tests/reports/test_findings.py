@@ -71,3 +71,22 @@ def test_findings_by_hand():
 
     text = markdown(found.reset_index())
     assert text.count("\n") == 1 + 4 and "**supported**" in text and "tau = -1.00" in text
+
+
+def test_off_policy_claims_name_the_stale_columns_and_entropy():
+    data = (
+        rows("arith", "stale2_tis", "metric", [45, 46, 47, 48])
+        + rows("arith", "stale2_ppo_clip", "metric", [44, 44, 46, 45])
+        + rows("arith", "stale2_clip_higher", "entropy", [0.9, 0.8, 0.85, 0.95])
+        + rows("arith", "stale2_ppo_clip", "entropy", [0.7, 0.75, 0.7, 0.8])
+        + rows("arith", "stale4_tis", "metric", [45, 46, 47, 48])  # no stale4_ppo_clip
+    )
+    found = findings(pd.DataFrame(data)).set_index("claim")
+    assert len(found) == 2
+    tis = found.loc["Truncated importance sampling (TIS) beats no correction at staleness 2"]
+    assert (tis.a, tis.b, tis.quantity) == ("stale2_tis", "stale2_ppo_clip", "metric")
+    assert math.isclose(tis.effect, (1 + 2 + 1 + 3) / 4)
+    entropy = found.loc[
+        "Clip-higher keeps the policy's entropy higher at staleness 2 (mean entropy)"
+    ]
+    assert entropy.quantity == "entropy" and math.isclose(entropy.effect, 0.1375)
