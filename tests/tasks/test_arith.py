@@ -229,6 +229,9 @@ LOSS_VARIANTS = [
     {"loss.ratio": "sequence", "loss.dual_clip": "3", "kl.estimator": "k2", "kl.placement": "loss"},
     {"rollout.drop_uniform_groups": "true", "rollout.overlong_buffer": "3"},
     {"loss.policy": "sapo", "rollout.staleness": "1"},
+    {"loss.policy": "clip_cov", "loss.cov_ratio": "0.1", "loss.entropy_coef": "0.01"},
+    {"loss.policy": "kl_cov", "loss.aggregation": "prompt_mean"},
+    {"kl.estimator": "k3_plus", "kl.placement": "loss", "estimator.scale": "batch"},  # Lite PPO
     {"rollout.staleness": "2", "loss.rollout_correction": "tis"},
     {"rollout.staleness": "1", "loss.rollout_correction": "mis"},
     {"rollout.staleness": "1", "loss.rollout_correction": "tis", "loss.ratio": "sequence"},
