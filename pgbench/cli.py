@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import traceback
@@ -328,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = args[0], args[1:]
     if name == "sync" and rest and "=" not in rest[0] and not rest[0].startswith("-"):
         rest = [f"run_dir={rest[0]}", *rest[1:]]  # `pgbench sync <run dir>`
+    # a new local MLflow store announces its tables at INFO level: not news to a user
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     # MLflow retries an unreachable server for minutes by default; a run buffers instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")

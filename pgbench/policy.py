@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import resource
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,9 @@ def load_policy(source: str, lora: LoraConfig, device: torch.device) -> Policy:
             target_modules=targets if targets == "all-linear" else targets.split(","),
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, peft_config)
+        with warnings.catch_warnings():  # peft reads transformers' deprecated property
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            model = get_peft_model(model, peft_config)
     model.to(device).eval()  # eval mode: no dropout noise in sampling or gradients
     return Policy(model, tokenizer, source, lora.r > 0)
 
@@ -154,7 +157,7 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.training = True
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):

@@ -67,7 +67,7 @@ def completion_logits(
     attention = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)  # [N, Tp + Tc]
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     prompt_len, completion_len = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
-    checkpointing = getattr(model, "is_gradient_checkpointing", False) and model.training
+    checkpointing = getattr(model, "is_activation_checkpointing", False) and model.training
     if checkpointing and torch.is_grad_enabled():
         output = model(
             input_ids=torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1),

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,7 +234,9 @@ class Trainer:
         state, limit = self.state, self.config.trainer.max_skipped
         state.skipped_steps += 1
         state.consecutive_skips += 1
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped first step moves the schedule on by design
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
         if state.consecutive_skips >= limit:
             kept = checkpoint.latest(self.run_dir / "checkpoints")
             raise TrainingError(

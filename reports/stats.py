@@ -248,8 +248,10 @@ def pair_row(
     n = len(diff)
     sd = float(diff.std(ddof=1)) if n >= 2 else math.nan
     low, high = bootstrap_ci([diff], mean, confidence, n_resamples, seed)
-    # ttest_rel gives t = +-inf, p = 0 for identical nonzero differences: undefined, so NaN
-    p = float(stats.ttest_rel(matched.a, matched.b).pvalue) if sd > 0 else math.nan
+    # identical differences (up to float rounding: scipy would warn of catastrophic
+    # cancellation) give t = +-inf, p = 0: undefined, so NaN
+    spread = sd > 1e-9 * max(abs(float(diff.mean())), 1e-300) if n >= 2 else False
+    p = float(stats.ttest_rel(matched.a, matched.b).pvalue) if spread else math.nan
     return {
         "task": task,
         "a": a.name,

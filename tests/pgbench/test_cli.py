@@ -119,3 +119,28 @@ def test_console_entry_point_reports_errors_without_traceback():
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "pgbench run: error: kl.coef must be >= 0.0 (got -1.0)"
+
+
+def test_a_run_prints_only_progress_bars_and_its_own_lines(run_overrides, tmp_path):
+    # a fresh SQLite store, LoRA (peft) and activation checkpointing: the known noise sources
+    overrides = run_overrides | {
+        "trainer.steps": "2",
+        "lora.r": "2",
+        "trainer.gradient_checkpointing": "true",
+        "tracking.uri": f"sqlite:///{tmp_path / 'fresh.db'}",
+        "output_dir": str(tmp_path / "run"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pgbench", "run", *(f"{k}={v}" for k, v in overrides.items())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line.strip() for line in done.stderr.replace("\r", "\n").splitlines()]
+    noise = [
+        line
+        for line in lines
+        if line and not line.startswith("pgbench") and not ("|" in line and "/" in line)
+    ]
+    assert noise == []
