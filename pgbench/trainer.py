@@ -57,6 +57,7 @@ PER_PROCESS_METRICS = (
     "train/advantage_mean",
     "train/advantage_std",
     "train/clip_fraction",
+    "train/approx_kl",
     "train/kl",
     "train/entropy",
     "train/completion_len",

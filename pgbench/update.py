@@ -200,7 +200,7 @@ def accumulate_gradients(
         samples = config.rollout.samples_per_prompt
         group_tokens, reduce["batch_prompts"] = prompt_groups(prepared.mask, rows, samples)
         groups = group_tokens.split(config.trainer.micro_batch_size)
-    stats = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "value_loss": 0.0}
+    stats = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "value_loss": 0.0, "approx_kl": 0.0}
     lc = config.loss
     clip = Clip(lc.clip_low or estimator.clip, lc.clip_high or estimator.clip, lc.dual_clip)
     knobs = FormKnobs(**{f.name: getattr(lc, f.name) for f in fields(FormKnobs)})
@@ -249,12 +249,15 @@ def accumulate_gradients(
         stats["loss"] += loss.item()
         stats["entropy"] += (scores.entropy.detach() * chunk_mask).sum().item()
         stats["clipped"] += (binds.float() * chunk_mask).sum().item()
+        log_rho = (scores.logprobs - old).detach()  # CleanRL's approx_kl: k3 of pi_old -> pi
+        stats["approx_kl"] += ((log_rho.exp() - 1 - log_rho) * chunk_mask).sum().item()
     tokens = max(reduce["batch_tokens"], 1)
     return {
         "loss": stats["loss"],
         "value_loss": stats["value_loss"],
         "entropy": stats["entropy"] / tokens,
         "clip_fraction": stats["clipped"] / tokens,
+        "approx_kl": stats["approx_kl"] / tokens,
     }
 
 
@@ -328,7 +331,13 @@ def step_metrics(
     policy_mask = prepared.rollout.policy_mask
     advantages = prepared.advantages[policy_mask.bool()]
     mean = {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
-    return {
+    value_head = {}
+    if prepared.returns is not None:  # CleanRL's explained variance of the rollout's values
+        valid = policy_mask.bool()
+        returns, values = prepared.returns[valid], prepared.old_values[valid]
+        explained = 1 - (returns - values).var() / returns.var()
+        value_head = {"train/explained_variance": explained.item()}
+    return value_head | {
         "train/reward_mean": rewards.mean().item(),
         "train/reward_std": rewards.std().item(),
         "train/advantage_mean": advantages.mean().item(),
@@ -336,6 +345,7 @@ def step_metrics(
         "train/loss": mean["loss"],
         "train/value_loss": mean["value_loss"],
         "train/clip_fraction": mean["clip_fraction"],
+        "train/approx_kl": mean["approx_kl"],
         "train/kl": prepared.seq_kl.mean().item(),
         "train/uniform_groups": prepared.uniform_groups,
         "train/entropy": updates[0]["entropy"],

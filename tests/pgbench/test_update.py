@@ -1,12 +1,15 @@
 """Tool results are the environment's tokens: no loss, KL, advantage, entropy or count."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
 from pgbench.config import LoraConfig, resolve
 from pgbench.engine import Rollout, encode_prompts
 from pgbench.policy import Reference, load_policy
-from pgbench.update import accumulate_gradients, prepare, prompt_groups
+from pgbench.update import accumulate_gradients, prepare, prompt_groups, step_metrics
 
 
 def multi_turn_rollout(policy, task) -> Rollout:
@@ -244,3 +247,42 @@ def test_prompt_groups_count_the_tokens_of_each_rows_prompt():
     assert tokens.tolist() == [10, 10, 15, 15] and prompts == 2
     tokens, prompts = prompt_groups(mask, torch.tensor([3, 0, 2]), 2)  # a minibatch
     assert tokens.tolist() == [15, 5, 15] and prompts == 2
+
+
+def test_clip_fraction_and_approx_kl_by_hand(micro_policy, micro_task, run_overrides):
+    # pi_old = pi - 0.5 on row 0 (rho = e^0.5 > 1.2, clipped where A > 0), - 0.1 elsewhere
+    # (rho = e^0.1 inside the clip); rewards give row 0 A > 0 on all its 5 policy tokens
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    config = resolve(run_overrides | {"estimator": "grpo", "kl.coef": "0"})
+    rollout = multi_turn_rollout(policy, micro_task)
+    rewards = torch.tensor([[1.0, 0.0], [0.5, 0.25]])
+    prepared = prepare(config, config.estimator, policy.model, None, None, rollout, rewards, {})
+    shift = torch.full_like(prepared.old_logprobs, 0.1)
+    shift[0] = 0.5
+    prepared.old_logprobs = prepared.old_logprobs - shift
+    _, stats = gradient(config, policy.model, prepared, None)
+    tokens = 5 + 5 + 8 + 7  # policy tokens per row (tool results, padding excluded)
+    assert stats["clip_fraction"] == pytest.approx(5 / tokens)
+    k3 = {s: math.exp(s) - 1 - s for s in (0.5, 0.1)}
+    assert stats["approx_kl"] == pytest.approx((5 * k3[0.5] + 20 * k3[0.1]) / tokens, rel=1e-4)
+
+
+def test_explained_variance_of_the_value_head_by_hand(micro_policy, micro_task, run_overrides):
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    config = resolve(run_overrides | {"estimator": "ppo", "kl.coef": "0"})
+    head = torch.nn.Linear(policy.model.config.hidden_size, 1)
+    rollout = multi_turn_rollout(policy, micro_task)
+    rewards = torch.tensor([[1.0, 0.0], [0.5, 0.25]])
+    prepared = prepare(config, config.estimator, policy.model, None, head, rollout, rewards, {})
+    valid = rollout.policy_mask.bool()
+    returns = torch.zeros_like(prepared.advantages)
+    returns[valid] = torch.arange(25, dtype=torch.float)  # 0..24
+    values = returns.clone()
+    values[valid] += torch.tensor([1.0, -1.0] * 12 + [0.0])  # errors of variance 24/25 * 25/24
+    prepared = dataclasses.replace(prepared, returns=returns, old_values=values)
+    updates = [{k: 0.0 for k in ("loss", "value_loss", "clip_fraction", "approx_kl")}]
+    updates[0] |= {"entropy": 1.0, "grad_norm": 0.0}
+    metrics = step_metrics(prepared, updates, rewards)
+    errors = torch.tensor([1.0, -1.0] * 12 + [0.0])
+    expected = 1 - errors.var() / torch.arange(25, dtype=torch.float).var()
+    assert metrics["train/explained_variance"] == pytest.approx(expected.item())
