@@ -35,6 +35,7 @@ from pgbench.components import new_value_head
 from pgbench.config import Config, VarianceArgs, resolve, run_values
 from pgbench.engine import Rollout
 from pgbench.estimators import Estimator
+from pgbench.pipeline import step_seed
 from pgbench.policy import Policy, load_policy, pick_device, resolve_model
 from pgbench.rollout import collect_rollout
 from pgbench.sections import VarianceConfig
@@ -66,7 +67,7 @@ def draw_batches(
     examples = random.Random(cfg.seed).sample(cfg.task.splits().train, cfg.trainer.prompts_per_step)
     draws = []
     for batch in tqdm(range(count), desc="rollouts", unit="batch", leave=False):
-        torch.manual_seed(cfg.seed * 1_000_003 + offset + batch)
+        torch.manual_seed(step_seed(cfg.seed, offset + batch))
         collected = collect_rollout(cfg, policy, examples, policy.model.device, greedy=greedy)
         draws.append(Draw(collected.rollout, collected.rewards, collected.baseline))
     return draws
