@@ -219,7 +219,15 @@ def suite(overrides: dict[str, str]) -> int:
     """Tasks x estimators x seeds at fixed budgets (a protocol), resumable, in parallel."""
     from pgbench.suite import plan_suite, run_suite
 
-    outcome = run_suite(plan_suite(overrides))
+    plan = plan_suite(overrides)
+    if plan.launcher == "slurm":
+        from pgbench.launch import launch_suite
+
+        outcome = launch_suite(plan)
+        if outcome is None:  # submitted, not waited for
+            return 0
+    else:
+        outcome = run_suite(plan)
     print(f"\nsuite {outcome['id']}: {outcome['runs']} runs finished in {outcome['out']}")
     if outcome["missing"]:
         print(f"missing (rerun to retry): {', '.join(outcome['missing'])}")

@@ -48,6 +48,7 @@ from pgbench.sections import (
     ReportConfig,
     RewardConfig,
     RolloutConfig,
+    SlurmConfig,
     SuiteConfig,
     SweepConfig,
     TrackingConfig,
@@ -55,6 +56,7 @@ from pgbench.sections import (
     VarianceConfig,
 )
 from pgbench.tasks import Task
+from pgbench.urls import redact
 
 T = TypeVar("T")
 
@@ -156,10 +158,14 @@ class SuiteArgs(_Training, _Many):
     estimators: str = top("estimators")
     seeds: int = top("seeds")
     suite: SuiteConfig = section(SuiteConfig)
+    slurm: SlurmConfig = section(SlurmConfig)
     variance: VarianceConfig = section(VarianceConfig)
 
     def check(self) -> None:
         _check_estimators(self.estimator_names(), self.rollout.samples_per_prompt)
+        if self.suite.launcher == "slurm":
+            _check_slurm(self.suite.storage, self.tracking.uri)
+            self.slurm.sbatch_flags()  # a malformed flag fails now, not at submission
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -390,3 +396,23 @@ def _check_vllm(config: Config | SweepArgs) -> None:
         )
     if config.device == "cpu" or not torch.cuda.is_available():
         raise ConfigError("engine.backend=vllm needs a CUDA GPU; use engine.backend=hf on CPU")
+
+
+def _check_slurm(storage: str, tracking_uri: str) -> None:
+    """SLURM workers run on other nodes: the queue and the tracking store must be servers."""
+    servers = ("postgresql", "postgres", "mysql", "mariadb")
+    if _scheme(storage) not in servers:
+        raise ConfigError(
+            f"suite.launcher=slurm needs suite.storage=postgresql://... (or mysql://) that every "
+            f"node reaches; got {redact(storage) or 'the local journal file'}"
+        )
+    if _scheme(tracking_uri) not in (*servers, "http", "https"):
+        raise ConfigError(
+            f"suite.launcher=slurm needs a tracking.uri every node reaches: http(s)://<mlflow "
+            f"server> or postgresql://...; got {redact(tracking_uri)}"
+        )
+
+
+def _scheme(url: str) -> str:
+    """`postgresql+psycopg://...` -> `postgresql`; a path -> ``."""
+    return url.partition("://")[0].partition("+")[0] if "://" in url else ""

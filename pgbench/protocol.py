@@ -24,6 +24,7 @@ from typing import Any
 from pgbench.compose import accepts
 from pgbench.config import Config, SuiteArgs, VarianceArgs, resolve
 from pgbench.errors import ConfigError
+from pgbench.sections import SlurmConfig
 from pgbench.tuning import Tune, read_tune
 from pgbench.urls import redact_values
 
@@ -69,6 +70,9 @@ class Plan:
     # (task, column, point) -> that point's test-phase cells, queued once it is selected
     candidates: dict[tuple[str, str, int], list[Cell]] = field(default_factory=dict)
     points: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict)  # its keys
+    launcher: str = "local"  # suite.launcher: processes here, or a SLURM job array
+    wait: bool = False  # slurm: wait for the jobs and write the report
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def all_cells(self) -> list[Cell]:
         """Every cell the suite may run, each once."""
@@ -237,8 +241,13 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
         raise ConfigError(f"{where}: {unknown[0]} is not among the suite's tasks {names}")
     if tune:
         tune.check_seeds(config.seeds)
-    # the id does not change with a password (the saved configs never hold one)
-    shown = redact_values(common | cli)
+    # the id does not change with a password (the saved configs never hold one), nor with
+    # where the cells run (suite.launcher, suite.wait, slurm.*): a re-run may wait for them
+    where_run = ("suite.launcher", "suite.wait")
+    what = {
+        k: v for k, v in (common | cli).items() if k not in where_run and not k.startswith("slurm.")
+    }
+    shown = redact_values(what)
     digest = hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode())
     suite_id = config.suite.id or (path.stem if path else digest.hexdigest()[:8])
     out = Path(config.output_dir or f"runs/suite-{suite_id}")
@@ -282,4 +291,7 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
         tune,
         candidates,
         points,
+        config.suite.launcher,
+        config.suite.wait,
+        config.slurm,
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pgbench.correction import Correction, Level
+from pgbench.errors import ConfigError
 from pgbench.fields import knob
 from pgbench.losses import Aggregation, KLEstimator
 from pgbench.policy_losses import PolicyForm, RatioLevel
@@ -220,6 +221,39 @@ class SuiteConfig:
     variance: bool = knob(
         False, "also measure each task's gradient variance (pgbench variance) for the Findings"
     )
+    launcher: Literal["local", "slurm"] = knob(
+        "local",
+        "local = worker processes on this machine; slurm = suite.workers jobs of a SLURM array "
+        "(submitit), on a PostgreSQL suite.storage and a tracking.uri every node reaches",
+    )
+    wait: bool = knob(
+        False, "slurm: wait for the jobs, re-submit workers for re-queued cells, write the report"
+    )
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    partition: str = knob("", "partition of the worker jobs (empty = the cluster's default)")
+    time_min: int = knob(240, "wall-clock limit of each worker job, minutes", ge=1)
+    gpus_per_task: int = knob(0, "GPUs of each worker job", ge=0)
+    cpus_per_task: int = knob(1, "CPU cores of each worker job (its torch threads)", ge=1)
+    mem_gb: int = knob(0, "memory of each worker job, GB (0 = the cluster's default)", ge=0)
+    extra: str = knob(
+        "", "more sbatch flags, e.g. '--account=rl --qos=high' (each --key=value or --flag)"
+    )
+    folder: str = knob("", "folder of the jobs' scripts and logs (empty = <output_dir>/slurm)")
+
+    def sbatch_flags(self) -> dict[str, str | bool]:
+        """`extra` as submitit's slurm_additional_parameters: `--qos=high` -> {"qos": "high"}."""
+        flags: dict[str, str | bool] = {}
+        for token in self.extra.split():
+            key, sep, value = token.removeprefix("--").partition("=")
+            if not token.startswith("--") or not key:
+                raise ConfigError(
+                    f"slurm.extra: {token!r} is not an sbatch flag; use --key=value or --flag"
+                )
+            flags[key] = value if sep else True
+        return flags
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ cell (`study.enqueue_trial({"cell": i})`); `suite.workers=N` processes on this m
 cells from it, each with torch threads = cores // N. The storage is
 `<output_dir>/suite.journal` (JournalFileBackend), or `suite.storage=postgresql://...` for
 workers on several machines, with heartbeats: a cell whose worker died is re-queued.
+`suite.launcher=slurm` submits the workers as a SLURM job array instead (pgbench/launch.py).
 
 Phases: the tuning runs, the runs at shared defaults and the variance cells are queued first.
 When every tuning run of a column has finished, the column's selected point
@@ -145,8 +146,9 @@ def _record(plan: Plan, cell: Cell, trial: optuna.Trial, summary: dict[str, Any]
     return attrs[plan.tune.objective] if cell.tuning else summary["eval_after"][metric]
 
 
-def work(plan: Plan, worker: int) -> None:
-    """One worker: train queued cells until the queue is empty."""
+def work(plan: Plan, worker: int | str) -> None:
+    """One worker: train queued cells until the queue is empty; `worker` (a number here, a
+    SLURM job id there) is recorded in each of its trials as user attr `worker`."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     threads = use_threads(plan.threads, plan.workers)
     study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
@@ -159,6 +161,7 @@ def work(plan: Plan, worker: int) -> None:
         cell = by_name[trial.user_attrs["cell"]]  # the name, robust to a protocol's new cells
         if _taken(study, trial.number, cell.name):
             raise optuna.TrialPruned(f"{cell.name} is run by another trial")
+        trial.set_user_attr("worker", str(worker))
         print(f"suite {plan.id}: worker {worker} ({threads} threads) runs {cell.name}")
         summary = run_cell(plan, cell)
         if cell.estimator == VARIANCE:
@@ -179,7 +182,7 @@ def work(plan: Plan, worker: int) -> None:
         )
 
 
-def _queue(plan: Plan, study: optuna.Study, cells: list[Cell] | None = None) -> int:
+def queue_cells(plan: Plan, study: optuna.Study, cells: list[Cell] | None = None) -> int:
     """Queue every cell of `cells` (default: the plan's) without a finished or live trial;
     returns how many wait to run."""
     if plan.storage.endswith(".journal"):  # one machine: RUNNING trials are a killed suite's
@@ -229,7 +232,7 @@ def selected(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
     return select(table, plan.tune.seeds)
 
 
-def _promote(plan: Plan, study: optuna.Study) -> Plan:
+def promote(plan: Plan, study: optuna.Study) -> Plan:
     """The plan with the test phase of every column whose tuning has finished."""
     known = {c.name for c in plan.cells}
     new = []
@@ -252,8 +255,16 @@ def _run_workers(plan: Plan) -> None:
             process.join()
 
 
-def run_suite(plan: Plan) -> dict[str, Any]:
-    """Run (or continue) every cell with the workers, phase by phase, then write the tables."""
+def first_phase(plan: Plan, study: optuna.Study) -> list[Cell] | None:
+    """The cells to queue first: the tuning runs alone while any is unfinished, so that the
+    test phase is queued before the other cells; else every cell (None)."""
+    tuning = [c for c in plan.cells if c.tuning]
+    finished = _finished(study)
+    return None if all(c.name in finished for c in tuning) else tuning
+
+
+def open_suite(plan: Plan) -> tuple[optuna.Study, MLflowTracker]:
+    """Check tracking and rewards, create (or load) the suite's study and its MLflow run."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # workers print their cells
     check_reachable(plan.tracking_uri)
     for task in dict.fromkeys(c.task for c in plan.cells):  # a missing reward model fails now
@@ -277,25 +288,27 @@ def run_suite(plan: Plan) -> dict[str, Any]:
     )
     if not parent_id:
         study.set_user_attr(PARENT_ATTR, parent.run_id)
-    plan = _promote(plan, study)  # resumed: tunings finished before
+    return study, parent
+
+
+def run_suite(plan: Plan) -> dict[str, Any]:
+    """Run (or continue) every cell with the workers, phase by phase, then write the tables."""
+    study, parent = open_suite(plan)
+    plan = promote(plan, study)  # resumed: tunings finished before
     tuning = [c for c in plan.cells if c.tuning]
-    finished = _finished(study)
-    # the tuning runs alone first, so that the test phase is queued before the other cells
-    queue = None if all(c.name in finished for c in tuning) else tuning
+    queue = first_phase(plan, study)
     while True:
-        queued = _queue(plan, study, queue)
+        queued = queue_cells(plan, study, queue)
         print(
             f"suite {plan.id}: {len(plan.cells)} cells ({len(tuning)} tuning), {queued} to run "
             f"now, {plan.workers} workers"
         )
         _run_workers(plan)
-        more = _promote(plan, study)
+        more = promote(plan, study)
         if queue is None and len(more.cells) == len(plan.cells):
             break
         plan, queue = more, None  # the test phase of the columns just tuned, then the rest
-    return _conclude(
-        plan, optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan)), parent
-    )
+    return conclude(plan, parent)
 
 
 def _run_rows(cells: list[Cell], finished: dict[str, FrozenTrial]) -> pd.DataFrame:
@@ -341,10 +354,11 @@ def _phases(plan: Plan, chosen: pd.DataFrame) -> tuple[list[Cell], list[Cell], l
     return board, [c for c in defaults if (c.task, c.estimator) in tuned], waiting
 
 
-def _conclude(plan: Plan, study: optuna.Study, parent: MLflowTracker) -> dict[str, Any]:
+def conclude(plan: Plan, parent: MLflowTracker) -> dict[str, Any]:
     """runs.csv and the report (reports/suite_report.py) from the study's finished trials."""
     from pgbench.reports.suite_report import write_report
 
+    study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
     finished = _finished(study)
     missing = [c.name for c in plan.cells if c.name not in finished]
     variance = {

@@ -1,6 +1,8 @@
 """Shared fixtures: a micro policy built once per session through the real tiny bootstrap,
-and a throwaway PostgreSQL server for the distributed sweep and suite tests."""
+a throwaway PostgreSQL server for the distributed sweep and suite tests, a real MLflow
+tracking server on it, and a single-node SLURM cluster on localhost."""
 
+import getpass
 import glob
 import os
 import secrets
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,3 +180,161 @@ def kill_worker() -> Callable:
 def retry_of() -> Callable:
     """`killed_and_retry`, for the distributed sweep and suite tests."""
     return killed_and_retry
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with a PostgreSQL backend store and a local artifact root
+    (served over HTTP, as on a cluster's tracking host); `stop()` and `start()` again on the
+    same port, to take it away mid-run."""
+
+    def __init__(self, backend: str, root: Path) -> None:
+        self.backend, self.root, self.port = backend, root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120) -> None:
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--workers", "1"]
+        command += ["--backend-store-uri", self.backend]
+        command += ["--artifacts-destination", str(self.root / "artifacts")]
+        log = (self.root / "server.log").open("a")
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=log, start_new_session=True, env=os.environ | {"CI": ""}
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        tail = (self.root / "server.log").read_text()[-500:]
+        pytest.fail(f"mlflow server did not start on {self.url}: {tail}")
+
+    def stop(self) -> None:
+        """Kill the server's process group (uvicorn and its workers) and wait for it."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres_server, tmp_path_factory):
+    """A real MLflow tracking server for this session, on its own PostgreSQL database."""
+    env = os.environ | {"PGPASSWORD": postgres_server.password}
+    login = ["-h", "127.0.0.1", "-p", str(postgres_server.port), "-U", "postgres"]
+    subprocess.run(
+        [pg_binary("createdb"), *login, "mlflow_server"], check=True, capture_output=True, env=env
+    )
+    server = MlflowServer(
+        postgres_server.url("mlflow_server"), tmp_path_factory.mktemp("mlflow-server")
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+SLURM_CONF = """ClusterName=pgbench
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+SlurmUser={user}
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={root}/munge.socket
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+ReturnToService=2
+KillWait=1
+NodeName={host} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
+
+
+def _slurm_binary(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+def _start_slurm(root: Path, processes: list[subprocess.Popen]) -> str | None:
+    """Start munged, slurmctld and slurmd for one node with 2 CPUs; None once the node is
+    idle, else why not."""
+    (root / "munge.key").write_bytes(secrets.token_bytes(1024))
+    (root / "munge.key").chmod(0o400)
+    munged = [_slurm_binary("munged"), "--force", f"--key-file={root}/munge.key"]
+    munged += [f"--socket={root}/munge.socket", f"--pid-file={root}/munged.pid"]
+    munged += [f"--log-file={root}/munged.log", f"--seed-file={root}/munge.seed", "--foreground"]
+    for command in (
+        munged,
+        [_slurm_binary("slurmctld"), "-D", "-i"],
+        [_slurm_binary("slurmd"), "-D"],
+    ):
+        log = (root / f"{Path(command[0]).name}.out").open("w")
+        processes.append(subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True))
+        time.sleep(1)  # each daemon needs the one before it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            break
+        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+        if state.stdout.strip() == "idle":
+            return None
+        time.sleep(1)
+    logs = " | ".join(
+        f"{path.name}: {path.read_text().strip().splitlines()[-1:]}"
+        for path in sorted(root.glob("*.out"))
+    )
+    return f"the single-node SLURM cluster did not come up ({logs})"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A single-node SLURM cluster on localhost (munged, slurmctld, slurmd with 2 CPUs) in a
+    temporary folder, found by sbatch and squeue through SLURM_CONF; yields the folder."""
+    missing = [name for name in SLURM_BINARIES if _slurm_binary(name) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"SLURM binaries {missing} are missing; .ci/run installs slurm-wlm, munge")
+        pytest.skip(f"SLURM binaries {missing} not found (apt-get install slurm-wlm munge)")
+    root = Path(tempfile.mkdtemp(prefix="pgbench-slurm-"))
+    for folder in ("state", "spool"):
+        (root / folder).mkdir()
+    host, user = socket.gethostname(), getpass.getuser()
+    text = SLURM_CONF.format(
+        host=host, user=user, root=root, ctld_port=free_port(), d_port=free_port()
+    )
+    (root / "slurm.conf").write_text(text)
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(root / "slurm.conf")
+    processes: list[subprocess.Popen] = []
+    try:
+        failure = _start_slurm(root, processes)
+        if failure:
+            pytest.skip(failure)
+        yield root
+    finally:
+        jobs = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True)
+        if jobs.stdout.split():
+            subprocess.run(["scancel", *jobs.stdout.split()], capture_output=True)
+            time.sleep(3)  # KillWait=1: the jobs' processes end before slurmd does
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=30)
+        if saved is None:
+            os.environ.pop("SLURM_CONF")
+        else:
+            os.environ["SLURM_CONF"] = saved
+        shutil.rmtree(root, ignore_errors=True)

@@ -8,7 +8,7 @@ from pgbench.cli import main
 from pgbench.errors import ConfigError
 from pgbench.reports import findings
 from pgbench.reports.stats import LEADERBOARD, PAIRS
-from pgbench.suite import _queue, open_storage, plan_suite, run_cell, run_suite
+from pgbench.suite import open_storage, plan_suite, queue_cells, run_cell, run_suite
 
 
 def fast(run_overrides, tmp_path) -> dict[str, str]:
@@ -157,10 +157,10 @@ def test_a_killed_suite_requeues_its_running_cell(tmp_path):
         {"tasks": "fr_en", "estimators": "rloo", "seeds": "2", "output_dir": str(tmp_path)},
     )
     study = optuna.create_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
-    assert _queue(plan, study) == 2
+    assert queue_cells(plan, study) == 2
     running = study.ask()  # pops cell 0 from the queue, as a worker does
     assert running.suggest_int("cell", 0, 1) == 0
-    assert _queue(plan, study) == 2  # cell 0 queued again, cell 1 still waiting
+    assert queue_cells(plan, study) == 2  # cell 0 queued again, cell 1 still waiting
     assert study.trials[0].state == TrialState.FAIL
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.system_attrs["fixed_params"]["cell"] for t in waiting) == [0, 1]

@@ -1,0 +1,141 @@
+"""`suite.launcher=slurm`: a suite's workers as a SLURM job array, submitted through submitit.
+
+The command queues the suite's cells in its Optuna study on the shared `suite.storage`
+(PostgreSQL), submits `suite.workers` array jobs (`executor.map_array`), prints their ids, the
+log folder and where the runs appear in MLflow, and returns. Each job runs `slurm_worker`: the
+suite worker of pgbench/suite.py (`work`), which pops cells until none waits, then queues the
+test phase of every column whose tuning has finished, and goes on until nothing waits.
+
+A job killed mid-cell stops sending heartbeats: its trial is failed and the cell queued again
+(Optuna's RetryHeartbeatStaleTrialCallback); the next worker resumes it from its checkpoint in
+the same MLflow run (the run directories lie under `output_dir`, which every node must share).
+
+Re-running the command queues only cells without a finished, waiting or running trial and
+submits workers only if some cell waits. With `suite.wait=true` it then waits until no cell
+waits or runs, submitting workers again when cells wait and all of its jobs have ended (submitit
+reads that from the result files, or from sacct), and writes the report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from pgbench.errors import ConfigError
+from pgbench.protocol import Plan
+from pgbench.suite import conclude, first_phase, open_storage, open_suite, promote, queue_cells
+from pgbench.tracking import MLflowTracker
+from pgbench.urls import redact
+
+
+def slurm_worker(plan: Plan) -> None:
+    """One array job: run queued cells, queue the phases that became ready, until none waits."""
+    import submitit
+
+    from pgbench.suite import work
+
+    label = submitit.JobEnvironment().job_id  # e.g. 1234_0: recorded in each trial it runs
+    study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
+    while True:
+        work(plan, label)
+        plan = promote(plan, study)
+        if not queue_cells(plan, study):
+            return
+
+
+def log_folder(plan: Plan) -> Path:
+    """Where submitit writes the jobs' scripts, pickles and logs."""
+    return Path(plan.slurm.folder or plan.out / "slurm").resolve()
+
+
+def executor(plan: Plan) -> Any:
+    """A submitit SlurmExecutor with the `slurm.*` settings; a one-line error without sbatch."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError(
+            "suite.launcher=slurm needs submitit: pip install 'pgbench[slurm]'"
+        ) from None
+    if shutil.which("sbatch") is None:
+        raise ConfigError(
+            "suite.launcher=slurm: sbatch is not on PATH; run the command on a SLURM login node"
+        )
+    settings = plan.slurm
+    chosen = {
+        "job_name": f"pgbench-suite-{plan.id}",
+        "time": settings.time_min,
+        "cpus_per_task": settings.cpus_per_task,
+        "partition": settings.partition or None,
+        "gpus_per_task": settings.gpus_per_task or None,
+        "mem": f"{settings.mem_gb}GB" if settings.mem_gb else None,
+        "additional_parameters": settings.sbatch_flags(),
+    }
+    slurm = submitit.SlurmExecutor(folder=log_folder(plan))
+    slurm.update_parameters(**{k: v for k, v in chosen.items() if v is not None})
+    return slurm
+
+
+def submit(slurm: Any, plan: Plan, count: int) -> list[Any]:
+    """Submit `count` workers as one job array; each runs with this job's CPUs only."""
+    jobs = slurm.map_array(slurm_worker, [replace(plan, workers=1)] * count)
+    print(f"suite {plan.id}: submitted {count} SLURM workers: {', '.join(j.job_id for j in jobs)}")
+    print(f"  logs: {log_folder(plan)}/<job id>_0_log.out (.err)")
+    return jobs
+
+
+def requeue(plan: Plan, study: optuna.Study) -> tuple[Plan, int, int]:
+    """Queue the cells of dead jobs, of finished tunings' test phases and any not yet queued;
+    returns the plan and how many cells wait and run."""
+    with warnings.catch_warnings():  # a dead job's cell: failed and queued again now
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    plan = promote(plan, study)
+    waiting = queue_cells(plan, study, first_phase(plan, study))
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return plan, waiting, running
+
+
+def mlflow_link(parent: MLflowTracker, uri: str, suite_id: str) -> str:
+    """Where to watch the suite: its run in the MLflow UI, or the store and the tag filter."""
+    runs = f"runs tagged pgbench.suite = '{suite_id}'"
+    if not uri.startswith(("http://", "https://")):
+        return f"{redact(uri)} ({runs})"
+    experiment = parent.client.get_run(parent.run_id).info.experiment_id
+    base = redact(uri).rstrip("/")
+    return f"{base}/#/experiments/{experiment}/runs/{parent.run_id} ({runs})"
+
+
+def launch_suite(plan: Plan) -> dict[str, Any] | None:
+    """Submit the suite's workers; with suite.wait, wait and return the report's outcome (as
+    run_suite), else None once the jobs are submitted. Nothing is submitted for a suite whose
+    cells have all finished: its report is written at once."""
+    slurm = executor(plan)  # submitit and sbatch checked before anything is queued
+    study, parent = open_suite(plan)
+    plan, waiting, running = requeue(plan, study)
+    print(f"suite {plan.id}: {len(plan.cells)} cells, {waiting} waiting, {running} running")
+    jobs = submit(slurm, plan, min(plan.workers, waiting)) if waiting else []
+    print(f"  MLflow: {mlflow_link(parent, plan.tracking_uri, plan.id)}")
+    if waiting + running and not plan.wait:
+        print("  re-run the command with suite.wait=true to wait and write the report")
+        return None
+    plan = wait_for_cells(slurm, plan, study, jobs)
+    return conclude(plan, parent)
+
+
+def wait_for_cells(slurm: Any, plan: Plan, study: optuna.Study, jobs: list[Any]) -> Plan:
+    """Poll the study every heartbeat until no cell waits or runs; cells that wait once every
+    job submitted here has ended (a killed job's cell, re-queued) get new workers."""
+    while True:
+        plan, waiting, running = requeue(plan, study)
+        if not waiting and not running:
+            return plan
+        if waiting and all(job.done() for job in jobs):
+            jobs = submit(slurm, plan, min(plan.workers, waiting))
+        time.sleep(plan.heartbeat_s)
