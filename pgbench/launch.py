@@ -30,7 +30,15 @@ from optuna.trial import TrialState
 
 from pgbench.errors import ConfigError
 from pgbench.protocol import Plan
-from pgbench.suite import conclude, first_phase, open_storage, open_suite, promote, queue_cells
+from pgbench.suite import (
+    conclude,
+    first_phase,
+    open_storage,
+    open_suite,
+    promote,
+    queue_cells,
+    work,
+)
 from pgbench.tracking import MLflowTracker
 from pgbench.urls import redact
 
@@ -38,8 +46,6 @@ from pgbench.urls import redact
 def slurm_worker(plan: Plan) -> None:
     """One array job: run queued cells, queue the phases that became ready, until none waits."""
     import submitit
-
-    from pgbench.suite import work
 
     label = submitit.JobEnvironment().job_id  # e.g. 1234_0: recorded in each trial it runs
     study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))

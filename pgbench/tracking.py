@@ -92,6 +92,22 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return None
 
 
+def _experiment_id(client: Any, uri: str, experiment: str) -> str:
+    """The experiment's id, created if missing; a worker that loses the race to create it
+    (parallel suite workers on a fresh server) takes the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(experiment)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment, _artifact_location(uri, experiment))
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
 class MLflowTracker:
     """One MLflow run (new, or resumed by id) on an explicit client: no global mlflow state."""
 
@@ -119,14 +135,10 @@ class MLflowTracker:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
             return
-        found = self.client.get_experiment_by_name(experiment)
-        experiment_id = (
-            found.experiment_id
-            if found
-            else self.client.create_experiment(experiment, _artifact_location(uri, experiment))
-        )
         run = self.client.create_run(
-            experiment_id, run_name=run_name or None, tags=redact_values(tags or {})
+            _experiment_id(self.client, uri, experiment),
+            run_name=run_name or None,
+            tags=redact_values(tags or {}),
         )
         self.run_id = run.info.run_id
 

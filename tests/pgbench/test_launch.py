@@ -75,8 +75,18 @@ def _running_cell(plan, out, timeout_s=300) -> optuna.trial.FrozenTrial:
         for trial in study.get_trials(states=(TrialState.RUNNING,)) if study else []:
             if (out / trial.user_attrs.get("cell", "?") / "run.json").is_file():
                 return trial
-        time.sleep(0.5)
+        time.sleep(0.2)
     pytest.fail("no SLURM worker started a cell")
+
+
+def _queue_drains(timeout_s: float = 60) -> bool:
+    """Whether SLURM's queue empties: every worker job exits once no cell waits or runs."""
+    deadline = time.monotonic() + timeout_s
+    while subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
 
 
 def test_a_suite_on_slurm_survives_a_cancelled_worker(
@@ -87,9 +97,9 @@ def test_a_suite_on_slurm_survives_a_cancelled_worker(
         "tasks": "fr_en",
         "estimators": "rloo",
         "seeds": "3",
-        "trainer.steps": "16",
+        "trainer.steps": "30",
         "eval.every": "0",
-        "checkpoint.every": "4",
+        "checkpoint.every": "10",
         "output_dir": str(out),
         "tracking.uri": mlflow_server.url,
         "suite.id": "slurm1",
@@ -111,7 +121,11 @@ def test_a_suite_on_slurm_survives_a_cancelled_worker(
     assert victim.user_attrs["worker"] in jobs
     run_dir = out / victim.user_attrs["cell"]
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
-    subprocess.run(["scancel", victim.user_attrs["worker"]], check=True)
+    job = victim.user_attrs["worker"]
+    subprocess.run(["scancel", "--signal=STOP", job], check=True)  # frozen where it is
+    assert not (run_dir / "summary.json").exists(), "the cell finished before it was stopped"
+    subprocess.run(["scancel", "--signal=KILL", job], check=True)
+    subprocess.run(["scancel", job], check=True)
 
     # the same command, waiting: the cancelled job's cell is queued again and finished
     assert main(["suite", *args, "suite.wait=true"]) == 0
@@ -120,7 +134,8 @@ def test_a_suite_on_slurm_survives_a_cancelled_worker(
     assert retry.user_attrs["cell"] == killed.user_attrs["cell"]
     done = [t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
     assert sorted(done) == ["fr_en-rloo-s0", "fr_en-rloo-s1", "fr_en-rloo-s2"]  # each once
-    assert not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip()
+    assert "CANCELLED" in (out / "slurm" / f"{job}_0_log.err").read_text()
+    assert _queue_drains(), "a worker job did not end once no cell was left"
 
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("fr_en").experiment_id
@@ -130,7 +145,7 @@ def test_a_suite_on_slurm_survives_a_cancelled_worker(
     # the cancelled cell resumed in its own MLflow run: every step logged once, in order
     assert run_id in {r.info.run_id for r in runs}
     steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
-    assert steps == list(range(1, 17))
+    assert steps == list(range(1, 31))
     table = pd.read_csv(out / "runs.csv")
     assert sorted(table.seed) == [0, 1, 2] and set(table.run_id) == {r.info.run_id for r in runs}
     assert "## Leaderboard" in (out / "suite.md").read_text()

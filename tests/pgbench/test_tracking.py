@@ -91,3 +91,25 @@ def test_tags_and_a_dead_workers_run_go_through_the_tracker(tmp_path):
     null = NullTracker()
     null.set_tags({"a": "b"})
     assert null.tags == {"a": "b"}
+
+
+def test_a_worker_that_loses_the_race_to_create_the_experiment_joins_it(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MLflowTracker(uri, "exp")
+    # another worker created "exp" between this one's lookup and its create_experiment
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", _missing_once(MlflowClient))
+    second = MLflowTracker(uri, "exp")
+    client = MlflowClient(uri)
+    assert client.get_run(second.run_id).info.experiment_id == (
+        client.get_run(first.run_id).info.experiment_id
+    )
+
+
+def _missing_once(cls):
+    real, calls = cls.get_experiment_by_name, []
+
+    def lookup(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    return lookup
