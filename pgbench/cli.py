@@ -188,7 +188,14 @@ def sweep(overrides: dict[str, str]) -> int:
 
     config = resolve(overrides, SweepArgs)
     config.task.check_reward()
-    result = run_sweep(config)
+    if config.sweep.launcher == "slurm":
+        from pgbench.sweeps.launch import launch_sweep
+
+        result = launch_sweep(config)
+        if result is None:  # submitted, not waited for
+            return 0
+    else:
+        result = run_sweep(config)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in result["trials"].items())
     print(f"\nstudy {result['study']} in {result['storage']}: {counts}")
     if "best_params" in result:

@@ -121,9 +121,13 @@ class SweepArgs(_Training, _Tracked):
     device: Device = top("device")
     threads: int = top("threads")
     sweep: SweepConfig = section(SweepConfig)
+    slurm: SlurmConfig = section(SlurmConfig)
 
     def check(self) -> None:
         _check_training(self)
+        if self.sweep.launcher == "slurm":
+            _check_slurm("sweep", self.sweep.storage, self.tracking.uri)
+            self.slurm.sbatch_flags()  # a malformed flag fails now, not at submission
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,7 +168,7 @@ class SuiteArgs(_Training, _Many):
     def check(self) -> None:
         _check_estimators(self.estimator_names(), self.rollout.samples_per_prompt)
         if self.suite.launcher == "slurm":
-            _check_slurm(self.suite.storage, self.tracking.uri)
+            _check_slurm("suite", self.suite.storage, self.tracking.uri)
             self.slurm.sbatch_flags()  # a malformed flag fails now, not at submission
 
 
@@ -398,17 +402,19 @@ def _check_vllm(config: Config | SweepArgs) -> None:
         raise ConfigError("engine.backend=vllm needs a CUDA GPU; use engine.backend=hf on CPU")
 
 
-def _check_slurm(storage: str, tracking_uri: str) -> None:
-    """SLURM workers run on other nodes: the queue and the tracking store must be servers."""
+def _check_slurm(verb: str, storage: str, tracking_uri: str) -> None:
+    """SLURM workers run on other nodes: the queue and the tracking store must be servers
+    (`verb`: suite or sweep, whose `<verb>.launcher` and `<verb>.storage` keys are named)."""
     servers = ("postgresql", "postgres", "mysql", "mariadb")
+    local = {"suite": "the local journal file", "sweep": "the local optuna.db or .journal file"}
     if _scheme(storage) not in servers:
         raise ConfigError(
-            f"suite.launcher=slurm needs suite.storage=postgresql://... (or mysql://) that every "
-            f"node reaches; got {redact(storage) or 'the local journal file'}"
+            f"{verb}.launcher=slurm needs {verb}.storage=postgresql://... (or mysql://) that "
+            f"every node reaches; got {redact(storage) or local[verb]}"
         )
     if _scheme(tracking_uri) not in (*servers, "http", "https"):
         raise ConfigError(
-            f"suite.launcher=slurm needs a tracking.uri every node reaches: http(s)://<mlflow "
+            f"{verb}.launcher=slurm needs a tracking.uri every node reaches: http(s)://<mlflow "
             f"server> or postgresql://...; got {redact(tracking_uri)}"
         )
 

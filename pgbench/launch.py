@@ -18,9 +18,7 @@ reads that from the result files, or from sacct), and writes the report.
 
 from __future__ import annotations
 
-import shutil
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from pgbench.errors import ConfigError
 from pgbench.protocol import Plan
+from pgbench.slurm import executor, fail_stale, mlflow_link, submit
 from pgbench.suite import (
     conclude,
     first_phase,
@@ -39,8 +37,6 @@ from pgbench.suite import (
     queue_cells,
     work,
 )
-from pgbench.tracking import MLflowTracker
-from pgbench.urls import redact
 
 
 def slurm_worker(plan: Plan) -> None:
@@ -61,73 +57,33 @@ def log_folder(plan: Plan) -> Path:
     return Path(plan.slurm.folder or plan.out / "slurm").resolve()
 
 
-def executor(plan: Plan) -> Any:
-    """A submitit SlurmExecutor with the `slurm.*` settings; a one-line error without sbatch."""
-    try:
-        import submitit
-    except ImportError:
-        raise ConfigError(
-            "suite.launcher=slurm needs submitit: pip install 'pgbench[slurm]'"
-        ) from None
-    if shutil.which("sbatch") is None:
-        raise ConfigError(
-            "suite.launcher=slurm: sbatch is not on PATH; run the command on a SLURM login node"
-        )
-    settings = plan.slurm
-    chosen = {
-        "job_name": f"pgbench-suite-{plan.id}",
-        "time": settings.time_min,
-        "cpus_per_task": settings.cpus_per_task,
-        "partition": settings.partition or None,
-        "gpus_per_task": settings.gpus_per_task or None,
-        "mem": f"{settings.mem_gb}GB" if settings.mem_gb else None,
-        "additional_parameters": settings.sbatch_flags(),
-    }
-    slurm = submitit.SlurmExecutor(folder=log_folder(plan))
-    slurm.update_parameters(**{k: v for k, v in chosen.items() if v is not None})
-    return slurm
-
-
-def submit(slurm: Any, plan: Plan, count: int) -> list[Any]:
-    """Submit `count` workers as one job array; each runs with this job's CPUs only."""
-    jobs = slurm.map_array(slurm_worker, [replace(plan, workers=1)] * count)
-    print(f"suite {plan.id}: submitted {count} SLURM workers: {', '.join(j.job_id for j in jobs)}")
-    print(f"  logs: {log_folder(plan)}/<job id>_0_log.out (.err)")
-    return jobs
+def submit_workers(slurm: Any, plan: Plan, count: int) -> list[Any]:
+    """Submit `count` suite workers as one job array; each runs with its job's CPUs only."""
+    return submit(slurm, slurm_worker, [(replace(plan, workers=1),)] * count, f"suite {plan.id}")
 
 
 def requeue(plan: Plan, study: optuna.Study) -> tuple[Plan, int, int]:
     """Queue the cells of dead jobs, of finished tunings' test phases and any not yet queued;
     returns the plan and how many cells wait and run."""
-    with warnings.catch_warnings():  # a dead job's cell: failed and queued again now
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    fail_stale(study)
     plan = promote(plan, study)
     waiting = queue_cells(plan, study, first_phase(plan, study))
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     return plan, waiting, running
 
 
-def mlflow_link(parent: MLflowTracker, uri: str, suite_id: str) -> str:
-    """Where to watch the suite: its run in the MLflow UI, or the store and the tag filter."""
-    runs = f"runs tagged pgbench.suite = '{suite_id}'"
-    if not uri.startswith(("http://", "https://")):
-        return f"{redact(uri)} ({runs})"
-    experiment = parent.client.get_run(parent.run_id).info.experiment_id
-    base = redact(uri).rstrip("/")
-    return f"{base}/#/experiments/{experiment}/runs/{parent.run_id} ({runs})"
-
-
 def launch_suite(plan: Plan) -> dict[str, Any] | None:
     """Submit the suite's workers; with suite.wait, wait and return the report's outcome (as
     run_suite), else None once the jobs are submitted. Nothing is submitted for a suite whose
     cells have all finished: its report is written at once."""
-    slurm = executor(plan)  # submitit and sbatch checked before anything is queued
+    # submitit and sbatch are checked before anything is queued
+    slurm = executor(plan.slurm, "suite.launcher", f"pgbench-suite-{plan.id}", log_folder(plan))
     study, parent = open_suite(plan)
     plan, waiting, running = requeue(plan, study)
     print(f"suite {plan.id}: {len(plan.cells)} cells, {waiting} waiting, {running} running")
-    jobs = submit(slurm, plan, min(plan.workers, waiting)) if waiting else []
-    print(f"  MLflow: {mlflow_link(parent, plan.tracking_uri, plan.id)}")
+    jobs = submit_workers(slurm, plan, min(plan.workers, waiting)) if waiting else []
+    runs = f"runs tagged pgbench.suite = '{plan.id}'"
+    print(f"  MLflow: {mlflow_link(parent, plan.tracking_uri, runs)}")
     if waiting + running and not plan.wait:
         print("  re-run the command with suite.wait=true to wait and write the report")
         return None
@@ -143,5 +99,5 @@ def wait_for_cells(slurm: Any, plan: Plan, study: optuna.Study, jobs: list[Any])
         if not waiting and not running:
             return plan
         if waiting and all(job.done() for job in jobs):
-            jobs = submit(slurm, plan, min(plan.workers, waiting))
+            jobs = submit_workers(slurm, plan, min(plan.workers, waiting))
         time.sleep(plan.heartbeat_s)

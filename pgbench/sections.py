@@ -186,7 +186,7 @@ class VarianceConfig:
 @dataclass(frozen=True)
 class SweepConfig:
     n_trials: int = knob(20, "finished trials the study should reach (pgbench sweep)", ge=1)
-    workers: int = knob(1, "worker processes on this machine", ge=1)
+    workers: int = knob(1, "worker processes on this machine (slurm: jobs of the array)", ge=1)
     storage: str = knob(
         "", "Optuna storage: sqlite:///f.db, postgresql://..., or a .journal file (empty = local)"
     )
@@ -195,6 +195,14 @@ class SweepConfig:
     pruner: Literal["median", "none"] = knob("median", "prune trials below the median at an eval")
     heartbeat_s: int = knob(
         30, "heartbeat interval of RDB storages; stale trials are retried", ge=1
+    )
+    launcher: Literal["local", "slurm"] = knob(
+        "local",
+        "local = worker processes on this machine; slurm = sweep.workers jobs of a SLURM array "
+        "(submitit), on a PostgreSQL sweep.storage and a tracking.uri every node reaches",
+    )
+    wait: bool = knob(
+        False, "slurm: wait for the jobs, re-submit workers for re-run trials, write best.json"
     )
 
 

@@ -117,8 +117,9 @@ def _mark(tracker: MLflowTracker, state: str, reason: str, status: str) -> None:
     tracker.finish(status)
 
 
-def make_objective(config: SweepArgs, space: spaces.Space, parent_run_id: str):
-    """The Optuna objective: train one configuration as a nested MLflow run."""
+def make_objective(config: SweepArgs, space: spaces.Space, parent_run_id: str, label: str = ""):
+    """The Optuna objective: train one configuration as a nested MLflow run; `label` names the
+    worker (a SLURM job id) in each trial's user attrs."""
     from pgbench.trainer import train
 
     base, folder, metric = run_values(config), sweep_dir(config), config.task.metric
@@ -139,6 +140,8 @@ def make_objective(config: SweepArgs, space: spaces.Space, parent_run_id: str):
             },
         )
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        if label:
+            trial.set_user_attr("worker", label)
 
         def report(step: int, metrics: dict[str, float]) -> None:
             trial.report(metrics[metric], step)
@@ -167,8 +170,9 @@ def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def work(values: dict[str, Any], worker: int, progress: bool = False) -> None:
-    """One worker: run trials until the study has `sweep.n_trials` finished ones."""
+def work(values: dict[str, Any], worker: int, progress: bool = False, label: str = "") -> None:
+    """One worker (`worker` offsets its sampler's seed; `label` names it in its trials): run
+    trials until the study has `sweep.n_trials` finished ones."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     config = resolve(values, SweepArgs)
     use_threads(config.threads, config.sweep.workers)  # the workers share this machine's cores
@@ -178,7 +182,7 @@ def work(values: dict[str, Any], worker: int, progress: bool = False) -> None:
         sampler=optuna.samplers.TPESampler(seed=config.seed + worker),
         pruner=_pruner(config),
     )
-    objective = make_objective(config, load_space(config), study.user_attrs[PARENT_ATTR])
+    objective = make_objective(config, load_space(config), study.user_attrs[PARENT_ATTR], label)
     callbacks = [optuna.study.MaxTrialsCallback(config.sweep.n_trials, states=FINISHED)]
     if progress:
         bar = tqdm(
@@ -203,13 +207,13 @@ def _pruner(config: SweepArgs) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
 
 
-def run_sweep(config: SweepArgs) -> dict[str, Any]:
-    """Create or resume the study, run the workers, log the outcome; returns the best trial."""
+def open_study(config: SweepArgs) -> tuple[optuna.Study, MLflowTracker]:
+    """Check tracking and the search space, create (or load) the study and its parent run."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     check_reachable(config.tracking.uri)
     load_space(config)
-    name, folder = study_name(config), sweep_dir(config)
-    folder.mkdir(parents=True, exist_ok=True)
+    name = study_name(config)
+    sweep_dir(config).mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=name, storage=open_storage(config), direction="maximize", load_if_exists=True
     )
@@ -227,6 +231,12 @@ def run_sweep(config: SweepArgs) -> dict[str, Any]:
         parent.log_params(
             config.to_flat() | {"sweep.metric": config.task.metric, "sweep.direction": "maximize"}
         )
+    return study, parent
+
+
+def run_sweep(config: SweepArgs) -> dict[str, Any]:
+    """Create or resume the study, run the workers, log the outcome; returns the best trial."""
+    _, parent = open_study(config)
     values = config.to_flat()
     context = multiprocessing.get_context("spawn")
     helpers = [
@@ -240,12 +250,15 @@ def run_sweep(config: SweepArgs) -> dict[str, Any]:
     finally:
         for process in helpers:
             process.join()
-    return _conclude(
-        config, optuna.load_study(study_name=name, storage=open_storage(config)), parent
-    )
+    return conclude(config, load(config), parent)
 
 
-def _conclude(config: SweepArgs, study: optuna.Study, parent: MLflowTracker) -> dict[str, Any]:
+def load(config: SweepArgs) -> optuna.Study:
+    """The study as the workers left it, freshly read from its storage."""
+    return optuna.load_study(study_name=study_name(config), storage=open_storage(config))
+
+
+def conclude(config: SweepArgs, study: optuna.Study, parent: MLflowTracker) -> dict[str, Any]:
     """Log trial counts and the best trial to the parent run; write best.json."""
     _close_dead_trials(study, parent)
     counts = {state.name: len(study.get_trials(states=(state,))) for state in FINISHED}

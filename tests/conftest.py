@@ -300,6 +300,23 @@ def _start_slurm(root: Path, processes: list[subprocess.Popen]) -> str | None:
     return f"the single-node SLURM cluster did not come up ({logs})"
 
 
+def squeue_drains(timeout_s: float = 60) -> bool:
+    """Whether SLURM's queue empties within `timeout_s`: every worker job of a suite or sweep
+    exits once no work is left."""
+    deadline = time.monotonic() + timeout_s
+    while subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
+
+
+@pytest.fixture
+def queue_drains() -> Callable:
+    """`squeue_drains`, for the SLURM launcher tests."""
+    return squeue_drains
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A single-node SLURM cluster on localhost (munged, slurmctld, slurmd with 2 CPUs) in a

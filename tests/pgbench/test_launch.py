@@ -79,18 +79,15 @@ def _running_cell(plan, out, timeout_s=300) -> optuna.trial.FrozenTrial:
     pytest.fail("no SLURM worker started a cell")
 
 
-def _queue_drains(timeout_s: float = 60) -> bool:
-    """Whether SLURM's queue empties: every worker job exits once no cell waits or runs."""
-    deadline = time.monotonic() + timeout_s
-    while subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1)
-    return True
-
-
 def test_a_suite_on_slurm_survives_a_cancelled_worker(
-    run_overrides, postgres_url, mlflow_server, slurm_cluster, tmp_path, capsys, retry_of
+    run_overrides,
+    postgres_url,
+    mlflow_server,
+    slurm_cluster,
+    tmp_path,
+    capsys,
+    retry_of,
+    queue_drains,
 ):
     out = tmp_path / "suite"
     values = run_overrides | {
@@ -135,7 +132,7 @@ def test_a_suite_on_slurm_survives_a_cancelled_worker(
     done = [t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
     assert sorted(done) == ["fr_en-rloo-s0", "fr_en-rloo-s1", "fr_en-rloo-s2"]  # each once
     assert "CANCELLED" in (out / "slurm" / f"{job}_0_log.err").read_text()
-    assert _queue_drains(), "a worker job did not end once no cell was left"
+    assert queue_drains(), "a worker job did not end once no cell was left"
 
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("fr_en").experiment_id
