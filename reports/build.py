@@ -167,7 +167,11 @@ def build_report(uri: str, comparison: str, experiment: str, out: Path) -> dict[
     markdown += "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n"
     (out / "report.md").write_text(markdown)
     (out / "report.html").write_text(
-        render.html_page("\n".join(intro), [table, board, pair_table], figures)
+        render.html_page(
+            "\n".join(["# pgbench report", *intro]),
+            {"Runs": table, "Leaderboard": board, "Paired comparison": pair_table},
+            figures,
+        )
     )
     tracker = MLflowTracker(
         uri,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -290,21 +291,30 @@ def frame_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
-def html_page(markdown_intro: str, tables: list[pd.DataFrame], figures: list[Path]) -> str:
-    """A self-contained HTML page: the intro, the tables and the figures inlined as PNG."""
+def html_page(intro: str, tables: dict[str, pd.DataFrame], figures: list[Path]) -> str:
+    """A self-contained HTML page: the intro (Markdown headings become headings), each table
+    under its title (missing values as -), and the figures inlined as PNG."""
     images = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"/><figcaption>{p.stem}</figcaption></figure>'
         for p in figures
     )
-    paragraphs = "".join(f"<p>{line}</p>" for line in markdown_intro.splitlines() if line.strip())
+    lines = [line.strip() for line in intro.splitlines() if line.strip()]
+    paragraphs = "".join(
+        f"<h1>{html.escape(line.lstrip('# '))}</h1>"
+        if line.startswith("#")
+        else f"<p>{html.escape(line)}</p>"
+        for line in lines
+    )
+    sections = "".join(
+        f"<h2>{html.escape(title)}</h2>{table.to_html(index=False, float_format=_g4, na_rep='-')}"
+        for title, table in tables.items()
+    )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>pgbench report</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
-        "img{max-width:100%}</style></head><body><h1>pgbench report</h1>"
-        f"{paragraphs}{''.join(t.to_html(index=False, float_format=_g4) for t in tables)}"
-        f"{images}"
+        f"img{{max-width:100%}}</style></head><body>{paragraphs}{sections}{images}"
         "</body></html>"
     )
 

@@ -196,6 +196,15 @@ def write_report(
     ]
     (out / "suite.md").write_text("\n\n".join(sections) + "\n")
     (out / "suite.html").write_text(
-        render.html_page(title, [board, auc_board, pair_table, found], figures)
+        render.html_page(
+            title,
+            {
+                "Leaderboard (final held-out metric)": board,
+                "Leaderboard (area under the valid curve per step: learning speed)": auc_board,
+                "Paired comparison": pair_table,
+                "Findings": found,
+            },
+            figures,
+        )
     )
     return {"leaderboard": board, "pairs": pair_table, "findings": found, "figures": figures}

@@ -47,6 +47,8 @@ def test_report_of_a_small_comparison(run_overrides, tmp_path, monkeypatch, caps
     assert "Welch" in markdown and "unavailable" not in markdown
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
+    assert "<h1>pgbench report</h1>" in html and "<h2>Paired comparison</h2>" in html
+    assert ">NaN<" not in html and "# " not in html
 
     # numbers match a direct pandas computation on the same MLflow data
     client = MlflowClient(uri)
