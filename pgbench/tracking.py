@@ -131,6 +131,7 @@ class MLflowTracker:
         self.spool = spool
         self.offline = False
         self.last_steps: dict[str, int] | None = {} if run_id and once_per_step else None
+        self.resumed = bool(run_id)
         if run_id:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -161,9 +162,15 @@ class MLflowTracker:
             handle.write(json.dumps(record) + "\n")
 
     def log_params(self, params: dict[str, Any]) -> None:
-        """Log params, every URL's password hidden (pgbench.urls)."""
+        """Log params, every URL's password hidden (pgbench.urls). A resumed run keeps the
+        params it logged first: MLflow refuses a changed value, and a run resumed by another
+        copy of pgbench has another `git_commit` and `model_path`."""
         shown = {key: redact(str(value)) for key, value in params.items()}
-        self._send({"kind": "params", "params": shown})
+        if self.resumed and not self.offline:
+            logged = self.client.get_run(self.run_id).data.params
+            shown = {key: value for key, value in shown.items() if key not in logged}
+        if shown:
+            self._send({"kind": "params", "params": shown})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         values = {

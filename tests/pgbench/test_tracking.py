@@ -113,3 +113,15 @@ def _missing_once(cls):
         return None if len(calls) == 1 else real(self, name)
 
     return lookup
+
+
+def test_a_resumed_run_keeps_its_first_params(tmp_path):
+    # a cell resumed by another copy of pgbench logs another git_commit: MLflow would refuse it
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MLflowTracker(uri, "exp", spool=tmp_path / "spool.jsonl")
+    first.log_params({"git_commit": "aaa", "task": "arith"})
+    resumed = MLflowTracker(uri, "exp", run_id=first.run_id, spool=tmp_path / "spool.jsonl")
+    resumed.log_params({"git_commit": "bbb", "task": "arith", "model_path": "/x"})
+    params = MlflowClient(uri).get_run(first.run_id).data.params
+    assert params == {"git_commit": "aaa", "task": "arith", "model_path": "/x"}
+    assert not resumed.offline and not (tmp_path / "spool.jsonl").exists()
