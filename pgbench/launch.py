@@ -11,9 +11,10 @@ A job killed mid-cell stops sending heartbeats: its trial is failed and the cell
 the same MLflow run (the run directories lie under `output_dir`, which every node must share).
 
 Re-running the command queues only cells without a finished, waiting or running trial and
-submits workers only if some cell waits. With `suite.wait=true` it then waits until no cell
-waits or runs, submitting workers again when cells wait and all of its jobs have ended (submitit
-reads that from the result files, or from sacct), and writes the report.
+submits only what tops the suite's queued or running jobs (squeue, by job name) up to
+`suite.workers`, never more than cells wait. With `suite.wait=true` it then waits until no cell
+waits or runs, submitting workers again when cells wait and none of the suite's jobs is left
+(the same rule as sweeps, which needs no SLURM accounting), and writes the report.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pgbench.protocol import Plan
-from pgbench.slurm import executor, fail_stale, mlflow_link, submit
+from pgbench.slurm import executor, fail_stale, live_jobs, mlflow_link, submit
 from pgbench.suite import (
     conclude,
     first_phase,
@@ -57,9 +58,9 @@ def log_folder(plan: Plan) -> Path:
     return Path(plan.slurm.folder or plan.out / "slurm").resolve()
 
 
-def submit_workers(slurm: Any, plan: Plan, count: int) -> list[Any]:
+def submit_workers(slurm: Any, plan: Plan, count: int) -> None:
     """Submit `count` suite workers as one job array; each runs with its job's CPUs only."""
-    return submit(slurm, slurm_worker, [(replace(plan, workers=1),)] * count, f"suite {plan.id}")
+    submit(slurm, slurm_worker, [(replace(plan, workers=1),)] * count, f"suite {plan.id}")
 
 
 def requeue(plan: Plan, study: optuna.Study) -> tuple[Plan, int, int]:
@@ -76,28 +77,32 @@ def launch_suite(plan: Plan) -> dict[str, Any] | None:
     """Submit the suite's workers; with suite.wait, wait and return the report's outcome (as
     run_suite), else None once the jobs are submitted. Nothing is submitted for a suite whose
     cells have all finished: its report is written at once."""
+    job_name = f"pgbench-suite-{plan.id}"
     # submitit and sbatch are checked before anything is queued
-    slurm = executor(plan.slurm, "suite.launcher", f"pgbench-suite-{plan.id}", log_folder(plan))
+    slurm = executor(plan.slurm, "suite.launcher", job_name, log_folder(plan))
     study, parent = open_suite(plan)
     plan, waiting, running = requeue(plan, study)
+    alive = len(live_jobs(job_name))  # workers of an earlier command, queued or running
     print(f"suite {plan.id}: {len(plan.cells)} cells, {waiting} waiting, {running} running")
-    jobs = submit_workers(slurm, plan, min(plan.workers, waiting)) if waiting else []
+    if (count := min(plan.workers - alive, waiting)) > 0:
+        submit_workers(slurm, plan, count)
     runs = f"runs tagged pgbench.suite = '{plan.id}'"
     print(f"  MLflow: {mlflow_link(parent, plan.tracking_uri, runs)}")
     if waiting + running and not plan.wait:
         print("  re-run the command with suite.wait=true to wait and write the report")
         return None
-    plan = wait_for_cells(slurm, plan, study, jobs)
+    plan = wait_for_cells(slurm, plan, study, job_name)
     return conclude(plan, parent)
 
 
-def wait_for_cells(slurm: Any, plan: Plan, study: optuna.Study, jobs: list[Any]) -> Plan:
-    """Poll the study every heartbeat until no cell waits or runs; cells that wait once every
-    job submitted here has ended (a killed job's cell, re-queued) get new workers."""
+def wait_for_cells(slurm: Any, plan: Plan, study: optuna.Study, job_name: str) -> Plan:
+    """Poll the study every heartbeat until no cell waits or runs; cells that wait while none
+    of the suite's jobs is queued or running (squeue; a killed job's cell, re-queued) get new
+    workers."""
     while True:
         plan, waiting, running = requeue(plan, study)
         if not waiting and not running:
             return plan
-        if waiting and all(job.done() for job in jobs):
-            jobs = submit_workers(slurm, plan, min(plan.workers, waiting))
+        if waiting and not live_jobs(job_name):
+            submit_workers(slurm, plan, min(plan.workers, waiting))
         time.sleep(plan.heartbeat_s)
