@@ -15,6 +15,7 @@ Storage (Optuna's FAQ: never share one SQLite file between parallel workers):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing
@@ -78,18 +79,29 @@ def connect(url: str, heartbeat_s: int, key: str) -> optuna.storages.BaseStorage
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     check_database(key, url)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                heartbeat_interval=heartbeat_s,
-                grace_period=2 * heartbeat_s,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRY),
-            )
+        return _database(url, heartbeat_s)
     except Exception as err:  # sqlalchemy raises many types for a bad URL or server
+        reason = err.__cause__ or err  # optuna wraps the driver's error
         raise ConfigError(
-            f"{key}={redact(url)}: cannot open ({type(err).__name__}: {redact(str(err))})"
+            f"{key}={redact(url)}: cannot open ({type(reason).__name__}: "
+            f"{redact(str(reason).strip().splitlines()[0])})"
         ) from None
+
+
+@functools.cache
+def _database(url: str, heartbeat_s: int) -> RDBStorage:
+    """One RDBStorage per database and process: each holds a connection pool, and a caller
+    that polls the study (a waiting launcher, a test) would otherwise open a new pool each time
+    and exhaust the server's connections before the old ones are garbage collected."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs={"pool_pre_ping": True},  # a restarted server's dead connections
+            heartbeat_interval=heartbeat_s,
+            grace_period=2 * heartbeat_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRY),
+        )
 
 
 def load_space(config: SweepArgs) -> spaces.Space:
