@@ -189,21 +189,48 @@ class SamplingCache(DynamicCache):
 class Prefill(NamedTuple):
     cache: dict[str, DynamicCache]  # the KV-cache keyword argument, filled for N rows
     logits: Tensor  # [N, V] logits of each row's first completion token
-    attention: Tensor  # [N, Tp] attention mask of the cached prompt tokens
+    attention: Tensor  # [N, Tc] attention mask of the cached prompt tokens (and pads)
     next_position: Tensor  # [N, 1] position id of the first completion token
+
+
+def shared_prefix(prompt_ids: Tensor, prompt_mask: Tensor) -> int:
+    """How many first tokens every left-padded prompt [P, Tp] shares (a chat template's
+    system turn), leaving each row at least one token of its own; 0 for a single prompt."""
+    lengths = prompt_mask.sum(dim=1)
+    shortest = int(lengths.min())
+    if len(prompt_ids) < 2 or shortest < 2:
+        return 0
+    columns = (prompt_ids.shape[1] - lengths)[:, None] + torch.arange(
+        shortest - 1, device=prompt_ids.device
+    )
+    heads = prompt_ids.gather(1, columns)  # [P, shortest - 1]: each row's first tokens
+    return int((heads == heads[:1]).all(dim=0).long().cumprod(dim=0).sum())
 
 
 def prefill(
     model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, samples_per_prompt: int
 ) -> Prefill:
     """Run the P distinct left-padded prompts [P, Tp] once and repeat their KV cache for the
-    K samples of each: N = P * K rows, row = p * K + k."""
+    K samples of each: N = P * K rows, row = p * K + k. The prefix all prompts share is run
+    once: the cache holds [prefix | left-padded rest], pads masked, positions as without it."""
     cache = SamplingCache()
     keyword = {cache_keyword(model): cache}
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # as token_logprobs numbers them
+    lengths = prompt_mask.sum(dim=1, keepdim=True)  # [P, 1] real tokens
+    shared, width = shared_prefix(prompt_ids, prompt_mask), prompt_ids.shape[1]
+    if shared:
+        first = width - int(lengths[0])  # row 0's first real column
+        head = prompt_ids[:1, first : first + shared]
+        positions = torch.arange(shared, device=head.device)[None]
+        model(input_ids=head, position_ids=positions, use_cache=True, **keyword)
+        cache.batch_repeat_interleave(len(prompt_ids))
+    rest = width - (int(lengths.max()) - shared)  # the columns after the shared prefix
+    columns = torch.arange(rest, width, device=prompt_ids.device)
+    mask = (columns >= width - lengths + shared).long()  # [P, Ts]: each row's own tokens
+    attention = torch.cat([mask.new_ones(len(mask), shared), mask], dim=1)
+    positions = (shared + mask.cumsum(dim=1) - 1).clamp(min=0)  # as token_logprobs numbers them
     output = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
+        input_ids=prompt_ids[:, rest:],
+        attention_mask=attention,
         position_ids=positions,
         logits_to_keep=1,
         use_cache=True,
@@ -213,8 +240,8 @@ def prefill(
     return Prefill(
         keyword,
         output.logits[:, -1].repeat_interleave(samples_per_prompt, dim=0),
-        prompt_mask.repeat_interleave(samples_per_prompt, dim=0),
-        positions[:, -1:].repeat_interleave(samples_per_prompt, dim=0) + 1,
+        attention.repeat_interleave(samples_per_prompt, dim=0),
+        lengths.repeat_interleave(samples_per_prompt, dim=0),
     )
 
 
@@ -362,9 +389,14 @@ def generate_greedy(
     batch_size: int,
     tools: ToolEnv | None = None,
 ) -> list[str]:
-    """Greedy completions of `prompts`, in batches (for evaluation), using `tools` if given."""
-    texts: list[str] = []
+    """Greedy completions of `prompts`, in batches (for evaluation), using `tools` if given.
+    Batches are cut from the prompts sorted by length, so that little of a batch is padding."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts = [""] * len(prompts)
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        texts += sample(model, tokenizer, chunk, 1, max_new_tokens, greedy=True, tools=tools).texts
+        chunk = order[start : start + batch_size]
+        batch = [prompts[i] for i in chunk]
+        done = sample(model, tokenizer, batch, 1, max_new_tokens, greedy=True, tools=tools).texts
+        for i, text in zip(chunk, done, strict=True):
+            texts[i] = text
     return texts

@@ -73,6 +73,7 @@ class Plan:
     launcher: str = "local"  # suite.launcher: processes here, or a SLURM job array
     wait: bool = False  # slurm: wait for the jobs and write the report
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    proxy: str = ""  # suite.proxy: a proxy suite's output folder, for the transfer finding
 
     def all_cells(self) -> list[Cell]:
         """Every cell the suite may run, each once."""
@@ -241,9 +242,12 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
         raise ConfigError(f"{where}: {unknown[0]} is not among the suite's tasks {names}")
     if tune:
         tune.check_seeds(config.seeds)
+    proxy = Path(config.suite.proxy)
+    if config.suite.proxy and not (proxy / "runs.csv").is_file():
+        raise ConfigError(f"suite.proxy={proxy}: no runs.csv there; run the proxy suite first")
     # the id does not change with a password (the saved configs never hold one), nor with
     # where the cells run (suite.launcher, suite.wait, slurm.*): a re-run may wait for them
-    where_run = ("suite.launcher", "suite.wait")
+    where_run = ("suite.launcher", "suite.wait", "suite.proxy")
     what = {
         k: v for k, v in (common | cli).items() if k not in where_run and not k.startswith("slurm.")
     }
@@ -294,4 +298,5 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
         config.suite.launcher,
         config.suite.wait,
         config.slurm,
+        config.suite.proxy,
     )

@@ -237,6 +237,11 @@ class SuiteConfig:
     wait: bool = knob(
         False, "slurm: wait for the jobs, re-submit workers for re-queued cells, write the report"
     )
+    proxy: str = knob(
+        "",
+        "output folder of the same protocol run on a cheaper policy: the report adds the "
+        "transfer finding (does the proxy rank the columns alike?)",
+    )
 
 
 @dataclass(frozen=True)

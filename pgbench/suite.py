@@ -392,7 +392,10 @@ def conclude(plan: Plan, parent: MLflowTracker) -> dict[str, Any]:
         }
     report = {"leaderboard": None}
     if len(runs):
-        report = write_report(plan.out, title, runs, start, variance, plan.tracking_uri, tuned)
+        proxy = Path(plan.proxy) if plan.proxy else None
+        report = write_report(
+            plan.out, title, runs, start, variance, plan.tracking_uri, tuned, proxy
+        )
     else:
         (plan.out / "suite.md").write_text(title + "\n")
     for path in sorted(plan.out.iterdir()):

@@ -191,15 +191,19 @@ def _variance_rows(per_run: pd.DataFrame, variance: dict[str, dict[str, float]])
 
 
 def findings(
-    per_run: pd.DataFrame, variance: dict[str, dict[str, float]] | None = None, alpha: float = 0.05
+    per_run: pd.DataFrame,
+    variance: dict[str, dict[str, float]] | None = None,
+    alpha: float = 0.05,
+    extra: list[dict] | None = None,
 ) -> pd.DataFrame:
     """Every claim on every task where its columns ran, with a verdict (see the module doc).
 
     `per_run` has columns task, estimator, seed, quantity, value (quantities: metric, auc,
     wrong_chars, ...); `variance` maps task -> {estimator: total_variance}. For the variance
-    claim, `effect` is -tau, so a positive effect is the claimed direction.
+    claim, `effect` is -tau, so a positive effect is the claimed direction. `extra`: more
+    rows of the same form (the transfer finding, reports/transfer.py).
     """
-    rows = _pair_rows(per_run) + _variance_rows(per_run, variance or {})
+    rows = _pair_rows(per_run) + _variance_rows(per_run, variance or {}) + (extra or [])
     table = pd.DataFrame(rows, columns=[c for c in FINDINGS if c not in ("p_holm", "verdict")])
     table["p_holm"] = stats.holm(table.p_value)
     significant = table.p_holm < alpha
@@ -218,8 +222,9 @@ def markdown(table: pd.DataFrame) -> str:
     for row in table.itertuples():
         interval = "" if math.isnan(row.ci_low) else f" [{row.ci_low:.2f}, {row.ci_high:.2f}]"
         effect = f"{row.effect:+.2f}{interval}"
-        if row.quantity == "kendall_tau":
-            effect = f"tau = {-row.effect:+.2f} (n={row.n})"
+        if row.quantity in ("kendall_tau", "transfer_tau"):
+            tau = -row.effect if row.quantity == "kendall_tau" else row.effect
+            effect = f"tau = {tau:+.2f} (n={row.n})"
         mde = "" if math.isnan(row.mde) else f"{row.mde:.2f}"
         lines.append(
             f"| {row.claim} ({row.source}) | {row.task} | {row.a} vs {row.b} ({row.quantity}) "

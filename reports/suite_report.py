@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from pgbench import tasks
-from pgbench.reports import collect, findings, render, scaling, stats, tables, tuned
+from pgbench.reports import collect, findings, render, scaling, stats, tables, transfer, tuned
 
 TAUS = np.linspace(0.0, 1.0, 21)  # normalised-score thresholds of the performance profile
 
@@ -133,6 +133,25 @@ def _tuned_sections(
     return board, sections, figures
 
 
+def _transfer_sections(
+    out: Path, runs: pd.DataFrame, pairs: pd.DataFrame, proxy: Path | None
+) -> tuple[list[str], list[dict]]:
+    """The transfer section and findings rows against the `proxy` suite; transfer.csv."""
+    if proxy is None:
+        return [], []
+    proxy_runs, proxy_pairs = transfer.read_proxy(proxy)
+    agreement = transfer.pair_agreement(pairs, proxy_pairs)
+    agreement.to_csv(out / "transfer.csv", index=False)
+    agree = int(agreement.agree.sum())
+    section = [
+        f"## Transfer from the proxy suite ({proxy})",
+        transfer.__doc__.split("\n\n", 1)[1].strip(),
+        f"Pair verdicts that agree: {agree} of {len(agreement)} (`transfer.csv`).",
+        render.frame_markdown(agreement) if len(agreement) else "No pair ran on both.",
+    ]
+    return section, transfer.tau_rows(runs, proxy_runs, str(proxy))
+
+
 def write_report(
     out: Path,
     title: str,
@@ -141,11 +160,13 @@ def write_report(
     variance: dict[str, dict[str, float]],
     uri: str,
     tuning: dict[str, Any] | None = None,
+    proxy: Path | None = None,
 ) -> dict[str, Any]:
     """Write the tables, findings, Markdown, HTML and figures of these runs into `out`.
 
     A tuned suite passes `tuning`: its tuning runs, selection, objective and the runs at the
     shared defaults (suite._conclude); `_tuned_sections` adds their tables and figures.
+    `proxy`: the output folder of the same protocol on a cheaper policy (reports/transfer.py).
     """
     curves, quantities = per_run_frame(MlflowClient(uri), runs)
     scores = _scores(quantities, "metric")
@@ -154,17 +175,18 @@ def write_report(
     auc = _scores(quantities, "auc")
     auc_pairs = stats.pairs(auc)
     auc_board = stats.leaderboard(auc, pair_table=auc_pairs)
-    found = findings.findings(quantities, variance)
+    extra, transfer_rows = _transfer_sections(out, runs, pair_table, proxy)
+    found = findings.findings(quantities, variance, extra=transfer_rows)
     metrics = {t: f"eval/{tasks.REGISTRY.get_class(t).metric}" for t in runs.task.unique()}
     fits = scaling.scaling_table(curves, metrics)
     fits.to_csv(out / "scaling.csv", index=False)
     board = board.merge(
         fits[["task", "estimator", *scaling.PARAMS]], on=["task", "estimator"], how="left"
     )
-    extra: list[str] = []
     extra_figures: list[Path] = []
     if tuning is not None:
-        board, extra, extra_figures = _tuned_sections(out, board, pair_table, start, tuning)
+        board, tuned_extra, extra_figures = _tuned_sections(out, board, pair_table, start, tuning)
+        extra = tuned_extra + extra
     board.to_csv(out / "leaderboard.csv", index=False)
     auc_board.to_csv(out / "leaderboard_auc.csv", index=False)
     auc_pairs.to_csv(out / "pairs_auc.csv", index=False)

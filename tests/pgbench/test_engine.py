@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from pgbench import engine
 from pgbench.engine import (
     SamplingCache,
     SpareRoomLayer,
@@ -11,8 +12,10 @@ from pgbench.engine import (
     encode_prompts,
     generate_greedy,
     pick,
+    prefill,
     sample,
     sample_episodes,
+    shared_prefix,
 )
 from pgbench.policy import load_policy
 from pgbench.scoring import token_logprobs, token_logprobs_chunked
@@ -288,3 +291,45 @@ def test_logprobs_under_gradient_checkpointing_match_the_shared_prompt_forward(
     whole = token_logprobs(policy.model, rollout).logprobs
     assert whole.requires_grad
     torch.testing.assert_close(whole.detach(), shared, atol=1e-5, rtol=1e-5)
+
+
+def test_a_prefix_every_prompt_shares_is_run_once_and_changes_nothing(
+    micro_policy, micro_task, monkeypatch
+):
+    """A system-turn-like prefix: prefill feeds it once (then only each row's own tokens),
+    and the first logits and greedy completions equal those of the full prefill."""
+    policy = load(micro_policy)
+    texts = [f"Translate it. {text}" for text in prompts(micro_task, policy, 4)]
+    ids, mask = encode_prompts(policy.tokenizer, texts, torch.device("cpu"))
+    rows = [ids[r][mask[r].bool()].tolist() for r in range(4)]
+    common = 0  # the longest common prefix by hand, each row keeping a token of its own
+    while common + 1 < min(map(len, rows)) and len({r[common] for r in rows}) == 1:
+        common += 1
+    assert shared_prefix(ids, mask) == common >= 4
+    assert shared_prefix(ids[:1], mask[:1]) == 0  # a single prompt has nothing to share
+
+    fed: list[int] = []
+    policy.model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    first = prefill(policy.model, ids, mask, 2)
+    once = sample_episodes(policy.model, ids, mask, 2, 10, 1.0, True, -1, 0)
+    assert fed[:2] == [common, 4 * (max(map(len, rows)) - common)]
+    monkeypatch.setattr(engine, "shared_prefix", lambda ids, mask: 0)
+    fed.clear()
+    full = prefill(policy.model, ids, mask, 2)
+    assert fed == [ids.numel()]
+    torch.testing.assert_close(first.logits, full.logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(first.next_position, full.next_position)
+    plain = sample_episodes(policy.model, ids, mask, 2, 10, 1.0, True, -1, 0)
+    assert all(torch.equal(got, want) for got, want in zip(once, plain, strict=True))
+
+
+def test_greedy_batches_are_cut_by_length_and_answers_keep_the_prompts_order(
+    micro_policy, micro_task
+):
+    policy = load(micro_policy)
+    texts = prompts(micro_task, policy, 5)
+    texts[1] = texts[1] + " " + texts[1]  # the longest, batched with others than its neighbours
+    alone = [generate_greedy(policy.model, policy.tokenizer, [t], 12, 1)[0] for t in texts]
+    assert generate_greedy(policy.model, policy.tokenizer, texts, 12, 2) == alone

@@ -1,3 +1,5 @@
+import shutil
+
 import optuna
 import pandas as pd
 import pytest
@@ -61,10 +63,18 @@ def test_inline_suite_writes_tables_and_resumes_without_rerunning(run_overrides,
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     assert {"runs.csv", "leaderboard.csv", "pairs.csv", "suite.md"} <= artifacts
 
-    # the same command again: every cell is finished, nothing is trained
+    # the same command again: every cell is finished, nothing is trained; with a proxy
+    # suite (here a copy of this one), the report compares each pair's verdict with it
     summaries = sorted(out.glob("*-s*/summary.json"))
     mtimes = [p.stat().st_mtime_ns for p in summaries]
-    assert main(["suite", *args]) == 0
+    proxy = tmp_path / "proxy"
+    proxy.mkdir()
+    for name in ("runs.csv", "pairs.csv"):
+        shutil.copy(out / name, proxy / name)
+    assert main(["suite", *args, f"suite.proxy={proxy}"]) == 0
+    transfer = pd.read_csv(out / "transfer.csv")
+    assert transfer[["a", "b"]].values.tolist() == [["reinforce", "rloo"]] and transfer.agree.all()
+    assert f"## Transfer from the proxy suite ({proxy})" in (out / "suite.md").read_text()
     assert "0 to run" in capsys.readouterr().out
     assert len(suite_runs(values["tracking.uri"], "t1")) == 4
     assert [p.stat().st_mtime_ns for p in summaries] == mtimes
@@ -95,6 +105,8 @@ def test_protocol_file_is_read_and_a_bad_key_names_the_file(run_overrides, tmp_p
     )
     plan = plan_suite({"suite": str(protocol), "output_dir": str(tmp_path / "o")})
     assert plan.id == "mine"
+    with pytest.raises(ConfigError, match=r"suite.proxy=.*nowhere: no runs.csv there; run the"):
+        plan_suite({"suite": str(protocol), "suite.proxy": str(tmp_path / "nowhere")})
     assert [c.name for c in plan.cells][:2] == ["fr_en-rloo-s0", "fr_en-grpo-s0"]
     assert len(plan.cells) == 6
     cell = plan.cells[0].values
@@ -110,7 +122,9 @@ def test_protocol_file_is_read_and_a_bad_key_names_the_file(run_overrides, tmp_p
     protocol.write_text('[suite]\ntasks = ["fr_en"]\n[task.fr_en]\n"rollout.temperature" = -1\n')
     with pytest.raises(ConfigError, match=f"^{protocol} \\(cell fr_en-.*-s0\\): .*temperature"):
         plan_suite({"suite": str(protocol)})
-    with pytest.raises(ConfigError, match="no such protocol; shipped: cpu, cpu_offpolicy, gpu"):
+    with pytest.raises(
+        ConfigError, match="no such protocol; shipped: cpu, cpu_offpolicy, cpu_smollm2, gpu"
+    ):
         plan_suite({"suite": "nope"})
 
 
@@ -281,3 +295,17 @@ def test_shipped_off_policy_protocol_resolves_every_cell():
     stale_claims = [c for c in findings.CLAIMS if c.a.startswith("stale")]
     assert len(stale_claims) == 10
     assert all({c.a, c.b} <= set(by_column) for c in stale_claims)
+
+
+def test_shipped_smollm2_protocol_tunes_nine_columns_on_the_lora_recipe():
+    plan = plan_suite({"suite": "cpu_smollm2"})
+    tuning = [c for c in plan.cells if c.tuning]
+    columns = {c.estimator for c in plan.cells}
+    assert len(columns) == 9 and {"reinforce_pp_baseline", "remax", "cispo"} <= columns
+    assert len(tuning) == 9 * 3 and {c.seed for c in tuning} == {100}
+    assert len(plan.all_cells()) == 9 * 3 + 9 * 3 * 6  # each point's test seeds 0-5, if chosen
+    lrs = {c.values["trainer.lr"] for c in tuning}
+    assert lrs == {1e-4, 3e-4, 1e-3}
+    cell = tuning[0].values
+    assert (cell["model"], cell["lora.r"], cell["trainer.steps"]) == ("smollm2", 8, 30)
+    assert (cell["trainer.prompts_per_step"], cell["rollout.samples_per_prompt"]) == (4, 4)
