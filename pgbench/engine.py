@@ -221,7 +221,7 @@ def prefill(
         first = width - int(lengths[0])  # row 0's first real column
         head = prompt_ids[:1, first : first + shared]
         positions = torch.arange(shared, device=head.device)[None]
-        model(input_ids=head, position_ids=positions, use_cache=True, **keyword)
+        model(input_ids=head, position_ids=positions, logits_to_keep=1, use_cache=True, **keyword)
         cache.batch_repeat_interleave(len(prompt_ids))
     rest = width - (int(lengths.max()) - shared)  # the columns after the shared prefix
     columns = torch.arange(rest, width, device=prompt_ids.device)
