@@ -58,7 +58,9 @@ def one_run(overrides: list[str], out: Path) -> dict[str, float]:
         setattr(owner, name, timed(seconds, name, getattr(owner, name)))
     start = time.perf_counter()
     try:
-        code = cli.main(["run", *overrides, f"output_dir={out}", f"tracking.uri=sqlite:///{out}.db"])
+        code = cli.main(
+            ["run", *overrides, f"output_dir={out}", f"tracking.uri=sqlite:///{out}.db"]
+        )
     finally:
         for name, (owner, function) in saved.items():
             setattr(owner, name, function)
@@ -71,9 +73,9 @@ def one_run(overrides: list[str], out: Path) -> dict[str, float]:
 
 def cpu() -> str:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                  if line.startswith("Model name")), platform.processor())
-    return f"{model}, torch {torch.__version__} capability {torch.backends.cpu.get_cpu_capability()}"
+    names = [line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line]
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{names[0] if names else platform.processor()}, torch {torch.__version__} {capability}"
 
 
 def main() -> None:
