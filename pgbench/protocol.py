@@ -243,8 +243,9 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
     if tune:
         tune.check_seeds(config.seeds)
     proxy = Path(config.suite.proxy)
-    if config.suite.proxy and not (proxy / "runs.csv").is_file():
-        raise ConfigError(f"suite.proxy={proxy}: no runs.csv there; run the proxy suite first")
+    for name in ("runs.csv", "pairs.csv") if config.suite.proxy else ():
+        if not (proxy / name).is_file():
+            raise ConfigError(f"suite.proxy={proxy}: no {name} there; run the proxy suite first")
     # the id does not change with a password (the saved configs never hold one), nor with
     # where the cells run (suite.launcher, suite.wait, slurm.*): a re-run may wait for them
     where_run = ("suite.launcher", "suite.wait", "suite.proxy")

@@ -303,6 +303,19 @@ def pairs(
     return table[PAIRS]
 
 
+def pair_verdicts(pair_table: pd.DataFrame, alpha: float = 0.05) -> dict[tuple[str, str], str]:
+    """Each pair's verdict, keyed (task, "a vs b" with a, b in alphabetical order): "a > b"
+    (the better first) where its Holm-corrected paired test rejects at `alpha`, else
+    "no difference". Two leaderboards' verdicts compare key by key."""
+    verdicts = {}
+    for row in pair_table.itertuples():
+        verdict = "no difference"
+        if row.p_holm < alpha:
+            verdict = f"{row.a} > {row.b}" if row.mean_diff > 0 else f"{row.b} > {row.a}"
+        verdicts[(row.task, " vs ".join(sorted((row.a, row.b))))] = verdict
+    return verdicts
+
+
 def ranks(scores: pd.DataFrame, pair_table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Estimators grouped into ranks per task: columns task, estimator, rank (1 = best).
 

@@ -175,7 +175,7 @@ def write_report(
     auc = _scores(quantities, "auc")
     auc_pairs = stats.pairs(auc)
     auc_board = stats.leaderboard(auc, pair_table=auc_pairs)
-    extra, transfer_rows = _transfer_sections(out, runs, pair_table, proxy)
+    transfer_section, transfer_rows = _transfer_sections(out, runs, pair_table, proxy)
     found = findings.findings(quantities, variance, extra=transfer_rows)
     metrics = {t: f"eval/{tasks.REGISTRY.get_class(t).metric}" for t in runs.task.unique()}
     fits = scaling.scaling_table(curves, metrics)
@@ -183,10 +183,10 @@ def write_report(
     board = board.merge(
         fits[["task", "estimator", *scaling.PARAMS]], on=["task", "estimator"], how="left"
     )
+    extra: list[str] = []
     extra_figures: list[Path] = []
     if tuning is not None:
-        board, tuned_extra, extra_figures = _tuned_sections(out, board, pair_table, start, tuning)
-        extra = tuned_extra + extra
+        board, extra, extra_figures = _tuned_sections(out, board, pair_table, start, tuning)
     board.to_csv(out / "leaderboard.csv", index=False)
     auc_board.to_csv(out / "leaderboard_auc.csv", index=False)
     auc_pairs.to_csv(out / "pairs_auc.csv", index=False)
@@ -204,6 +204,7 @@ def write_report(
         "## Leaderboard (final held-out metric)",
         render.leaderboard_markdown(board),
         *extra,
+        *transfer_section,
         "## Leaderboard (area under the valid curve per step: learning speed)",
         render.leaderboard_markdown(auc_board),
         "## Scaling curves (valid metric against generated tokens)",

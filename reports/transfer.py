@@ -6,9 +6,9 @@ output folder). Per task, over the columns both ran:
   - the order: Kendall's tau between the columns' mean final test metrics on the two
     policies, with its exact p-value (scipy.stats.kendalltau, method="exact"); it joins the
     Findings, Holm-corrected with the other claims (supported: tau > 0 and p_holm < 0.05);
-  - each pair's verdict on each policy, as the leaderboard's pairs decide it: a > b or a < b
-    where the Holm-corrected paired test rejects at 5%, else "=" (no difference detected);
-    a pair agrees when both verdicts are the same.
+  - each pair's verdict on each policy, as the leaderboard's pairs decide it
+    (`stats.pair_verdicts`: "a > b" where the Holm-corrected paired test rejects at 5%, else
+    "no difference"); a pair agrees when both verdicts are the same.
 """
 
 from __future__ import annotations
@@ -19,19 +19,15 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from pgbench.errors import ConfigError
+from pgbench.reports import stats
 
 CLAIM = "The proxy ranks the columns as the real policy does (mean test metric)"
 SOURCE = "pgbench transfer; Kendall's tau across columns"
 
 
 def read_proxy(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The proxy suite's runs.csv and pairs.csv."""
-    tables = [folder / "runs.csv", folder / "pairs.csv"]
-    for path in tables:
-        if not path.is_file():
-            raise ConfigError(f"suite.proxy={folder}: {path.name} is missing; run that suite first")
-    return pd.read_csv(tables[0]), pd.read_csv(tables[1])
+    """The proxy suite's runs.csv and pairs.csv (plan_suite checked that they are there)."""
+    return pd.read_csv(folder / "runs.csv"), pd.read_csv(folder / "pairs.csv")
 
 
 def tau_rows(runs: pd.DataFrame, proxy_runs: pd.DataFrame, proxy: str) -> list[dict]:
@@ -65,25 +61,12 @@ def tau_rows(runs: pd.DataFrame, proxy_runs: pd.DataFrame, proxy: str) -> list[d
     return rows
 
 
-def _verdicts(pairs: pd.DataFrame, alpha: float) -> pd.Series:
-    """(task, a, b) with a < b alphabetically -> ">", "<" or "="."""
-    verdicts = {}
-    for row in pairs.itertuples():
-        sign = ">" if row.mean_diff > 0 else "<"
-        verdict = sign if row.p_holm < alpha else "="
-        if row.a > row.b:  # one orientation for both suites
-            verdict = {">": "<", "<": ">", "=": "="}[verdict]
-        verdicts[(row.task, *sorted((row.a, row.b)))] = verdict
-    return pd.Series(verdicts, dtype=object)
-
-
 def pair_agreement(pairs: pd.DataFrame, proxy_pairs: pd.DataFrame, alpha: float = 0.05):
     """Every pair both suites tested: its verdict on each policy and whether they agree."""
-    real, cheap = _verdicts(pairs, alpha), _verdicts(proxy_pairs, alpha)
-    both = sorted(set(real.index) & set(cheap.index))
+    real, cheap = stats.pair_verdicts(pairs, alpha), stats.pair_verdicts(proxy_pairs, alpha)
     table = pd.DataFrame(
-        [(*key, real[key], cheap[key]) for key in both],
-        columns=["task", "a", "b", "verdict", "proxy_verdict"],
+        [(*key, real[key], cheap[key]) for key in sorted(set(real) & set(cheap))],
+        columns=["task", "pair", "verdict", "proxy_verdict"],
     )
     table["agree"] = table.verdict == table.proxy_verdict
     return table

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pgbench.reports import render
+from pgbench.reports import render, stats
 
 ALPHA = 0.05
 SENSITIVITY = ["task", "estimator", "key", "value", "seeds", "mean", "low", "high"]
@@ -57,20 +57,10 @@ def robustness(tuning: pd.DataFrame, pair_table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["task", "estimator", "robustness"])
 
 
-def _verdict(row: pd.Series) -> str:
-    if not row.p_holm < ALPHA:
-        return "no difference"
-    return f"{row.a} > {row.b}" if row.mean_diff > 0 else f"{row.b} > {row.a}"
-
-
 def verdict_changes(tuned: pd.DataFrame, defaults: pd.DataFrame) -> pd.DataFrame:
     """Pairs whose verdict at the shared defaults differs from the tuned verdict."""
     columns = ["task", "pair", "verdict_defaults", "verdict_tuned"]
-
-    def verdicts(pairs: pd.DataFrame) -> dict[tuple[str, str], str]:
-        return {(r.task, " vs ".join(sorted((r.a, r.b)))): _verdict(r) for _, r in pairs.iterrows()}
-
-    after, before = verdicts(tuned), verdicts(defaults)
+    after, before = stats.pair_verdicts(tuned, ALPHA), stats.pair_verdicts(defaults, ALPHA)
     rows = [[*key, before[key], after[key]] for key in after if key in before]
     return pd.DataFrame([r for r in rows if r[2] != r[3]], columns=columns)
 

@@ -73,7 +73,7 @@ def test_inline_suite_writes_tables_and_resumes_without_rerunning(run_overrides,
         shutil.copy(out / name, proxy / name)
     assert main(["suite", *args, f"suite.proxy={proxy}"]) == 0
     transfer = pd.read_csv(out / "transfer.csv")
-    assert transfer[["a", "b"]].values.tolist() == [["reinforce", "rloo"]] and transfer.agree.all()
+    assert transfer.pair.tolist() == ["reinforce vs rloo"] and transfer.agree.all()
     assert f"## Transfer from the proxy suite ({proxy})" in (out / "suite.md").read_text()
     assert "0 to run" in capsys.readouterr().out
     assert len(suite_runs(values["tracking.uri"], "t1")) == 4

@@ -41,7 +41,7 @@ def test_pair_verdicts_agree_whatever_the_order_each_suite_names_them_in():
             ("fr_en", "b", "c", 1, 0.9),
         ]
     )
-    table = transfer.pair_agreement(real, proxy).set_index(["a", "b"])
-    assert table.loc[("a", "b")].tolist() == ["fr_en", ">", ">", True]
-    assert table.loc[("a", "c")].tolist() == ["fr_en", "=", "<", False]
-    assert table.loc[("b", "c")].tolist() == ["fr_en", "<", "=", False]
+    table = transfer.pair_agreement(real, proxy).set_index("pair")
+    assert table.loc["a vs b"].tolist() == ["fr_en", "a > b", "a > b", True]
+    assert table.loc["a vs c"].tolist() == ["fr_en", "no difference", "c > a", False]
+    assert table.loc["b vs c"].tolist() == ["fr_en", "c > b", "no difference", False]
