@@ -161,6 +161,9 @@ def test_a_suite_on_slurm_survives_a_cancelled_worker(
     assert retry.user_attrs["cell"] == killed.user_attrs["cell"]
     done = [t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
     assert sorted(done) == ["fr_en-rloo-s0", "fr_en-rloo-s1", "fr_en-rloo-s2"]  # each once
+    # SLURM saw the killed step end abnormally: FAILED when our SIGKILL lands before scancel
+    log = (out / "slurm" / f"{job}_0_log.err").read_text()
+    assert re.search(r"\*\*\* STEP \S+ ON \S+ (CANCELLED|FAILED)", log), log[-300:]
     assert queue_drains(), "a worker job did not end once no cell was left"
 
     client = MlflowClient(mlflow_server.url)
