@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from pgbench import cli, trainer
+from pgbench import cli
+from pgbench.train import trainer
 
 PHASES = {
     "build_parts": "load policy + task",

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from pgbench.config import resolve
+from pgbench.config.verbs import resolve
 from pgbench.hardware import cpu_capability, use_threads
-from pgbench.tracking import NullTracker
-from pgbench.trainer import Trainer
+from pgbench.train.tracking import NullTracker
+from pgbench.train.trainer import Trainer
 
 SETTINGS = {"trainer.prompts_per_step": "8", "rollout.samples_per_prompt": "4"}
 SETTINGS |= {"rollout.max_new_tokens": "48", "estimator": "rloo", "device": "cpu"}

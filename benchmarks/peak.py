@@ -29,11 +29,12 @@ import torch
 from flops import PHASES, PositionCounter, model_peak, phase_flops, weights
 
 from pgbench import tasks
-from pgbench.engine import sample
+from pgbench.config.sections import LoraConfig
+from pgbench.engine.sampling import sample
+from pgbench.engine.scoring import token_logprobs
 from pgbench.hardware import cpu_capability, use_threads
-from pgbench.policy import Reference, load_policy, resolve_model
-from pgbench.scoring import token_logprobs
-from pgbench.sections import LoraConfig
+from pgbench.models.policy import Reference, load_policy
+from pgbench.models.resolve import resolve_model
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:

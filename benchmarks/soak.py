@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from pgbench import tasks
-from pgbench.config import resolve
-from pgbench.tiny import MICRO, tiny_policy_dir
-from pgbench.trainer import train
+from pgbench.config.verbs import resolve
+from pgbench.models.tiny import MICRO, tiny_policy_dir
+from pgbench.train.trainer import train
 
 TASK = {"limit": "2000", "valid_size": "40", "test_size": "40"}
 

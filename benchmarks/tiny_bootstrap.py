@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from pgbench import tasks
-from pgbench.evaluate import evaluate
-from pgbench.policy import load_policy
-from pgbench.sections import LoraConfig
-from pgbench.tiny import tiny_policy_dir
+from pgbench.config.sections import LoraConfig
+from pgbench.engine.evaluate import evaluate
+from pgbench.models.policy import load_policy
+from pgbench.models.tiny import tiny_policy_dir
 
 
 def main() -> None:
@@ -34,7 +34,9 @@ def main() -> None:
     build_s = time.perf_counter() - started
     policy = load_policy(str(folder), LoraConfig(), torch.device("cpu"))
     started = time.perf_counter()
-    metrics, _ = evaluate(policy, task, task.splits().test, max_new_tokens=48, batch_size=64)
+    metrics, _ = evaluate(
+        policy.model, policy.tokenizer, task, task.splits().test, max_new_tokens=48, batch_size=64
+    )
     info = json.loads((folder / "tiny.json").read_text())
     result = {
         "folder": str(folder),

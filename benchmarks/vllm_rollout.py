@@ -39,10 +39,10 @@ def main() -> int:
         return 2
     from vllm import SamplingParams
 
-    from pgbench.components import build_parts
-    from pgbench.config import resolve
-    from pgbench.tracking import NullTracker
-    from pgbench.trainer import Trainer
+    from pgbench.config.verbs import resolve
+    from pgbench.train.parts import build_parts
+    from pgbench.train.tracking import NullTracker
+    from pgbench.train.trainer import Trainer
 
     config = resolve(
         {

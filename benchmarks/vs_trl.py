@@ -59,7 +59,7 @@ def prompts_per_step(variant: str) -> int:
 def prompts_and_model(variant: str, out: Path) -> tuple[str, list, object]:
     """The policy folder of a variant, the train examples and the fr_en task."""
     from pgbench import tasks
-    from pgbench.policy import resolve_model
+    from pgbench.models.resolve import resolve_model
 
     task = tasks.get("fr_en")
     name = "smollm2" if variant.startswith("smollm2") else "tiny"
@@ -87,11 +87,11 @@ def larger_policy(tiny: Path, target: Path) -> Path:
 def run_pgbench(variant: str, steps: int, out: Path, device: str) -> dict:
     """Train with pgbench's RLOO; per-step times from its `train/step_time_s` and
     `timing/*_s` metrics."""
-    from pgbench import rollout
-    from pgbench.components import build_parts
-    from pgbench.config import resolve
-    from pgbench.tracking import NullTracker
-    from pgbench.trainer import Trainer
+    from pgbench.config.verbs import resolve
+    from pgbench.train import rollout
+    from pgbench.train.parts import build_parts
+    from pgbench.train.tracking import NullTracker
+    from pgbench.train.trainer import Trainer
 
     folder, _, _ = prompts_and_model(variant, out)
     config = resolve(

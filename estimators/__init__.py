@@ -8,93 +8,8 @@ sampling and the optimiser are shared knobs of the core.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
-
-from torch import Tensor
-
-from pgbench.fields import knob
-from pgbench.losses import shape_rewards, uniform_groups
-from pgbench.registry import Registry
-
-
-@dataclass
-class Batch:
-    """What an estimator sees of one rollout batch; N = P * K rows grouped by prompt."""
-
-    rewards: Tensor  # [P, K] sequence rewards, KL penalty folded in (losses.shape_rewards)
-    token_rewards: Tensor  # [N, T] per-token KL penalty, task reward on the last policy token
-    mask: Tensor  # [N, T] 1.0 on the policy's tokens (tool results and padding are 0)
-    values: Tensor | None = None  # [N, T] value-head estimates (estimators with a value head)
-    baseline: Tensor | None = None  # [P] task reward of each prompt's greedy completion
-    uniform: Tensor | None = None  # [P] prompts whose K rewards (before KL) are all equal
-
-    @classmethod
-    def shaped(
-        cls,
-        rewards: Tensor,
-        mask: Tensor,
-        kl_penalty: Tensor,
-        values: Tensor | None = None,
-        baseline: Tensor | None = None,
-    ) -> Batch:
-        """The batch of task rewards [P, K] and a per-token KL penalty [N, T] (zeros when
-        kl.placement=loss), folded together once by the core's `shape_rewards`; `baseline`
-        [P] (estimators with `needs_greedy`) is passed through unshaped."""
-        sequence, tokens = shape_rewards(rewards, kl_penalty, mask)
-        return cls(sequence, tokens, mask, values, baseline, uniform_groups(rewards))
-
-
-class Advantages(NamedTuple):
-    advantages: Tensor  # [N, T], zero on masked tokens
-    returns: Tensor | None = None  # [N, T] value targets (estimators with a value head)
-
-
-class Estimator:
-    """Base class of estimators; subclasses are frozen dataclasses registered by name."""
-
-    name: ClassVar[str]
-    min_samples_per_prompt: ClassVar[int] = 1  # smallest K the formula is defined for
-    uses_value_head: ClassVar[bool] = False  # True: the core adds vf_coef * value_loss
-    needs_greedy: ClassVar[bool] = False  # True: the rollout adds Batch.baseline (greedy)
-    epochs: int = 1  # update passes over each rollout batch
-    minibatches: int = 1  # optimiser steps per pass
-    clip: float = 0.0  # ratio clip epsilon (0 = unclipped)
-    vf_coef: float = 0.0  # weight of the value loss (estimators with a value head)
-
-    def advantages(self, rewards: Tensor, state: dict[str, Any] | None = None) -> Tensor:
-        """Advantages [P, K] of rewards [P, K]; `state` persists across steps (checkpointed)."""
-        raise NotImplementedError
-
-    def token_advantages(self, batch: Batch, state: dict[str, Any]) -> Advantages:
-        """Per-token advantages [N, T]. Sequence-level default: `advantages` of the sequence
-        rewards, broadcast over each sequence's policy tokens."""
-        return Advantages(self.advantages(batch.rewards, state).reshape(-1, 1) * batch.mask)
-
-    def value_loss(self, values: Tensor, old_values: Tensor, returns: Tensor) -> Tensor:
-        """Per-token value loss [N, T]; only estimators with `uses_value_head` define it."""
-        raise NotImplementedError(f"estimator {self.name} has no value head")
-
-
-@dataclass(frozen=True)
-class MultiPass(Estimator):
-    """Fields of estimators that may take several clipped update passes per rollout batch."""
-
-    epochs: int = knob(1, "update passes over each rollout batch (>1 uses the clipped ratio)", ge=1)
-    minibatches: int = knob(1, "optimiser steps per pass (the batch split in equal parts)", ge=1)
-    clip: float = knob(0.2, "clip epsilon of the ratio pi/pi_old", gt=0.0)
-
-
-REGISTRY: Registry[Estimator] = Registry("estimator")
-register = REGISTRY.register
-
-
-def get(name: str, **fields: Any) -> Estimator:
-    """Build the estimator registered as `name` with the given fields."""
-    return REGISTRY.get(name, **fields)
-
-
-from pgbench.estimators import (  # noqa: E402,F401
+# each module registers itself
+from pgbench.estimators import (  # noqa: F401
     gpg,
     grpo,
     opo,
@@ -104,4 +19,12 @@ from pgbench.estimators import (  # noqa: E402,F401
     reinforce_pp_baseline,
     remax,
     rloo,
+)
+from pgbench.estimators.base import (  # noqa: F401
+    REGISTRY,
+    Advantages,
+    Batch,
+    Estimator,
+    get,
+    register,
 )

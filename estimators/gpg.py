@@ -23,7 +23,7 @@ Deviations: the authors' code divides the loss by max(1 - M/P, 0.05) (max_alpha 
 verl's `compute_gpg_outcome_advantage` instead takes alpha = N / (number of non-zero rewards),
 counting rewarded samples rather than groups with a signal; pgbench follows the paper. GPG's
 loss is -A log pi with no ratio or clip, without KL, averaged over all tokens: with
-estimator.epochs=1 the ratio is 1 and the clip never binds, so loss.aggregation=token_mean
+trainer.epochs=1 the ratio is 1 and the clip never binds, so loss.aggregation=token_mean
 kl.coef=0 gives its gradient. The paper's beta_th data filter is not implemented.
 """
 
@@ -34,14 +34,14 @@ from typing import Any
 
 from torch import Tensor
 
-from pgbench.estimators import Advantages, Batch, MultiPass, register
+from pgbench.estimators.base import Advantages, Batch, Estimator, register
 from pgbench.fields import knob
-from pgbench.losses import uniform_groups
+from pgbench.rl.losses import uniform_groups
 
 
 @register("gpg")
 @dataclass(frozen=True)
-class GPG(MultiPass):
+class GPG(Estimator):
     max_alpha: float = knob(20.0, "cap of alpha = P / (P - M), the gradient rescale", ge=1.0)
 
     min_samples_per_prompt = 2  # with one sample the group mean is the sample's own reward

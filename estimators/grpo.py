@@ -19,13 +19,13 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from pgbench.estimators import MultiPass, register
+from pgbench.estimators.base import Estimator, register
 from pgbench.fields import knob
 
 
 @register("grpo")
 @dataclass(frozen=True)
-class GRPO(MultiPass):
+class GRPO(Estimator):
     scale: Literal["group", "batch", "none"] = knob("group", "divide by the std of the group/batch")
     eps: float = knob(1e-4, "added to the std", gt=0.0)
 

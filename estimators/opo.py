@@ -12,7 +12,7 @@ equal lengths it is the group mean (Dr. GRPO, grpo scale=none). No std normalisa
 Hao et al. 2025, "On-Policy RL with Optimal Reward Baseline", arXiv:2505.23585; verl's
 `compute_opo_outcome_advantage` (algorithm.adv_estimator=opo).
 Deviations: none in the advantage. The paper's exact on-policy training (one update per
-rollout batch) is estimator.epochs=1 estimator.minibatches=1, pgbench's default, and its
+rollout batch) is trainer.epochs=1 trainer.minibatches=1, pgbench's default, and its
 setting without KL or entropy terms is kl.coef=0.
 """
 
@@ -23,12 +23,12 @@ from typing import Any
 
 from torch import Tensor
 
-from pgbench.estimators import Advantages, Batch, MultiPass, register
+from pgbench.estimators.base import Advantages, Batch, Estimator, register
 
 
 @register("opo")
 @dataclass(frozen=True)
-class OPO(MultiPass):
+class OPO(Estimator):
     min_samples_per_prompt = 2  # with one sample the baseline is the sample's own reward
 
     def advantages(

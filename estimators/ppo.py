@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgbench.estimators import Advantages, Batch, MultiPass, register
+from pgbench.estimators.base import Advantages, Batch, Estimator, register
 from pgbench.fields import knob
-from pgbench.losses import whiten
+from pgbench.rl.losses import whiten
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
@@ -47,15 +47,14 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
 
 @register("ppo")
 @dataclass(frozen=True)
-class PPO(MultiPass):
-    epochs: int = knob(2, "update passes over each rollout batch", ge=1)
-    minibatches: int = knob(2, "optimiser steps per pass (the batch split in equal parts)", ge=1)
+class PPO(Estimator):
     gamma: float = knob(1.0, "discount of GAE", ge=0.0, le=1.0)
     lam: float = knob(0.95, "lambda of GAE", ge=0.0, le=1.0)
     vf_coef: float = knob(0.1, "weight of the value loss", ge=0.0)
     value_clip: float = knob(0.2, "clip of the value update around the rollout-time value", gt=0.0)
 
     uses_value_head = True
+    run_defaults = {"trainer.epochs": 2, "trainer.minibatches": 2}  # PPO: 2 passes x 2 steps
 
     def token_advantages(self, batch: Batch, state: dict[str, Any]) -> Advantages:
         if batch.values is None:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from pgbench.estimators import Estimator, register
+from pgbench.estimators.base import Estimator, register
 from pgbench.fields import knob
 
 

@@ -5,7 +5,7 @@
 
 Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models",
 arXiv:2501.03262. The KL term is present when kl.placement=reward (the paper's setting); the
-token rewards come from the core (`pgbench.losses.shape_rewards`).
+token rewards come from the core (`pgbench.rl.losses.shape_rewards`).
 Deviations: none beyond pgbench's shared knobs.
 """
 
@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pgbench.estimators import Advantages, Batch, MultiPass, register
+from pgbench.estimators.base import Advantages, Batch, Estimator, register
 from pgbench.fields import knob
-from pgbench.losses import whiten
+from pgbench.rl.losses import whiten
 
 
 @register("reinforce_pp")
 @dataclass(frozen=True)
-class ReinforcePP(MultiPass):
+class ReinforcePP(Estimator):
     eps: float = knob(1e-8, "added to the variance when whitening", gt=0.0)
 
     def token_advantages(self, batch: Batch, state: dict[str, Any]) -> Advantages:

@@ -25,14 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pgbench.estimators import Advantages, Batch, MultiPass, register
+from pgbench.estimators.base import Advantages, Batch, Estimator, register
 from pgbench.fields import knob
-from pgbench.losses import whiten
+from pgbench.rl.losses import whiten
 
 
 @register("reinforce_pp_baseline")
 @dataclass(frozen=True)
-class ReinforcePPBaseline(MultiPass):
+class ReinforcePPBaseline(Estimator):
     eps: float = knob(1e-8, "added to the variance inside the rsqrt when whitening", gt=0.0)
 
     min_samples_per_prompt = 2  # the group mean of one sample is the sample itself

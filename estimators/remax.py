@@ -5,7 +5,7 @@
 r_i is sample i's sequence reward, with the KL penalty folded in by the core when
 kl.placement=reward (r_i = R(x, y_i) - beta * sum_t KL_it); the baseline is the task reward
 R of one greedy completion of the same prompt x, without a KL term (as in verl). The greedy
-completion is decoded by `pgbench.rollout.collect_rollout` (with the task's tools, if any);
+completion is decoded by `pgbench.train.rollout.collect_rollout` (with the task's tools, if any);
 its tokens and time count in the step's tokens and rollout time.
 
 Li et al. 2023, "ReMax: A Simple, Effective, and Efficient Reinforcement Learning Method for
@@ -24,12 +24,12 @@ from typing import Any
 
 from torch import Tensor
 
-from pgbench.estimators import Advantages, Batch, MultiPass, register
+from pgbench.estimators.base import Advantages, Batch, Estimator, register
 
 
 @register("remax")
 @dataclass(frozen=True)
-class ReMax(MultiPass):
+class ReMax(Estimator):
     needs_greedy = True  # collect_rollout decodes one greedy completion per prompt
 
     def advantages(

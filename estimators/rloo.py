@@ -14,12 +14,12 @@ from typing import Any
 
 from torch import Tensor
 
-from pgbench.estimators import MultiPass, register
+from pgbench.estimators.base import Estimator, register
 
 
 @register("rloo")
 @dataclass(frozen=True)
-class RLOO(MultiPass):
+class RLOO(Estimator):
     min_samples_per_prompt = 2  # the baseline needs at least one other sample
 
     def advantages(self, rewards: Tensor, state: dict[str, Any] | None = None) -> Tensor:

@@ -10,12 +10,13 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pgbench import __version__
-from pgbench.config import (
+from pgbench.config.compose import output_path
+from pgbench.config.urls import URL_KEYS, redact, restore
+from pgbench.config.verbs import (
     BuildTinyArgs,
     CompareArgs,
     Config,
@@ -30,7 +31,6 @@ from pgbench.config import (
     saved_run_values,
 )
 from pgbench.errors import ConfigError, DataError, PgbenchError
-from pgbench.urls import URL_KEYS, redact, restore
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
     if "resume" not in overrides:
         return overrides
     if overrides["resume"] == "auto":
-        from pgbench.rundir import unfinished_run_like
+        from pgbench.train.rundir import unfinished_run_like
 
         fresh = {k: v for k, v in overrides.items() if k != "resume"}
         found = unfinished_run_like(resolve(fresh))
@@ -96,8 +96,8 @@ def _configure(values: dict[str, Any], args: type[T]) -> T:
 def run(overrides: dict[str, str]) -> int:
     """Train one policy with one estimator, tracked in MLflow."""
     from pgbench import parallel
-    from pgbench.tracking import check_reachable
-    from pgbench.trainer import train
+    from pgbench.train.tracking import check_reachable
+    from pgbench.train.trainer import train
 
     config = _configure(_run_values(overrides), Config)
     check_reachable(config.tracking.uri)
@@ -114,19 +114,26 @@ def run(overrides: dict[str, str]) -> int:
 
 def evaluate_policy(overrides: dict[str, str]) -> int:
     """Score a policy (tiny, a run directory, or a model path) on the task's test split."""
-    from pgbench.evaluate import evaluate
-    from pgbench.policy import load_policy, pick_device, resolve_model
-    from pgbench.sections import LoraConfig
-    from pgbench.tracking import write_json
+    from pgbench.config.sections import LoraConfig
+    from pgbench.engine.evaluate import evaluate
+    from pgbench.hardware import pick_device
+    from pgbench.models.policy import load_policy
+    from pgbench.models.resolve import resolve_model
+    from pgbench.train.tracking import write_json
 
     config = _configure(overrides, EvalArgs)
     config.task.check_reward()  # the embed metric's model loads before any decoding
-    out = Path(config.output_dir or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
+    out = output_path(config)
     test = config.task.splits().test
     source = resolve_model(config.model, config.task, config.cache_dir)
     policy = load_policy(source, LoraConfig(), pick_device(config.device))  # no new adapters
     metrics, _ = evaluate(
-        policy, config.task, test, config.eval.max_new_tokens, config.eval.batch_size
+        policy.model,
+        policy.tokenizer,
+        config.task,
+        test,
+        config.eval.max_new_tokens,
+        config.eval.batch_size,
     )
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", metrics | {"model_path": source, "examples": len(test)})
@@ -138,25 +145,30 @@ def evaluate_policy(overrides: dict[str, str]) -> int:
 
 def build_tiny(overrides: dict[str, str]) -> int:
     """Build the task's tiny policy (or take it from the cache), measure it on the valid and
-    test splits, and write it with its manifest (pgbench.shipped)."""
-    from pgbench.evaluate import evaluate
-    from pgbench.hardware import describe
-    from pgbench.policy import load_policy, pick_device
-    from pgbench.sections import LoraConfig
-    from pgbench.shipped import check_free, write_policy
-    from pgbench.tiny import FORMAT, tiny_policy_dir
+    test splits, and write it with its manifest (pgbench.models.shipped)."""
+    from pgbench.config.sections import LoraConfig
+    from pgbench.engine.evaluate import evaluate
+    from pgbench.hardware import describe, pick_device
+    from pgbench.models.policy import load_policy
+    from pgbench.models.shipped import check_free, write_policy
+    from pgbench.models.tiny import FORMAT, tiny_policy_dir
 
     config = _configure(overrides, BuildTinyArgs)
     task, settings = config.task, config.eval
     task.check_reward()
-    out = Path(config.output_dir or f"tiny-{task.name}")
+    out = output_path(config, task=task.name)
     check_free(out)  # before minutes of training
     source = tiny_policy_dir(task, Path(config.cache_dir).expanduser())
     policy = load_policy(str(source), LoraConfig(), pick_device(config.device))
     splits, metrics = task.splits(), {}
     for split, examples in (("valid", splits.valid[: settings.size]), ("test", splits.test)):
         scores, texts = evaluate(
-            policy, task, examples, settings.max_new_tokens, settings.batch_size
+            policy.model,
+            policy.tokenizer,
+            task,
+            examples,
+            settings.max_new_tokens,
+            settings.batch_size,
         )
         metrics[split] = scores
     facts = {"task": task.name, "format": FORMAT, "cache_key": source.name.rpartition("-")[2]}
@@ -172,7 +184,7 @@ def build_tiny(overrides: dict[str, str]) -> int:
 
 def variance(overrides: dict[str, str]) -> int:
     """Gradient variance of each estimator on the same rollouts of a fixed policy."""
-    from pgbench.variance import run_variance
+    from pgbench.runs.variance import run_variance
 
     config = _configure(overrides, VarianceArgs)  # output_dir: runs/variance-<time> if empty
     config.task.check_reward()
@@ -208,7 +220,7 @@ def sweep(overrides: dict[str, str]) -> int:
 
 def compare(overrides: dict[str, str]) -> int:
     """Train every estimator for every seed with the same budget, under one comparison id."""
-    from pgbench.compare import run_compare
+    from pgbench.runs.compare import run_compare
 
     config = _configure(overrides, CompareArgs)
     config.task.check_reward()
@@ -224,11 +236,11 @@ def compare(overrides: dict[str, str]) -> int:
 
 def suite(overrides: dict[str, str]) -> int:
     """Tasks x estimators x seeds at fixed budgets (a protocol), resumable, in parallel."""
-    from pgbench.suite import plan_suite, run_suite
+    from pgbench.runs.suite import plan_suite, run_suite
 
     plan = plan_suite(overrides)
     if plan.launcher == "slurm":
-        from pgbench.launch import launch_suite
+        from pgbench.runs.launch import launch_suite
 
         outcome = launch_suite(plan)
         if outcome is None:  # submitted, not waited for
@@ -263,7 +275,7 @@ def report(overrides: dict[str, str]) -> int:
 
 def sync_run(overrides: dict[str, str]) -> int:
     """Upload what a run buffered while its MLflow server was unreachable."""
-    from pgbench.tracking import sync
+    from pgbench.train.tracking import sync
 
     if "run_dir" not in overrides or set(overrides) - {"run_dir", "tracking.uri"}:
         raise ConfigError(

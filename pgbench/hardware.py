@@ -24,6 +24,8 @@ from typing import Literal
 
 import torch
 
+from pgbench.errors import ConfigError
+
 Precision = Literal["fp32", "bf16"]
 
 
@@ -97,3 +99,12 @@ def describe(device: torch.device) -> dict[str, str | int | bool]:
         "hardware.threads": torch.get_num_threads(),
         "hardware.native_bf16": native_bf16(device),
     }
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or auto")
+    return torch.device(name)

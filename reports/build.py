@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from pgbench import tasks
 from pgbench.reports import collect, render, stats, tables
-from pgbench.tracking import MLflowTracker
+from pgbench.train.tracking import MLflowTracker
 
 CURVES = ["train/reward_mean", "train/tokens", "train/wall_clock_s"]
 VARIANCE = ["total_variance", "mse_to_reference", "cosine_to_reference", "snr"]

@@ -81,7 +81,13 @@ def summary_table(runs: pd.DataFrame, history: pd.DataFrame, metric: str) -> pd.
 
 
 def welch_p(a: pd.Series, b: pd.Series) -> float:
-    """Two-sided Welch's t-test p-value (NaN when either side has fewer than 2 values)."""
-    if len(a) < 2 or len(b) < 2 or a.equals(b):
+    """Two-sided Welch's t-test p-value (NaN when either side has fewer than 2 values, or
+    neither varies). From summary statistics: scipy's ttest_ind warns of catastrophic
+    cancellation on a side whose values are (nearly) all equal, as short runs' scores often are."""
+    sd_a, sd_b = a.std(ddof=1), b.std(ddof=1)
+    if len(a) < 2 or len(b) < 2 or a.equals(b) or sd_a == sd_b == 0:
         return math.nan
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    welch = stats.ttest_ind_from_stats(
+        a.mean(), sd_a, len(a), b.mean(), sd_b, len(b), equal_var=False
+    )
+    return float(welch.pvalue)

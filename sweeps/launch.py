@@ -25,9 +25,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from pgbench.config import SweepArgs
-from pgbench.slurm import executor, fail_stale, live_jobs, mlflow_link, submit
+from pgbench.config.verbs import SweepArgs
 from pgbench.sweeps.runner import FINISHED, conclude, load, open_study, study_name, sweep_dir, work
+from pgbench.train.slurm import executor, fail_stale, live_jobs, mlflow_link, submit
 
 
 def slurm_worker(values: dict[str, Any], worker: int) -> None:

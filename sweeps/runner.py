@@ -30,12 +30,13 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from pgbench.config import SweepArgs, resolve, run_values
+from pgbench.config.compose import output_path
+from pgbench.config.urls import check_database, redact, redact_values
+from pgbench.config.verbs import SweepArgs, resolve, run_values
 from pgbench.errors import ConfigError
 from pgbench.hardware import use_threads
 from pgbench.sweeps import spaces
-from pgbench.tracking import MLflowTracker, check_reachable, write_json
-from pgbench.urls import check_database, redact, redact_values
+from pgbench.train.tracking import MLflowTracker, check_reachable, write_json
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -47,7 +48,7 @@ def study_name(config: SweepArgs) -> str:
 
 
 def sweep_dir(config: SweepArgs) -> Path:
-    return Path(config.output_dir or f"runs/sweep-{study_name(config)}")
+    return output_path(config, study=study_name(config))
 
 
 def storage_url(config: SweepArgs) -> str:
@@ -132,7 +133,7 @@ def _mark(tracker: MLflowTracker, state: str, reason: str, status: str) -> None:
 def make_objective(config: SweepArgs, space: spaces.Space, parent_run_id: str, label: str = ""):
     """The Optuna objective: train one configuration as a nested MLflow run; `label` names the
     worker (a SLURM job id) in each trial's user attrs."""
-    from pgbench.trainer import train
+    from pgbench.train.trainer import train
 
     base, folder, metric = run_values(config), sweep_dir(config), config.task.metric
     name = study_name(config)

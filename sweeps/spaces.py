@@ -29,8 +29,8 @@ EXTRA: dict[str, Space] = {
     "reinforce": {"estimator.baseline": {"type": "categorical", "choices": ["none", "ema"]}},
     "grpo": {"estimator.scale": {"type": "categorical", "choices": ["group", "batch", "none"]}},
     "ppo": {
-        "estimator.clip": {"type": "float", "low": 0.1, "high": 0.3},
-        "estimator.epochs": {"type": "int", "low": 1, "high": 4},
+        "loss.clip_low": {"type": "float", "low": 0.1, "high": 0.3},
+        "trainer.epochs": {"type": "int", "low": 1, "high": 4},
         "estimator.vf_coef": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
         # clips act only over several passes (PPO's default 2 x 2): DAPO's clip-higher
         "loss.clip_high": {"type": "float", "low": 0.2, "high": 0.35},

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from pgbench.errors import ConfigError
 from pgbench.fields import check_bounds, knob
-from pgbench.tasks import Example, Splits, Task, register
+from pgbench.tasks.base import Example, Splits, Task, register
 
 OPERATORS = {"+": lambda a, b: a + b, "*": lambda a, b: a * b}
 

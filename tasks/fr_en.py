@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Literal
 
 from pgbench.errors import ConfigError, DataError
 from pgbench.fields import knob
-from pgbench.tasks import Example, Splits, Task, register
+from pgbench.tasks.base import Example, Splits, Task, register
+from pgbench.tasks.chat import CHAT_TEMPLATE
 from pgbench.tasks.model_rewards import DEFAULT_COMET, ModelRewards
 from pgbench.tasks.rewards import (
     MODEL_REWARDS,
@@ -76,7 +77,7 @@ class FrEn(Task):
 
     metric = "chrf"
     # Measured on the tiny policy: at 8 prompts x 4 samples valid chrF falls; at 32 x 8 valid
-    # and test chrF rise over 5 seeds (README, "A larger batch makes RL help the tiny policy").
+    # and test chrF rise over 5 seeds (docs/performance.md).
     run_defaults: ClassVar[dict[str, Any]] = {
         "trainer.prompts_per_step": 32,
         "rollout.samples_per_prompt": 8,
@@ -136,8 +137,6 @@ class FrEn(Task):
 
     def system_message(self, tokenizer: Any) -> str | None:
         """`task.system`: auto = SYSTEM, except for pgbench's tiny policy (no system turn)."""
-        from pgbench.tiny import CHAT_TEMPLATE  # here: pgbench.tiny imports the tasks
-
         if self.system == "auto":
             tiny = getattr(tokenizer, "chat_template", None) == CHAT_TEMPLATE
             return None if tiny else SYSTEM

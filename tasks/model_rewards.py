@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from pgbench.errors import ConfigError
+from pgbench.hardware import pick_device
 
 DEFAULT_COMET = "Unbabel/wmt22-comet-da"
 DEFAULT_BATCH_SIZE = 64
@@ -47,8 +48,6 @@ def _one_line(err: Exception) -> str:
 
 def torch_device(name: str) -> str:
     """A torch device name for `auto`, `cpu` or `cuda` (auto = cuda when available)."""
-    from pgbench.policy import pick_device
-
     return str(pick_device(name))
 
 

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 from pgbench.errors import ConfigError
 from pgbench.fields import check_bounds, knob
-from pgbench.tasks import Example, Splits, Task, ToolEnv, register
+from pgbench.tasks.base import Example, Splits, Task, ToolEnv, register
 from pgbench.tasks.poetry import lexicon, rhyme, rhyming_parts, syllables, words
 
 TOOL_CALL = re.compile(r"<tool>(.*?)</tool>", re.DOTALL)

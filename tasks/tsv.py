@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from pgbench.errors import DataError
-from pgbench.tasks import Example, Splits
+from pgbench.tasks.base import Example, Splits
 
 REFERENCE_SEPARATOR = " ||| "
 

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from pgbench import tasks
-from pgbench.tiny import MICRO, tiny_policy_dir
+from pgbench.models.tiny import MICRO, tiny_policy_dir
 
 MICRO_TASK = {"limit": "2000", "valid_size": "40", "test_size": "40"}
 
@@ -174,11 +175,13 @@ def killed_and_retry(study: optuna.Study, number: int) -> tuple[FrozenTrial, Fro
     """The killed trial `number` (now FAIL) and the retry of it that completed."""
     killed = study.trials[number]
     assert killed.state == TrialState.FAIL
-    retries = [
-        t
-        for t in study.trials
-        if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == number
-    ]
+    with warnings.catch_warnings():  # Optuna marks retried_trial_number experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retries = [
+            t
+            for t in study.trials
+            if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == number
+        ]
     assert retries and retries[0].state == TrialState.COMPLETE
     return killed, retries[0]
 

@@ -6,9 +6,35 @@ import pytest
 
 from pgbench import estimators
 from pgbench.cli import VERBS, main
-from pgbench.config import Config, all_keys
+from pgbench.config.verbs import all_keys
 
 ESTIMATORS = ", ".join(estimators.REGISTRY.names())
+# what `--help` must list, written out (not derived from the code that prints it)
+RUN_KEYS = """
+    task estimator model seed output_dir resume cache_dir device threads task.source
+    task.train_file task.test_file task.limit task.reward task.valid_size task.test_size
+    task.split_seed task.system estimator.baseline estimator.ema_decay trainer.steps
+    trainer.lr trainer.prompts_per_step trainer.warmup_ratio trainer.grad_clip
+    trainer.weight_decay trainer.micro_batch_size trainer.epochs trainer.minibatches
+    trainer.max_skipped trainer.precision
+    trainer.gradient_checkpointing rollout.samples_per_prompt rollout.max_new_tokens
+    rollout.temperature rollout.drop_uniform_groups rollout.overlong_buffer
+    rollout.overlong_penalty rollout.staleness engine.backend engine.sync_every
+    engine.gpu_memory_utilization kl.coef kl.estimator kl.placement loss.aggregation
+    loss.policy loss.ratio loss.clip_low loss.clip_high loss.dual_clip loss.sapo_tau_pos
+    loss.sapo_tau_neg loss.cov_ratio loss.clip_cov_lb loss.clip_cov_ub loss.kl_cov_coef
+    loss.entropy_coef loss.rollout_correction loss.rollout_correction_level
+    loss.rollout_correction_high loss.rollout_correction_low lora.r lora.alpha lora.dropout
+    lora.target_modules eval.every eval.size eval.batch_size eval.max_new_tokens eval.test
+    reward.model reward.device reward.batch_size checkpoint.every tracking.uri
+    tracking.experiment
+""".split()
+EVAL_KEYS = """
+    task model seed output_dir cache_dir device threads task.source task.train_file
+    task.test_file task.limit task.reward task.valid_size task.test_size task.split_seed
+    task.system eval.every eval.size eval.batch_size eval.max_new_tokens eval.test
+    reward.model reward.device reward.batch_size
+""".split()
 
 
 def run_cli(capsys, *args):
@@ -25,7 +51,7 @@ def help_keys(out: str) -> list[str]:
 def test_help_lists_every_key_with_default(capsys):
     code, out, _ = run_cli(capsys, "run", "estimator=reinforce", "--help")
     assert code == 0
-    assert help_keys(out) == all_keys(Config, estimator="reinforce")
+    assert help_keys(out) == RUN_KEYS
     assert "default 'none'" in out and "default 0.05" in out
 
 
@@ -37,6 +63,7 @@ def test_every_verbs_help_lists_exactly_its_keys(capsys, verb):
 
 def test_eval_help_lists_only_its_keys(capsys):
     _, out, _ = run_cli(capsys, "eval", "--help")
+    assert help_keys(out) == EVAL_KEYS
     assert "task.test_file" in out and "eval.size" in out and "trainer.lr" not in out
 
 

@@ -17,11 +17,11 @@ import pgbench.reports
 import pgbench.sweeps
 import pgbench.tasks
 from pgbench import estimators
-from pgbench.compose import accepts
-from pgbench.config import VarianceArgs, resolve
-from pgbench.tracking import NullTracker
-from pgbench.trainer import train
-from pgbench.variance import run_variance
+from pgbench.config.compose import accepts
+from pgbench.config.verbs import VarianceArgs, resolve
+from pgbench.runs.variance import run_variance
+from pgbench.train.tracking import NullTracker
+from pgbench.train.trainer import train
 
 SOURCES = [
     Path(module.__file__).resolve().parent

@@ -13,16 +13,16 @@ import torch
 from mlflow import MlflowClient
 from transformers import AutoTokenizer
 
-from pgbench import config as config_module
 from pgbench import hardware
-from pgbench.config import LoraConfig, help_rows, resolve
-from pgbench.engine import encode_prompts, sample
+from pgbench.config import verbs as config_module
+from pgbench.config.verbs import LoraConfig, help_rows, resolve
+from pgbench.engine.sampling import encode_prompts, sample
+from pgbench.engine.scoring import token_logprobs
+from pgbench.engine.vllm_backend import VLLMSampler, build_rollout, policy_weights
 from pgbench.errors import ConfigError
-from pgbench.policy import enable_gradient_checkpointing, load_policy
-from pgbench.scoring import token_logprobs
-from pgbench.tracking import NullTracker
-from pgbench.trainer import Trainer
-from pgbench.vllm_backend import VLLMSampler, build_rollout, policy_weights
+from pgbench.models.policy import enable_gradient_checkpointing, load_policy
+from pgbench.train.tracking import NullTracker
+from pgbench.train.trainer import Trainer
 
 CPU = torch.device("cpu")
 
@@ -64,7 +64,10 @@ def test_vllm_backend_needs_the_package_then_a_gpu(monkeypatch):
 
 
 def test_vllm_backend_module_never_imports_vllm():
-    code = "import sys, pgbench.trainer, pgbench.vllm_backend; print('vllm' in sys.modules)"
+    code = (
+        "import sys, pgbench.train.trainer, pgbench.engine.vllm_backend; "
+        "print('vllm' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -197,7 +200,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(micro_po
 def test_trainer_switches_checkpointing_on(run_overrides):
     overrides = run_overrides | {"trainer.gradient_checkpointing": "true"}
     trainer = Trainer(resolve(overrides), NullTracker())
-    assert trainer.policy.model.is_gradient_checkpointing
+    assert trainer.policy.model.is_activation_checkpointing
     assert torch.isfinite(torch.tensor(trainer.train_step()["train/loss"]))
 
 
@@ -206,11 +209,11 @@ TWO_PROCESSES = """
 import json, sys
 import torch
 from pgbench import parallel
-from pgbench.config import resolve
-from pgbench.engine import sample
-from pgbench.policy import load_policy
-from pgbench.trainer import Trainer
-from pgbench.update import accumulate_gradients, prepare
+from pgbench.config.verbs import resolve
+from pgbench.engine.sampling import sample
+from pgbench.models.policy import load_policy
+from pgbench.train.trainer import Trainer
+from pgbench.train.update import accumulate_gradients, prepare
 
 overrides = dict(arg.split("=", 1) for arg in sys.argv[2:])
 processes = parallel.current("cpu")
@@ -225,7 +228,7 @@ rollout = sample(model, policy.tokenizer, ["Bonjour.", "Merci.", "Oui.", "Non."]
 rewards = torch.rand(4, 3, generator=torch.Generator().manual_seed(1))
 for how in ("token_mean", "seq_mean_token_mean"):
     config = resolve(overrides | {"loss.aggregation": how})
-    prepared = prepare(config, config.estimator, model, None, None, rollout, rewards, {})
+    prepared = prepare(config, config.estimator, model=model, rollout=rollout, rewards=rewards)
     accumulate_gradients(config, config.estimator, model, None, prepared, torch.arange(12))
     whole = [p.grad.clone() for p in params]
     model.zero_grad(set_to_none=True)

@@ -8,7 +8,7 @@ import torch
 
 from pgbench import hardware
 from pgbench.cli import main
-from pgbench.tiny import TinySpec, cache_key, tiny_policy_dir
+from pgbench.models.tiny import TinySpec, cache_key, tiny_policy_dir
 
 CPU = torch.device("cpu")
 SPEC = TinySpec(

@@ -2,9 +2,9 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pgbench.config import SweepArgs, resolve
+from pgbench.config.urls import redact
+from pgbench.config.verbs import SweepArgs, resolve
 from pgbench.sweeps.runner import open_storage, run_sweep
-from pgbench.urls import redact
 
 
 def sweep_config(values):

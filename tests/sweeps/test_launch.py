@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from pgbench.cli import main
-from pgbench.config import SweepArgs, resolve
+from pgbench.config.verbs import SweepArgs, resolve
 from pgbench.errors import ConfigError
 from pgbench.sweeps.launch import launch_sweep
 from pgbench.sweeps.runner import open_storage

@@ -4,7 +4,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from pgbench.config import SweepArgs, resolve
+from pgbench.config.verbs import SweepArgs, resolve
 from pgbench.errors import ConfigError
 from pgbench.sweeps.runner import run_sweep, storage_url
 
@@ -114,7 +114,7 @@ def test_space_keys_are_checked_against_the_config(sweep_values, tmp_path):
 
 def test_every_builtin_space_names_keys_of_its_estimator():
     from pgbench import estimators
-    from pgbench.config import all_keys
+    from pgbench.config.verbs import all_keys
     from pgbench.sweeps.spaces import builtin
 
     for name in estimators.REGISTRY.names():

@@ -11,14 +11,14 @@ from mlflow import MlflowClient
 from transformers import AutoTokenizer
 
 from pgbench import estimators, tasks
-from pgbench.config import resolve
+from pgbench.config.verbs import resolve
 from pgbench.errors import ConfigError
 from pgbench.hardware import auto_precision
-from pgbench.policy import resolve_model
+from pgbench.models.resolve import resolve_model
+from pgbench.models.tiny import TinySpec, task_spec, tiny_policy_dir
 from pgbench.tasks import Example
 from pgbench.tasks.arith import Arith, parse_answer, problem_count
-from pgbench.tiny import TinySpec, task_spec, tiny_policy_dir
-from pgbench.trainer import train
+from pgbench.train.trainer import train
 
 MICRO_ARITH_SPEC = {
     "vocab_size": 300,
@@ -251,7 +251,7 @@ def test_every_loss_variant_trains_two_steps(micro_arith_policy, run_overrides, 
     policy, fields = micro[task]
     for index, variant in enumerate(LOSS_VARIANTS):
         overrides = two_steps(task, policy, fields, tmp_path / f"v{index}")
-        overrides |= {"estimator": "grpo", "estimator.epochs": "2"}
+        overrides |= {"estimator": "grpo", "trainer.epochs": "2"}
         summary = train(resolve(overrides | variant))
         assert summary["steps"] == 2, variant
         assert 0 <= summary["train"]["train/clip_fraction"] <= 1, variant

@@ -6,7 +6,7 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from pgbench import tasks
 from pgbench.cli import main
-from pgbench.config import resolve
+from pgbench.config.verbs import resolve
 from pgbench.errors import ConfigError, DataError
 from pgbench.tasks import Example, model_rewards
 from pgbench.tasks.fr_en import SYSTEM

@@ -5,8 +5,9 @@ import pytest
 from mlflow import MlflowClient
 
 from pgbench import tasks
-from pgbench.config import resolve
+from pgbench.config.verbs import resolve
 from pgbench.errors import ConfigError
+from pgbench.models.tiny import MICRO, tiny_policy_dir
 from pgbench.tasks import Example
 from pgbench.tasks.poet import (
     FORMS,
@@ -16,8 +17,7 @@ from pgbench.tasks.poet import (
     tool_result,
 )
 from pgbench.tasks.poetry import rhyme, syllables, word_syllables
-from pgbench.tiny import MICRO, tiny_policy_dir
-from pgbench.trainer import train
+from pgbench.train.trainer import train
 
 COUPLET = FORMS["couplet"]  # AA, 4-8 syllables a line
 QUATRAIN = FORMS["quatrain"]  # ABAB, 3-5 syllables a line

@@ -1,0 +1,1 @@
+"""The configuration layer: sections, composition, the verbs' dataclasses and their resolution."""

@@ -1,0 +1,278 @@
+"""The shared sections of every verb's configuration: one default per knob, here and nowhere else.
+
+Each section is a dataclass of `knob` fields; `pgbench <verb> --help` lists them as
+`section.key`. Which verb accepts which section is decided in `pgbench.config.verbs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pgbench.errors import ConfigError
+from pgbench.fields import knob
+from pgbench.rl.correction import Correction, Level
+from pgbench.rl.losses import Aggregation, KLEstimator
+from pgbench.rl.policy_losses import PolicyForm, RatioLevel
+from pgbench.tasks.model_rewards import DEFAULT_BATCH_SIZE, DEFAULT_COMET
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    steps: int = knob(150, "optimiser steps (one rollout batch each)", ge=1)
+    lr: float = knob(1e-4, "AdamW learning rate", gt=0.0)
+    prompts_per_step: int = knob(8, "prompts P per rollout batch", ge=1)
+    warmup_ratio: float = knob(0.1, "fraction of steps with linear warm-up", ge=0.0, le=1.0)
+    grad_clip: float = knob(1.0, "max global gradient norm (0 = no clipping)", ge=0.0)
+    weight_decay: float = knob(0.0, "AdamW weight decay", ge=0.0)
+    micro_batch_size: int = knob(32, "sequences per forward/backward pass", ge=1)
+    epochs: int = knob(
+        1, "update passes over each rollout batch (>1: the ratio leaves 1, the clip binds)", ge=1
+    )
+    minibatches: int = knob(1, "optimiser steps per pass (the batch split in equal parts)", ge=1)
+    max_skipped: int = knob(
+        5, "stop after N consecutive steps skipped for a NaN/inf reward, loss or gradient", ge=1
+    )
+    precision: Literal["fp32", "bf16"] = knob(
+        "fp32",
+        "bf16 = bfloat16 autocast of the train step's forward passes; weights stay fp32 "
+        "(refused where the device would emulate bf16)",
+    )
+    gradient_checkpointing: bool = knob(
+        False, "recompute activations in the backward pass (less memory, ~30% more compute)"
+    )
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    samples_per_prompt: int = knob(4, "completions K sampled per prompt (every estimator)", ge=1)
+    max_new_tokens: int = knob(32, "max tokens per completion", ge=1)
+    temperature: float = knob(0.5, "sampling temperature of rollouts", gt=0.0)
+    drop_uniform_groups: bool = knob(
+        False,
+        "drop prompts whose K rewards are all equal before the update, logged as "
+        "train/uniform_groups (DAPO dynamic sampling, without refilling the batch)",
+    )
+    overlong_buffer: int = knob(
+        0, "DAPO overlong shaping: the last N tokens before max_new_tokens (0 = off)", ge=0
+    )
+    overlong_penalty: float = knob(
+        1.0, "DAPO overlong shaping: reward penalty at max_new_tokens", ge=0.0
+    )
+    staleness: int = knob(
+        0,
+        "sample each step's rollouts with the policy of k updates earlier (an async pipeline's "
+        "lag); behaviour log-probs recorded at sampling, the loss's ratio taken against them",
+        ge=0,
+    )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    backend: Literal["hf", "vllm"] = knob(
+        "hf", "rollout sampler: hf (transformers) or vllm (CUDA only, pip install 'pgbench[vllm]')"
+    )
+    sync_every: int = knob(1, "vllm: copy the policy's weights into vLLM every N steps", ge=1)
+    gpu_memory_utilization: float = knob(
+        0.3, "vllm: fraction of the GPU's memory vLLM may reserve", gt=0.0, le=1.0
+    )
+
+
+@dataclass(frozen=True)
+class KLConfig:
+    coef: float = knob(0.05, "weight beta of KL(policy || reference); 0 = no reference", ge=0.0)
+    estimator: KLEstimator = knob(
+        "k1",
+        "per-token KL estimator: k1 = log ratio, k2 = squared/2, k3 = Schulman's, "
+        "k3_plus = k3's value with k2's gradient (verl k3+)",
+    )
+    placement: Literal["reward", "loss"] = knob(
+        "reward", "subtract beta*KL from the reward, or add it to the loss"
+    )
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    aggregation: Aggregation = knob("token_mean", "how per-token losses become one number")
+    policy: PolicyForm = knob(
+        "ppo_clip",
+        "policy-loss form: ppo_clip, cispo (clipped, stopped weight), gmpo (geo mean), "
+        "sapo (soft gate), clip_cov / kl_cov (covariance-selected tokens)",
+    )
+    ratio: RatioLevel = knob(
+        "token", "importance ratio per token, or per sequence (GSPO, length-normalised)"
+    )
+    clip_low: float = knob(0.2, "ratio clipped below at 1 - clip_low (0 = unclipped)", ge=0.0)
+    clip_high: float = knob(
+        0.2, "ratio clipped above at 1 + clip_high (DAPO clip-higher 0.28; 0 = unclipped)", ge=0.0
+    )
+    dual_clip: float = knob(
+        0.0, "dual-clip constant c > 1 bounding the loss at -c*A for A < 0 (0 = off)", ge=0.0
+    )
+    sapo_tau_pos: float = knob(1.0, "SAPO gate temperature for A > 0 (loss.policy=sapo)", gt=0.0)
+    sapo_tau_neg: float = knob(1.05, "SAPO gate temperature for A <= 0 (loss.policy=sapo)", gt=0.0)
+    cov_ratio: float = knob(
+        0.0002,
+        "clip_cov / kl_cov: share of the valid tokens they act on (at least 1)",
+        gt=0.0,
+        le=1.0,
+    )
+    clip_cov_lb: float = knob(1.0, "clip_cov: lower bound of the covariance band")
+    clip_cov_ub: float = knob(5.0, "clip_cov: upper bound of the covariance band")
+    kl_cov_coef: float = knob(
+        1.0, "kl_cov: weight of |log rho| on the top-covariance tokens", ge=0.0
+    )
+    entropy_coef: float = knob(
+        0.0, "entropy bonus: minus coef * policy entropy per token, aggregated as the loss", ge=0.0
+    )
+    rollout_correction: Correction = knob(
+        "none",
+        "stale rollouts: none (ratio against the behaviour policy), tis (truncated importance "
+        "weight pi_old/mu), mis (mask tokens or sequences whose weight leaves [low, high])",
+    )
+    rollout_correction_level: Level = knob("token", "weight per token, or per sequence (product)")
+    rollout_correction_high: float = knob(2.0, "TIS truncation C, and MIS upper bound", gt=1.0)
+    rollout_correction_low: float = knob(
+        0.0, "MIS lower bound (0 = 1 / rollout_correction_high)", ge=0.0, le=1.0
+    )
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = knob(0, "LoRA rank (0 = full fine-tuning)", ge=0)
+    alpha: int = knob(16, "LoRA alpha", ge=1)
+    dropout: float = knob(0.0, "LoRA dropout", ge=0.0, le=1.0)
+    target_modules: str = knob("all-linear", "peft target modules (comma-separated or all-linear)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = knob(25, "evaluate on the valid split every N steps (0 = only at the end)", ge=0)
+    size: int = knob(500, "valid-split examples per evaluation", ge=1)
+    batch_size: int = knob(64, "prompts per greedy-decoding batch", ge=1)
+    max_new_tokens: int = knob(48, "max tokens per greedy completion", ge=1)
+    test: bool = knob(
+        True,
+        "training runs: score the test split before and after (false in a suite's tuning runs)",
+    )
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    model: str = knob(
+        "",
+        "model of embed (sentence-transformers folder or hub id) or comet (COMET checkpoint); "
+        f"empty = shipped all-MiniLM-L6-v2 / {DEFAULT_COMET}",
+    )
+    device: Literal["auto", "cpu", "cuda"] = knob(
+        "auto", "device of reward models (auto = the run's device)"
+    )
+    batch_size: int = knob(DEFAULT_BATCH_SIZE, "sentences per reward-model batch", ge=1)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = knob(25, "save a resumable checkpoint every N steps (0 = only at the end)", ge=0)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = knob("sqlite:///mlflow.db", "MLflow tracking URI (sqlite file, http server, ...)")
+    experiment: str = knob("", "MLflow experiment (empty = the task name)")
+
+
+@dataclass(frozen=True)
+class VarianceConfig:
+    batches: int = knob(16, "independent rollout batches per estimator (pgbench variance)", ge=2)
+    reference_batches: int = knob(16, "extra batches averaged into the reference gradient", ge=1)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    n_trials: int = knob(20, "finished trials the study should reach (pgbench sweep)", ge=1)
+    workers: int = knob(1, "worker processes on this machine (slurm: jobs of the array)", ge=1)
+    storage: str = knob(
+        "", "Optuna storage: sqlite:///f.db, postgresql://..., or a .journal file (empty = local)"
+    )
+    name: str = knob("", "study name (empty = <task>-<estimator>); rerunning resumes it")
+    space: str = knob("", "JSON file with the search space (empty = the estimator's built-in one)")
+    pruner: Literal["median", "none"] = knob("median", "prune trials below the median at an eval")
+    heartbeat_s: int = knob(
+        30, "heartbeat interval of RDB storages; stale trials are retried", ge=1
+    )
+    launcher: Literal["local", "slurm"] = knob(
+        "local",
+        "local = worker processes on this machine; slurm = sweep.workers jobs of a SLURM array "
+        "(submitit), on a PostgreSQL sweep.storage and a tracking.uri every node reaches",
+    )
+    wait: bool = knob(
+        False, "slurm: wait for the jobs, re-submit workers for re-run trials, write best.json"
+    )
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    use_best: bool = knob(False, "use each estimator's best sweep params (same study names)")
+    id: str = knob("", "comparison id tagged on every run (empty = cmp-<time>)")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    protocol: str = knob(
+        "", "protocol: a shipped name (cpu, gpu) or a .toml file; `suite=NAME` on the CLI"
+    )
+    tasks: str = knob("", "comma-separated tasks of an inline suite; `tasks=...` on the CLI")
+    id: str = knob("", "suite id tagged on every run (empty = protocol name, or a config hash)")
+    workers: int = knob(1, "worker processes on this machine (torch threads = cores // N)", ge=1)
+    storage: str = knob(
+        "",
+        "Optuna storage of the cell queue: postgresql://... or a .journal file "
+        "(empty = <output_dir>/suite.journal)",
+    )
+    heartbeat_s: int = knob(30, "heartbeat of RDB storages; a dead worker's cell is re-run", ge=1)
+    variance: bool = knob(
+        False, "also measure each task's gradient variance (pgbench variance) for the Findings"
+    )
+    launcher: Literal["local", "slurm"] = knob(
+        "local",
+        "local = worker processes on this machine; slurm = suite.workers jobs of a SLURM array "
+        "(submitit), on a PostgreSQL suite.storage and a tracking.uri every node reaches",
+    )
+    wait: bool = knob(
+        False, "slurm: wait for the jobs, re-submit workers for re-queued cells, write the report"
+    )
+    proxy: str = knob(
+        "",
+        "output folder of the same protocol run on a cheaper policy: the report adds the "
+        "transfer finding (does the proxy rank the columns alike?)",
+    )
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    partition: str = knob("", "partition of the worker jobs (empty = the cluster's default)")
+    time_min: int = knob(240, "wall-clock limit of each worker job, minutes", ge=1)
+    gpus_per_task: int = knob(0, "GPUs of each worker job", ge=0)
+    cpus_per_task: int = knob(1, "CPU cores of each worker job (its torch threads)", ge=1)
+    mem_gb: int = knob(0, "memory of each worker job, GB (0 = the cluster's default)", ge=0)
+    extra: str = knob(
+        "", "more sbatch flags, e.g. '--account=rl --qos=high' (each --key=value or --flag)"
+    )
+    folder: str = knob("", "folder of the jobs' scripts and logs (empty = <output_dir>/slurm)")
+
+    def sbatch_flags(self) -> dict[str, str | bool]:
+        """`extra` as submitit's slurm_additional_parameters: `--qos=high` -> {"qos": "high"}."""
+        flags: dict[str, str | bool] = {}
+        for token in self.extra.split():
+            key, sep, value = token.removeprefix("--").partition("=")
+            if not token.startswith("--") or not key:
+                raise ConfigError(
+                    f"slurm.extra: {token!r} is not an sbatch flag; use --key=value or --flag"
+                )
+            flags[key] = value if sep else True
+        return flags
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    out: str = knob("", "report folder (empty = reports_out/<comparison or experiment>)")

@@ -1,0 +1,1 @@
+"""Policies: loading and model resolution, the tiny policies, SmolLM2, the shipped policy files."""

@@ -1,0 +1,1 @@
+"""Verbs over many runs: compare, suite (protocols, tuning, launchers) and gradient variance."""

@@ -1,0 +1,413 @@
+"""`pgbench suite`: a declared protocol of tasks x estimators x seeds at fixed budgets.
+
+The plan (every cell's config, resolved and checked before the first run) comes from
+pgbench/protocol.py; a protocol's `[tune]` table (pgbench/tuning.py) adds a tuning phase.
+
+Scheduler: one Optuna study `suite-<id>` whose queue holds one enqueued trial per unfinished
+cell (`study.enqueue_trial({"cell": i})`); `suite.workers=N` processes on this machine pop
+cells from it, each with torch threads = cores // N. The storage is
+`<output_dir>/suite.journal` (JournalFileBackend), or `suite.storage=postgresql://...` for
+workers on several machines, with heartbeats: a cell whose worker died is re-queued.
+`suite.launcher=slurm` submits the workers as a SLURM job array instead (pgbench/launch.py).
+
+Phases: the tuning runs, the runs at shared defaults and the variance cells are queued first.
+When every tuning run of a column has finished, the column's selected point
+(`tuning.select`, valid split and tuning seeds only) is queued on the test seeds, in the same
+queue; a column whose tuning is unfinished is never tested.
+
+Resume rule: the same command (same suite id) continues. A cell whose run directory
+`<output_dir>/<cell>` has summary.json is finished and never trained again; one with only
+run.json was killed mid-run and resumes from its last checkpoint, in the same MLflow run.
+Trials left RUNNING in a local journal by a killed suite are failed and their cells queued
+again.
+
+Outputs: runs.csv (the leaderboard's runs: tuned columns at their selected point) and the
+report of reports/suite_report.py, logged as artifacts of the MLflow run `suite-<id>`; cell
+runs are tagged pgbench.suite, .task, .estimator (the column: estimator or variant), .seed,
+.phase (tune or test) and .point.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from pgbench import tasks
+from pgbench.config.verbs import resolve
+from pgbench.hardware import use_threads
+from pgbench.runs.protocol import VARIANCE, Cell, Plan, cell_config, plan_suite
+from pgbench.runs.tuning import SELECTION, select
+from pgbench.train.tracking import SPOOL, MLflowTracker, check_reachable, metric_history, write_json
+
+__all__ = ["plan_suite", "run_suite", "run_cell", "open_storage"]
+
+PARENT_ATTR = "mlflow_parent_run_id"
+RUNS = ["task", "estimator", "seed", "metric", "value", "run_id"]
+TUNING = ["task", "estimator", "point", "seed", "objective", "run_id", "tokens", "wall_clock_s"]
+
+
+def open_storage(plan: Plan) -> optuna.storages.BaseStorage:
+    """The study's storage: a journal file, or an RDB with heartbeats (as pgbench sweep)."""
+    from pgbench.sweeps.runner import connect
+
+    return connect(plan.storage, plan.heartbeat_s, "suite.storage")
+
+
+def run_cell(plan: Plan, cell: Cell) -> dict[str, Any]:
+    """Train one cell, resume it if it was killed mid-run, or read it if it finished; a
+    variance cell measures (`pgbench variance`) and returns {estimator: total_variance}."""
+    from pgbench.runs.variance import run_variance
+    from pgbench.train.trainer import train
+
+    run_dir = Path(cell.values["output_dir"])
+    if cell.estimator == VARIANCE:
+        table, _ = run_variance(cell_config(cell))
+        return dict(zip(table.estimator, table.total_variance, strict=True))
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    run_info = run_dir / "run.json"
+    resumed = run_info.is_file()  # killed mid-run: continue its checkpoint and MLflow run
+    config = resolve(cell.values | ({"resume": str(run_dir)} if resumed else {}))
+    if resumed:
+        run_id = json.loads(run_info.read_text())["run_id"]
+        tracker = MLflowTracker(
+            plan.tracking_uri,
+            config.mlflow_experiment,
+            run_id=run_id,
+            spool=run_dir / SPOOL,
+            once_per_step=True,
+        )
+    else:
+        tags = {
+            "pgbench.suite": plan.id,
+            "pgbench.task": cell.task,
+            "pgbench.estimator": cell.estimator,
+            "pgbench.seed": str(cell.seed),
+            "pgbench.phase": "tune" if cell.tuning else "test",
+            "pgbench.point": "defaults" if cell.point is None else str(cell.point),
+        }
+        tracker = MLflowTracker(
+            plan.tracking_uri,
+            config.mlflow_experiment,
+            run_name=f"suite-{plan.id}-{cell.name}",
+            tags=tags,
+        )
+    return train(config, tracker)
+
+
+def _queued(study: optuna.Study, number: int) -> bool:
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    return "fixed_params" in trial.system_attrs
+
+
+def _taken(study: optuna.Study, number: int, name: str) -> bool:
+    """Another trial runs or ran this cell (two machines may queue a test phase at once)."""
+    live = (TrialState.COMPLETE, TrialState.RUNNING)
+    return any(
+        t.user_attrs.get("cell") == name and t.number != number
+        for t in study.get_trials(deepcopy=False, states=live)
+    )
+
+
+def valid_auc(uri: str, run_id: str, metric: str) -> float:
+    """The area under a run's valid curve per step, as reports.tables.area_under_curve."""
+    history = np.array(metric_history(uri, run_id, metric), dtype=float).reshape(-1, 2)
+    if not len(history):
+        return float("nan")
+    steps, values = history[:, 0], history[:, 1]
+    return float(np.trapezoid(values, steps) / max(steps.max() - steps.min(), 1))
+
+
+def _record(plan: Plan, cell: Cell, trial: optuna.Trial, summary: dict[str, Any]) -> float:
+    """Store a finished run's numbers in its trial; returns the trial's value (the test
+    metric, or for a tuning run the valid-split objective)."""
+    metric = tasks.REGISTRY.get_class(cell.task).metric
+    final = summary["eval_valid"].get(metric, float("nan"))
+    attrs = {
+        "run_id": summary["run_id"],
+        "valid_final": final,
+        "valid_auc": valid_auc(plan.tracking_uri, summary["run_id"], f"eval/{metric}"),
+        "tokens": summary["train"].get("train/tokens", float("nan")),
+        "wall_clock_s": summary["train"].get("train/wall_clock_s", float("nan")),
+    }
+    if not cell.tuning:
+        attrs["start"] = summary["eval_before"][metric]
+    for key, value in attrs.items():  # the study, not the run folders, is shared by machines
+        trial.set_user_attr(key, value)
+    return attrs[plan.tune.objective] if cell.tuning else summary["eval_after"][metric]
+
+
+def work(plan: Plan, worker: int | str) -> None:
+    """One worker: train queued cells until the queue is empty; `worker` (a number here, a
+    SLURM job id there) is recorded in each of its trials as user attr `worker`."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    threads = use_threads(plan.threads, plan.workers)
+    study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
+    by_name = {cell.name: cell for cell in plan.all_cells()}
+
+    def objective(trial: optuna.Trial) -> float:
+        if not _queued(study, trial.number):  # another worker took the last cell
+            raise optuna.TrialPruned("no queued cell")
+        trial.suggest_int("cell", 0, len(plan.cells) - 1)  # the queued index, as a param
+        cell = by_name[trial.user_attrs["cell"]]  # the name, robust to a protocol's new cells
+        if _taken(study, trial.number, cell.name):
+            raise optuna.TrialPruned(f"{cell.name} is run by another trial")
+        trial.set_user_attr("worker", str(worker))
+        print(f"suite {plan.id}: worker {worker} ({threads} threads) runs {cell.name}")
+        summary = run_cell(plan, cell)
+        if cell.estimator == VARIANCE:
+            trial.set_user_attr(VARIANCE, summary)
+            return 0.0
+        return _record(plan, cell, trial, summary)
+
+    def stop_when_empty(study: optuna.Study, trial: FrozenTrial) -> None:
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.stop()
+
+    with warnings.catch_warnings():  # RDB: a dead worker's cell is queued again now
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.optimize(
+            objective, callbacks=[stop_when_empty], catch=(Exception,), gc_after_trial=True
+        )
+
+
+def queue_cells(plan: Plan, study: optuna.Study, cells: list[Cell] | None = None) -> int:
+    """Queue every cell of `cells` (default: the plan's) without a finished or live trial;
+    returns how many wait to run."""
+    if plan.storage.endswith(".journal"):  # one machine: RUNNING trials are a killed suite's
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(trial.number, state=TrialState.FAIL)
+    live = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+    taken = {t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False, states=live)}
+    chosen = {c.name for c in (plan.cells if cells is None else cells)}
+    for index, cell in enumerate(plan.cells):
+        if cell.name in chosen and cell.name not in taken:
+            study.enqueue_trial({"cell": index}, user_attrs={"cell": cell.name})
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def _finished(study: optuna.Study) -> dict[str, FrozenTrial]:
+    return {t.user_attrs["cell"]: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+
+
+def tuning_frame(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
+    """Every finished training run as rows task, estimator, point, seed, split, value: its
+    valid objective, and for a test-phase run its test metric (which selection ignores)."""
+    rows = []
+    for cell in plan.all_cells():
+        trial = finished.get(cell.name)
+        if trial is None or cell.estimator == VARIANCE:
+            continue
+        key = {"task": cell.task, "estimator": cell.estimator, "point": cell.point}
+        key |= {"seed": cell.seed}
+        objective = trial.user_attrs.get(plan.tune.objective)  # absent: a run of an untuned suite
+        if objective is not None:
+            rows.append(key | {"split": "valid", "value": objective})
+        if not cell.tuning:
+            rows.append(key | {"split": "test", "value": trial.value})
+    return pd.DataFrame(rows, columns=["task", "estimator", "point", "seed", "split", "value"])
+
+
+def selected(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
+    """The selected point of every tuned column whose tuning runs have all finished."""
+    if plan.tune is None:
+        return pd.DataFrame(columns=SELECTION)
+    tuning = [c for c in plan.cells if c.tuning]
+    unfinished = {(c.task, c.estimator) for c in tuning if c.name not in finished}
+    complete = {(c.task, c.estimator) for c in tuning} - unfinished
+    table = tuning_frame(plan, finished)
+    pairs = zip(table.task, table.estimator, strict=True)
+    table = table[np.array([pair in complete for pair in pairs], dtype=bool)]
+    return select(table, plan.tune.seeds)
+
+
+def promote(plan: Plan, study: optuna.Study) -> Plan:
+    """The plan with the test phase of every column whose tuning has finished."""
+    known = {c.name for c in plan.cells}
+    new = []
+    for row in selected(plan, _finished(study)).itertuples():
+        group = plan.candidates[(row.task, row.estimator, row.point)]
+        new += [c for c in group if c.name not in known]
+    tuning = sum(c.tuning for c in plan.cells)  # the test phase next, before the rest
+    return replace(plan, cells=plan.cells[:tuning] + new + plan.cells[tuning:]) if new else plan
+
+
+def _run_workers(plan: Plan) -> None:
+    context = multiprocessing.get_context("spawn")
+    helpers = [context.Process(target=work, args=(plan, w)) for w in range(1, plan.workers)]
+    for process in helpers:
+        process.start()
+    try:
+        work(plan, 0)
+    finally:
+        for process in helpers:
+            process.join()
+
+
+def first_phase(plan: Plan, study: optuna.Study) -> list[Cell] | None:
+    """The cells to queue first: the tuning runs alone while any is unfinished, so that the
+    test phase is queued before the other cells; else every cell (None)."""
+    tuning = [c for c in plan.cells if c.tuning]
+    finished = _finished(study)
+    return None if all(c.name in finished for c in tuning) else tuning
+
+
+def open_suite(plan: Plan) -> tuple[optuna.Study, MLflowTracker]:
+    """Check tracking and rewards, create (or load) the suite's study and its MLflow run."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # workers print their cells
+    check_reachable(plan.tracking_uri)
+    for task in dict.fromkeys(c.task for c in plan.cells):  # a missing reward model fails now
+        cell_config(next(c for c in plan.cells if c.task == task)).task.check_reward()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    names = [c.name for c in plan.all_cells()]
+    write_json(plan.out / "cells.json", {"id": plan.id, "cells": names})
+    study = optuna.create_study(
+        study_name=f"suite-{plan.id}",
+        storage=open_storage(plan),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    parent_id = study.user_attrs.get(PARENT_ATTR, "")
+    parent = MLflowTracker(
+        plan.tracking_uri,
+        "pgbench-suites",
+        run_id=parent_id,
+        run_name=f"suite-{plan.id}",
+        tags={"pgbench.suite_of": plan.id},
+    )
+    if not parent_id:
+        study.set_user_attr(PARENT_ATTR, parent.run_id)
+    return study, parent
+
+
+def run_suite(plan: Plan) -> dict[str, Any]:
+    """Run (or continue) every cell with the workers, phase by phase, then write the tables."""
+    study, parent = open_suite(plan)
+    plan = promote(plan, study)  # resumed: tunings finished before
+    tuning = [c for c in plan.cells if c.tuning]
+    queue = first_phase(plan, study)
+    while True:
+        queued = queue_cells(plan, study, queue)
+        print(
+            f"suite {plan.id}: {len(plan.cells)} cells ({len(tuning)} tuning), {queued} to run "
+            f"now, {plan.workers} workers"
+        )
+        _run_workers(plan)
+        more = promote(plan, study)
+        if queue is None and len(more.cells) == len(plan.cells):
+            break
+        plan, queue = more, None  # the test phase of the columns just tuned, then the rest
+    return conclude(plan, parent)
+
+
+def _run_rows(cells: list[Cell], finished: dict[str, FrozenTrial]) -> pd.DataFrame:
+    rows = []
+    for cell in cells:
+        trial = finished[cell.name]
+        metric = tasks.REGISTRY.get_class(cell.task).metric
+        run_id = trial.user_attrs["run_id"]
+        rows.append([cell.task, cell.estimator, cell.seed, metric, trial.value, run_id])
+    return pd.DataFrame(rows, columns=RUNS)
+
+
+def _tuning_rows(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
+    """The finished tuning runs (TUNING columns) with the tuned keys' values."""
+    rows = []
+    for cell in plan.cells:
+        if cell.tuning and cell.name in finished:
+            trial = finished[cell.name]
+            attrs = [trial.user_attrs[k] for k in ("run_id", "tokens", "wall_clock_s")]
+            tuned = plan.points[(cell.task, cell.estimator, cell.point)]
+            rows.append(
+                [cell.task, cell.estimator, cell.point, cell.seed, trial.value, *attrs, tuned]
+            )
+    frame = pd.DataFrame(rows, columns=[*TUNING, "keys"])
+    keys = pd.json_normalize(frame.pop("keys").tolist()) if len(frame) else pd.DataFrame()
+    return pd.concat([frame, keys], axis=1)
+
+
+def _phases(plan: Plan, chosen: pd.DataFrame) -> tuple[list[Cell], list[Cell], list[str]]:
+    """(the leaderboard's cells, the shared-defaults cells of tuned tasks, unfinished tunings):
+    a tuned column is ranked at its selected point (`chosen`), any other at the defaults."""
+    board = [
+        c
+        for row in chosen.itertuples()
+        for c in plan.candidates[(row.task, row.estimator, row.point)]
+    ]
+    tuned = {(c.task, c.estimator) for c in plan.cells if c.tuning}
+    defaults = [c for c in plan.cells if c.point is None and c.estimator != VARIANCE]
+    board += [c for c in defaults if (c.task, c.estimator) not in tuned]
+    waiting = sorted(
+        f"{t}-{e}" for t, e in tuned - set(zip(chosen.task, chosen.estimator, strict=True))
+    )
+    return board, [c for c in defaults if (c.task, c.estimator) in tuned], waiting
+
+
+def conclude(plan: Plan, parent: MLflowTracker) -> dict[str, Any]:
+    """runs.csv and the report (reports/suite_report.py) from the study's finished trials."""
+    from pgbench.reports.suite_report import write_report
+
+    study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
+    finished = _finished(study)
+    missing = [c.name for c in plan.cells if c.name not in finished]
+    variance = {
+        c.task: finished[c.name].user_attrs[VARIANCE]
+        for c in plan.cells
+        if c.estimator == VARIANCE and c.name in finished
+    }
+    chosen = selected(plan, finished)
+    board, defaults, waiting = _phases(plan, chosen)
+    missing += [c.name for c in board if c.name not in finished and c.name not in missing]
+    runs = _run_rows([c for c in board if c.name in finished], finished)
+    runs.to_csv(plan.out / "runs.csv", index=False)
+    # the same starting policy per task: its test score, logged by every test-phase run
+    start = {c.task: finished[c.name].user_attrs["start"] for c in board if c.name in finished}
+    title = (
+        f"# Suite {plan.id}\n\n{len(plan.cells) - len(missing)} of {len(plan.cells)} queued cells "
+        f"finished: {len(runs)} ranked training runs and {len(variance)} gradient-variance cells."
+    )
+    if waiting:
+        title += f" Not tested, their tuning unfinished: {', '.join(waiting)}."
+    if missing:
+        title += f" Missing (rerun the command to retry): {', '.join(missing)}."
+    tuned = None
+    if plan.tune is not None:
+        shared = _run_rows([c for c in defaults if c.name in finished], finished)
+        tuned = {
+            "tuning": _tuning_rows(plan, finished),
+            "selection": chosen,
+            "defaults": shared,
+            "objective": plan.tune.objective,
+        }
+    report = {"leaderboard": None}
+    if len(runs):
+        proxy = Path(plan.proxy) if plan.proxy else None
+        report = write_report(
+            plan.out, title, runs, start, variance, plan.tracking_uri, tuned, proxy
+        )
+    else:
+        (plan.out / "suite.md").write_text(title + "\n")
+    for path in sorted(plan.out.iterdir()):
+        if path.suffix in (".csv", ".md", ".html", ".png"):
+            parent.log_artifact(path)
+    parent.log_metrics({"suite/finished_runs": len(runs), "suite/missing_runs": len(missing)}, 0)
+    parent.finish("FINISHED" if not (missing or waiting) else "FAILED")
+    return {
+        "id": plan.id,
+        "out": str(plan.out),
+        "runs": len(runs),
+        "missing": missing + [f"{w} (test phase)" for w in waiting],
+        "leaderboard": report["leaderboard"],
+        "parent_run_id": parent.run_id,
+    }

@@ -1,0 +1,2 @@
+"""One run: the trainer loop, its parts, rollout, the update, checkpoints, run directories,
+tracking."""

@@ -1,0 +1,96 @@
+"""One rollout batch: K completions of each prompt, scored by the task's reward.
+
+Shared by the trainer and `pgbench variance`, so both sample with the same engine and get
+rewards [P, K] on the run's device (the task scores Python strings; the floats are moved to
+the device here, once). Estimators with `needs_greedy` (ReMax) also get one greedy completion
+of each prompt, decoded by the same engine (the task's tools included) and scored by the same
+reward: `baseline` [P]. Its time is part of `seconds["generate"]`; its policy tokens are
+`baseline_tokens`, which the trainer counts with the rollout's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pgbench import hardware
+from pgbench.config.verbs import Config
+from pgbench.engine.sampling import Rollout, sample
+from pgbench.models.policy import Policy
+from pgbench.tasks import Example
+
+
+@dataclass
+class Collected:
+    rollout: Rollout
+    rewards: torch.Tensor  # [P, K] on the run's device
+    seconds: dict[str, float]  # "generate" (greedy decode included) and "reward"
+    baseline: torch.Tensor | None = None  # [P] task reward of each prompt's greedy completion
+    baseline_tokens: int = 0  # policy tokens of the greedy completions (0 without them)
+
+
+def decode(
+    config: Config,
+    policy: Policy,
+    prompts: list[str],
+    device: torch.device,
+    vllm: Any = None,
+    seed: int = 0,
+    greedy: bool = False,
+) -> Rollout:
+    """`rollout.samples_per_prompt` sampled completions of each prompt, or one greedy one,
+    by vLLM (temperature 0 is its greedy decoding; no seed needed) or by the HF engine."""
+    cfg = config.rollout
+    samples = 1 if greedy else cfg.samples_per_prompt
+    if vllm is not None:
+        temperature = 0.0 if greedy else cfg.temperature
+        return vllm.sample(
+            prompts, samples, cfg.max_new_tokens, temperature, device, None if greedy else seed
+        )
+    return sample(
+        policy.model,
+        policy.tokenizer,
+        prompts,
+        samples,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        greedy=greedy,
+        tools=config.task.tools(),
+    )
+
+
+def collect_rollout(
+    config: Config,
+    policy: Policy,
+    examples: list[Example],
+    device: torch.device,
+    vllm: Any = None,
+    seed: int = 0,
+    autocast: contextlib.AbstractContextManager | None = None,
+    greedy: bool | None = None,
+) -> Collected:
+    """Sample `rollout.samples_per_prompt` completions of each example and score them.
+
+    `vllm` is a VLLMSampler (engine.backend=vllm, seeded with `seed`), else the HF engine
+    samples (seeded by the caller's torch seed); `autocast` wraps sampling only. `greedy`
+    (default: the estimator's `needs_greedy`) adds the greedy baseline; the greedy decode
+    draws no random numbers, so the sampled completions are the same with or without it.
+    """
+    samples = config.rollout.samples_per_prompt
+    greedy = config.estimator.needs_greedy if greedy is None else greedy
+    prompts = [config.task.prompt(example, policy.tokenizer) for example in examples]
+    seconds: dict[str, float] = {}
+    with hardware.timed(seconds, "generate", device), autocast or contextlib.nullcontext():
+        rollout = decode(config, policy, prompts, device, vllm, seed)
+        best = decode(config, policy, prompts, device, vllm, seed, greedy=True) if greedy else None
+    with hardware.timed(seconds, "reward", device):
+        repeated = [example for example in examples for _ in range(samples)]
+        scores = config.task.reward(rollout.texts, repeated)
+        rewards = torch.tensor(scores, device=device).view(-1, samples)  # [P, K]
+        if best is None:
+            return Collected(rollout, rewards, seconds)
+        baseline = torch.tensor(config.task.reward(best.texts, examples), device=device)  # [P]
+    return Collected(rollout, rewards, seconds, baseline, best.tokens)

@@ -1,0 +1,97 @@
+"""Run directories: their default names, finding an unfinished one, refusing a taken one, and
+the greedy completions kept in `samples.csv`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pgbench
+from pgbench.config.compose import output_path
+from pgbench.config.urls import redact_values
+from pgbench.config.verbs import Config, resolve, saved_run_values
+from pgbench.errors import ConfigError, PgbenchError
+from pgbench.tasks import Example
+from pgbench.train import checkpoint
+
+
+def default_output_dir(config: Config) -> str:
+    """runs/<task>-<estimator>-s<seed>-<time>: the run knob's pattern, filled in."""
+    names = {"task": config.task.name, "estimator": config.estimator.name, "seed": config.seed}
+    return str(output_path(config, **names))
+
+
+def unfinished_run_like(config: Config, root: Path = Path("runs")) -> Path | None:
+    """The unfinished run under `root` with the same configuration and the newest checkpoint.
+
+    Same means every key but `output_dir` and `resume` (`resume=auto`).
+    """
+    ignore = {"output_dir", "resume"}
+    # saved configs hold URLs without their passwords: compare them that way
+    wanted = {k: v for k, v in redact_values(config.to_flat()).items() if k not in ignore}
+    found: list[tuple[float, Path]] = []
+    for saved in root.glob("*/config.json"):
+        run_dir = saved.parent
+        latest = checkpoint.latest(run_dir / "checkpoints")
+        if latest is None or (run_dir / "summary.json").exists():
+            continue
+        try:
+            saved_values = saved_run_values(json.loads(saved.read_text()))
+            values = resolve(saved_values | {"resume": str(run_dir)})
+        except (ValueError, PgbenchError):  # written by another version: not the same config
+            continue
+        if {k: v for k, v in redact_values(values.to_flat()).items() if k not in ignore} == wanted:
+            found.append((latest.stat().st_mtime, run_dir))
+    return max(found)[1] if found else None
+
+
+def check_run_dir_free(config: Config) -> None:
+    """Refuse to start a new run in an existing, non-empty directory."""
+    run_dir = Path(config.output_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(
+            f"output_dir={run_dir} already exists and is not empty; "
+            f"continue it with resume={run_dir}, or pick another output_dir"
+        )
+
+
+def git_commit() -> str:
+    """The commit pgbench runs from (empty outside a git checkout), for provenance."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(pgbench.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except OSError:
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def append_samples(
+    run_dir: Path, step: int, split: str, examples: list[Example], texts: list[str]
+) -> None:
+    """Add one evaluation's completions to `samples.csv` (header written with the first rows)."""
+    path = run_dir / "samples.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["step", "split", "source", "reference", "completion"])
+        for example, text in zip(examples, texts, strict=True):
+            writer.writerow([step, split, example.source, example.references[0], text.strip()])
+
+
+def drop_samples_after(run_dir: Path, step: int) -> None:
+    """Remove the `samples.csv` rows of steps after `step` (a resumed run replays them)."""
+    path = run_dir / "samples.csv"
+    if path.is_file():
+        with path.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+        kept = [rows[0], *(row for row in rows[1:] if int(row[0]) <= step)]
+        with path.open("w", newline="") as handle:
+            csv.writer(handle).writerows(kept)

@@ -1,0 +1,80 @@
+"""The starting policy's evaluation, computed once and reused: it is the same for every run
+that starts from the same policy, task, examples, settings, code and hardware."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+import pgbench
+from pgbench.engine.evaluate import evaluate
+from pgbench.hardware import cpu_capability
+from pgbench.models.policy import Policy
+from pgbench.models.shipped import file_hashes
+from pgbench.tasks import Example, Task
+
+CODE = [Path(pgbench.__file__).parent, Path(pgbench.tasks.__file__).parent]  # what scores
+
+
+def start_key(policy: Policy, task: Task, examples: list[Example], settings: dict) -> str:
+    """Hash of everything a starting policy's evaluation depends on, or "" for a policy that
+    is not a local folder (then nothing is cached): the sha256 of every file of the policy
+    (weights, tokenizer, config), LoRA, the task's fields and examples, the evaluation and
+    reward settings, pgbench's code, torch, transformers, the CPU capability, threads and
+    device."""
+    folder = Path(policy.source)
+    if not folder.is_dir():
+        return ""
+    device = next(policy.model.parameters()).device
+    task_fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+    facts = {
+        "files": file_hashes(folder),
+        "lora": policy.lora,
+        "task": [task.name, task_fields],
+        "examples": [[e.source, e.references] for e in examples],
+        "settings": settings,
+        "versions": [torch.__version__, transformers.__version__],
+        "hardware": [cpu_capability(), torch.get_num_threads(), str(device)],
+    }
+    digest = hashlib.sha256(json.dumps(facts, default=str, sort_keys=True).encode())
+    for root in CODE:
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def evaluate_start(
+    policy: Policy,
+    task: Task,
+    examples: list[Example],
+    settings: dict[str, Any],
+    cache_dir: Path,
+) -> tuple[dict[str, float], list[str]]:
+    """`evaluate` of the starting policy, reused from `<cache_dir>/evals/` where everything
+    it depends on (start_key) matches; `settings` holds max_new_tokens and batch_size."""
+    key = start_key(policy, task, examples, settings)
+    path = cache_dir / "evals" / f"{key}.json"
+    if key and path.is_file():
+        saved = json.loads(path.read_text())
+        return saved["metrics"], saved["texts"]
+    metrics, texts = evaluate(
+        policy.model,
+        policy.tokenizer,
+        task,
+        examples,
+        settings["max_new_tokens"],
+        settings["batch_size"],
+    )
+    if key:  # written whole, then renamed: concurrent workers never read half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"metrics": metrics, "texts": texts}))
+        tmp.replace(path)
+    return metrics, texts

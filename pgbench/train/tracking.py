@@ -1,0 +1,276 @@
+"""Experiment tracking behind a small interface: MLflow, or nothing (for tests and eval).
+
+The training loop talks to a `Tracker`; only this module imports mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Protocol
+
+from pgbench.config.urls import check_database, is_database, redact, redact_values, restore
+from pgbench.errors import ConfigError, DataError
+
+
+class Tracker(Protocol):
+    run_id: str
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """Keeps metrics in memory and writes nothing (tests, dry runs)."""
+
+    def __init__(self) -> None:
+        self.run_id = ""
+        self.params: dict[str, Any] = {}
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.tags: dict[str, str] = {}
+        self.status = "RUNNING"
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.tags.update(tags)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.status = status
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Raise a ConfigError now if the URI cannot work (MLflow itself retries for minutes)."""
+    shown = redact(uri)
+    if uri.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(uri)
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])  # no user:password@
+        try:
+            with urllib.request.urlopen(f"{bare.geturl().rstrip('/')}/health", timeout=timeout_s):
+                return
+        except urllib.error.HTTPError:  # the server answered (a login-protected /health)
+            return
+        except (urllib.error.URLError, OSError) as err:
+            raise ConfigError(
+                f"tracking.uri={shown} is unreachable ({redact(str(err))}); start the MLflow "
+                "server or use tracking.uri=sqlite:///mlflow.db for a local file"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        parent = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise ConfigError(f"tracking.uri={shown}: folder {parent} does not exist")
+    elif is_database(uri):
+        check_database("tracking.uri", uri, round(timeout_s))
+    elif uri.startswith("file:") or "://" not in uri:
+        raise ConfigError(
+            f"tracking.uri={shown}: MLflow's file store is deprecated; use sqlite:///<path>.db "
+            "or an http(s):// MLflow server"
+        )
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Keep artifacts of a local SQLite store beside the database file."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        return (db.parent / "mlartifacts" / experiment).as_uri()
+    return None
+
+
+def _experiment_id(client: Any, uri: str, experiment: str) -> str:
+    """The experiment's id, created if missing; a worker that loses the race to create it
+    (parallel suite workers on a fresh server) takes the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(experiment)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment, _artifact_location(uri, experiment))
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
+class MLflowTracker:
+    """One MLflow run (new, or resumed by id) on an explicit client: no global mlflow state."""
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_id: str = "",
+        run_name: str = "",
+        tags: dict[str, str] | None = None,
+        spool: Path | None = None,
+        once_per_step: bool = False,
+    ) -> None:
+        """`spool`: a JSONL file that takes the records while MLflow is unreachable.
+        `once_per_step`: a resumed run logs no metric at a step it already has (a run resumed
+        from its last checkpoint replays the steps after it, which were logged before the crash).
+        """
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.spool = spool
+        self.offline = False
+        self.last_steps: dict[str, int] | None = {} if run_id and once_per_step else None
+        self.resumed = bool(run_id)
+        if run_id:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return
+        run = self.client.create_run(
+            _experiment_id(self.client, uri, experiment),
+            run_name=run_name or None,
+            tags=redact_values(tags or {}),
+        )
+        self.run_id = run.info.run_id
+
+    def _send(self, record: dict[str, Any]) -> None:
+        """Send one record to MLflow; with a spool, buffer it there once MLflow fails."""
+        if not self.offline:
+            try:
+                replay(self.client, self.run_id, record)
+                return
+            except Exception as err:  # MLflow raises many types when the server is gone
+                if self.spool is None:
+                    raise
+                self.offline = True
+                print(
+                    f"pgbench: MLflow unreachable ({type(err).__name__}); buffering to "
+                    f"{self.spool}; upload later with `pgbench sync {self.spool.parent}`",
+                    file=sys.stderr,
+                )
+        with self.spool.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params, every URL's password hidden (pgbench.config.urls). A resumed run keeps the
+        params it logged first: MLflow refuses a changed value, and a run resumed by another
+        copy of pgbench has another `git_commit` and `model_path`."""
+        shown = {key: redact(str(value)) for key, value in params.items()}
+        if self.resumed and not self.offline:
+            logged = self.client.get_run(self.run_id).data.params
+            shown = {key: value for key, value in shown.items() if key not in logged}
+        if shown:
+            self._send({"kind": "params", "params": shown})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        values = {
+            key: float(value)
+            for key, value in metrics.items()
+            if value is not None and not math.isnan(float(value))
+        }
+        if self.last_steps is not None and not self.offline:
+            values = {k: v for k, v in values.items() if step > self._last_step(k)}
+            if not values:
+                return
+        record = {"kind": "metrics", "step": step, "time_ms": int(time.time() * 1000)}
+        self._send(record | {"metrics": values})
+
+    def _last_step(self, key: str) -> int:
+        """The last step of `key` logged to this run before it was resumed (-1 if none)."""
+        if key not in self.last_steps:
+            history = self.client.get_metric_history(self.run_id, key)
+            self.last_steps[key] = max((m.step for m in history), default=-1)
+        return self.last_steps[key]
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self._send({"kind": "artifact", "path": str(Path(path).resolve()), "folder": folder})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags on this run (a sweep trial's state, a sweep's best parameters)."""
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, redact(value))
+
+    def fail_if_running(self, run_id: str, tags: dict[str, str]) -> None:
+        """Tag another run of this store and end it FAILED if it still claims to be RUNNING
+        (its worker died without saying so)."""
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, redact(value))
+            self.client.set_terminated(run_id, "FAILED")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._send({"kind": "finish", "status": status})
+
+
+def replay(client: Any, run_id: str, record: dict[str, Any]) -> None:
+    """Apply one tracking record (params, metrics, artifact or finish) to an MLflow run."""
+    from mlflow.entities import Metric, Param
+
+    kind = record["kind"]
+    if kind == "params":
+        items = [Param(key, value) for key, value in record["params"].items()]
+        for start in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[start : start + 100])
+    elif kind == "metrics":
+        step, now = record["step"], record["time_ms"]
+        metrics = [Metric(k, v, now, step) for k, v in record["metrics"].items()]
+        client.log_batch(run_id, metrics=metrics)
+    elif kind == "artifact":
+        if Path(record["path"]).is_dir():
+            client.log_artifacts(run_id, record["path"], record["folder"])
+        else:
+            client.log_artifact(run_id, record["path"], record["folder"])
+    elif kind == "finish":
+        client.set_terminated(run_id, record["status"])
+    else:
+        raise ValueError(f"unknown tracking record kind {kind!r}")
+
+
+SPOOL = "tracking_buffer.jsonl"  # in the run directory, while MLflow is unreachable
+
+
+def sync(run_dir: Path, uri: str | None = None) -> int:
+    """Upload a run's buffered tracking records to its MLflow run; returns how many.
+
+    `uri` is the tracking URI again, for a saved one whose password was hidden."""
+    from mlflow import MlflowClient
+
+    info_path, spool = run_dir / "run.json", run_dir / SPOOL
+    if not info_path.is_file():
+        raise DataError(f"{run_dir} is not a pgbench run directory ({info_path} is missing)")
+    if not spool.is_file():
+        return 0
+    info = json.loads(info_path.read_text())
+    uri = restore("tracking.uri", info["tracking_uri"], uri, str(info_path))
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    records = [json.loads(line) for line in spool.read_text().splitlines() if line.strip()]
+    for record in records:  # metrics keep their step and time: a repeated sync adds nothing
+        replay(client, info["run_id"], record)
+    spool.rename(spool.with_suffix(".synced.jsonl"))
+    return len(records)
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged point of one run's metric, by step."""
+    from mlflow import MlflowClient
+
+    points = MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)
+    return sorted((p.step, p.value) for p in points)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary file, then rename), every URL's password hidden."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(redact_values(data), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

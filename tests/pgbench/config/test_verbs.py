@@ -1,0 +1,224 @@
+import dataclasses
+import typing
+
+import pytest
+
+from pgbench import estimators
+from pgbench.cli import VERBS
+from pgbench.config.compose import KNOBS
+from pgbench.config.verbs import (
+    VERB_ARGS,
+    Config,
+    EvalArgs,
+    ReportArgs,
+    SweepArgs,
+    VarianceArgs,
+    all_keys,
+    help_rows,
+    parse_overrides,
+    resolve,
+    saved_run_values,
+)
+from pgbench.errors import ConfigError
+from pgbench.rl.losses import KLEstimator
+
+ESTIMATORS = ", ".join(estimators.REGISTRY.names())
+KL_CHOICES = ", ".join(typing.get_args(KLEstimator))
+# a verb's smallest valid values (report needs one of comparison or experiment)
+MINIMAL = {"report": {"comparison": "c"}}
+
+CONTRACT_KEYS = """task estimator model seed output_dir resume trainer.steps trainer.lr
+trainer.prompts_per_step trainer.warmup_ratio trainer.grad_clip rollout.samples_per_prompt
+rollout.max_new_tokens rollout.temperature kl.coef kl.estimator kl.placement lora.r eval.every
+eval.size checkpoint.every tracking.uri tracking.experiment task.source task.train_file
+task.test_file task.limit task.reward""".split()
+
+
+def test_contract_keys_exist():
+    assert set(CONTRACT_KEYS) <= set(all_keys())
+    assert "estimator.baseline" in all_keys(estimator="reinforce")
+
+
+def test_overrides_are_typed():
+    config = resolve(
+        parse_overrides(
+            [
+                "estimator=reinforce",
+                "estimator.baseline=ema",
+                "trainer.lr=1e-4",
+                "trainer.steps=7",
+                "kl.placement=loss",
+                "task.reward=bleu",
+            ]
+        )
+    )
+    assert config.trainer.lr == 1e-4 and config.trainer.steps == 7
+    assert config.estimator.baseline == "ema" and config.kl.placement == "loss"
+    assert config.task.reward_name == "bleu"
+
+
+def test_flat_config_round_trips():
+    config = resolve(parse_overrides(["trainer.lr=2e-4", "lora.r=8"]))
+    assert resolve(config.to_flat()).to_flat() == config.to_flat()
+
+
+def test_changing_estimator_changes_only_estimator_keys():
+    rloo = resolve({"estimator": "rloo"}).to_flat()
+    reinforce = resolve({"estimator": "reinforce"}).to_flat()
+    differing = {k for k in rloo.keys() | reinforce.keys() if rloo.get(k) != reinforce.get(k)}
+    assert differing and all(k.startswith("estimator") for k in differing)
+
+
+def test_ppo_differs_only_in_its_keys_and_its_stated_two_by_two():
+    rloo = resolve({"estimator": "rloo"}).to_flat()
+    ppo = resolve({"estimator": "ppo"}).to_flat()
+    differing = {k for k in rloo.keys() | ppo.keys() if rloo.get(k) != ppo.get(k)}
+    shared = {k for k in differing if not k.startswith("estimator")}
+    assert shared == {"trainer.epochs", "trainer.minibatches"}
+    assert ppo["trainer.epochs"] == ppo["trainer.minibatches"] == 2
+    assert rloo["trainer.epochs"] == rloo["trainer.minibatches"] == 1
+    assert resolve({"estimator": "ppo", "trainer.epochs": "3"}).trainer.epochs == 3
+    assert rloo["loss.clip_low"] == rloo["loss.clip_high"] == ppo["loss.clip_low"] == 0.2
+
+
+def test_a_config_saved_before_the_knobs_moved_resumes_with_the_same_meaning():
+    old_ppo = {"estimator": "ppo", "estimator.epochs": 3, "estimator.minibatches": 2}
+    old_ppo |= {"estimator.clip": 0.3, "loss.clip_low": 0.0, "loss.clip_high": 0.28}
+    config = resolve(saved_run_values(old_ppo))
+    assert (config.trainer.epochs, config.trainer.minibatches) == (3, 2)
+    assert (config.loss.clip_low, config.loss.clip_high) == (0.3, 0.28)  # 0 was "the estimator's"
+    old_reinforce = {"estimator": "reinforce", "loss.clip_low": 0.0}  # no clip: unclipped
+    config = resolve(saved_run_values(old_reinforce))
+    assert (config.loss.clip_low, config.loss.clip_high) == (0.0, 0.0)
+    assert config.trainer.epochs == config.trainer.minibatches == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trainer.lrr=1"], "unknown key 'trainer.lrr'; did you mean trainer.lr"),
+        (["modle=x"], "did you mean model"),
+        (
+            ["estimator=ppo2"],
+            f"unknown estimator 'ppo2'; registered: {ESTIMATORS}",
+        ),
+        (["task=de_en"], "unknown task 'de_en'; registered: arith, fr_en, poet"),
+        (["trainer.lr=0"], "trainer.lr must be > 0.0"),
+        (["trainer.lr=fast"], "trainer.lr='fast' is not a valid float"),
+        (["trainer.steps=0"], "trainer.steps must be >= 1"),
+        (["rollout.temperature=0"], "rollout.temperature must be > 0.0"),
+        (["rollout.samples_per_prompt=1"], "must be >= 2 for estimator=rloo"),
+        (["kl.estimator=k4"], f"choose one of: {KL_CHOICES}"),
+        (["kl.placement=both"], "choose one of: reward, loss"),
+        (
+            ["task.reward=rouge"],
+            "bad term 'rouge'; use .* names chrf, bleu, embed, bertscore, comet",
+        ),
+        (["estimator.baseline=ema"], "estimator.baseline belongs to estimator=reinforce"),
+        (["lora.r=-1"], "lora.r must be >= 0"),
+        (["device=tpu"], "choose one of: auto, cpu, cuda"),
+    ],
+)
+def test_bad_values_are_one_line_errors(args, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve(parse_overrides(args))
+    assert "\n" not in str(info.value)
+
+
+def test_malformed_and_repeated_overrides():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["trainer.lr"])
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_overrides(["seed=1", "seed=2"])
+
+
+def test_verb_restriction():
+    with pytest.raises(ConfigError, match="'trainer.lr' does not apply here; keys used: cache_dir"):
+        resolve({"trainer.lr": "1"}, EvalArgs)
+    with pytest.raises(ConfigError, match="'resume' does not apply here"):
+        resolve({"resume": "auto"}, SweepArgs)
+    with pytest.raises(ConfigError, match="'estimator.baseline' does not apply here"):
+        resolve({"estimator.baseline": "ema"}, VarianceArgs)
+    with pytest.raises(ConfigError, match="unknown key 'trainer.lrr'; did you mean trainer.lr"):
+        resolve({"trainer.lrr": "1"}, SweepArgs)
+
+
+def test_help_rows_have_type_default_and_text():
+    rows = {row[0]: row for row in help_rows(estimator="reinforce")}
+    assert rows["kl.estimator"][1:3] == ("{" + KL_CHOICES.replace(", ", "|") + "}", "'k1'")
+    assert rows["estimator.baseline"][3]
+    assert all(row[3] for row in rows.values())
+
+
+def test_task_run_defaults_apply_unless_set():
+    fr_en = resolve({"task": "fr_en"})
+    assert (fr_en.trainer.prompts_per_step, fr_en.rollout.samples_per_prompt) == (32, 8)
+    assert fr_en.eval.every == 50
+    arith = resolve({"task": "arith"})
+    assert (arith.trainer.prompts_per_step, arith.rollout.samples_per_prompt) == (8, 4)
+    assert arith.eval.every == 25
+    explicit = resolve({"task": "fr_en", "trainer.prompts_per_step": "4"})
+    assert explicit.trainer.prompts_per_step == 4 and explicit.rollout.samples_per_prompt == 8
+    variance = resolve({"task": "fr_en"}, VarianceArgs)  # takes trainer.*, not eval.*
+    assert variance.trainer.prompts_per_step == 32 and not hasattr(variance, "eval")
+    rows = {row[0]: row for row in help_rows(task="fr_en")}
+    assert rows["trainer.prompts_per_step"][2] == "32 (fr_en)"
+    assert {row[0]: row for row in help_rows(task="arith")}["trainer.prompts_per_step"][2] == "8"
+
+
+@pytest.mark.parametrize("verb", list(VERB_ARGS))
+def test_a_verb_accepts_exactly_the_fields_of_its_dataclass(verb):
+    args = VERB_ARGS[verb]
+    assert VERBS[verb].args is args
+    keys = all_keys(args)
+    assert {key.split(".")[0] for key in keys} == {f.name for f in dataclasses.fields(args)}
+    config = resolve(MINIMAL.get(verb, {}), args)
+    assert list(config.to_flat()) == keys  # every key resolves, in --help's order
+    assert resolve(config.to_flat(), args).to_flat() == config.to_flat()
+    others = {key for other in VERB_ARGS.values() for key in all_keys(other)} - set(keys)
+    for key in sorted(others):
+        with pytest.raises(ConfigError, match=f"'{key}' does not apply here"):
+            resolve(MINIMAL.get(verb, {}) | {key: "1"}, args)
+
+
+def test_top_level_knobs_are_defined_once():
+    for name, spec in KNOBS.items():
+        verbs = [a for a in VERB_ARGS.values() if name in {f.name for f in dataclasses.fields(a)}]
+        assert verbs, f"{name} is used by no verb"
+        types = {typing.get_type_hints(a)[name] for a in verbs}
+        rows = {row for a in verbs for row in help_rows(a) if row[0] == name}
+        assert len(types) == 1 and len(rows) == 1, name
+        assert rows.pop()[2:] == (repr(spec["default"]), spec["help"])
+
+
+@pytest.mark.parametrize("verb", [v for v in VERB_ARGS if v != "run"])
+def test_resolved_configs_are_frozen(verb):
+    config = resolve(MINIMAL.get(verb, {}), VERB_ARGS[verb])
+    name = dataclasses.fields(config)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(config, name, getattr(config, name))
+
+
+def test_derived_values_are_fixed_while_resolving():
+    variance = resolve({}, VarianceArgs)
+    assert variance.output_dir.startswith("runs/variance-")
+    assert resolve(variance.to_flat(), VarianceArgs).output_dir == variance.output_dir
+    report = resolve({"experiment": "fr_en"}, ReportArgs)
+    assert (report.comparison, report.experiment) == ("", "fr_en")
+    with pytest.raises(ConfigError, match="give exactly one of comparison=<id> or experiment="):
+        resolve({}, ReportArgs)
+
+
+def test_a_saved_config_drops_only_the_keys_of_other_verbs():
+    # config.json files written when one Config held every verb's keys
+    old = resolve({}).to_flat() | {"estimators": "rloo", "seeds": 3, "sweep.n_trials": 20}
+    assert saved_run_values(old) == resolve({}).to_flat()
+    assert "trainer.lrr" in saved_run_values(old | {"trainer.lrr": 1})
+
+
+def test_each_verb_checks_its_own_estimators():
+    with pytest.raises(ConfigError, match="unknown estimator 'nope'"):
+        resolve({"estimators": "rloo,nope"}, VarianceArgs)
+    with pytest.raises(ConfigError, match=">= 2 for estimators=grpo"):
+        resolve({"estimators": "grpo", "rollout.samples_per_prompt": "1"}, VERB_ARGS["compare"])
+    assert isinstance(resolve({"estimator": "grpo"}), Config)
