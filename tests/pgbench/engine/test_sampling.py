@@ -1,4 +1,4 @@
-"""The engine: sampling (pgbench.engine.sampling) and scoring (engine.scoring) of rollouts."""
+"""The engine: sampling (pgbench.engine.sampling) of rollouts, single- and multi-turn."""
 
 import pytest
 import torch
@@ -18,7 +18,6 @@ from pgbench.engine.sampling import (
     sample_episodes,
     shared_prefix,
 )
-from pgbench.engine.scoring import token_logprobs, token_logprobs_chunked
 from pgbench.models.policy import load_policy
 from pgbench.tasks import ToolEnv
 
@@ -52,47 +51,6 @@ def test_sample_shapes_padding_and_masks(micro_policy, micro_task):
         kept = ids[mask.bool()]
         assert (kept[:-1] != eos).all()  # EOS, if any, is the last kept token
     assert rollout.tokens == int(rollout.completion_mask.sum())
-
-
-@pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_logprobs_match_a_naive_unpadded_forward(micro_policy, micro_task, temperature):
-    policy = load(micro_policy)
-    torch.manual_seed(1)
-    rollout = sample(policy.model, policy.tokenizer, prompts(micro_task, policy, 4), 2, 10, 1.0)
-    logprobs, entropy, _ = token_logprobs(policy.model, rollout, temperature, with_entropy=True)
-    for row in range(len(rollout.texts)):
-        prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()]
-        completion = rollout.completion_ids[row][rollout.completion_mask[row].bool()]
-        full = torch.cat([prompt, completion])[None]  # no padding at all
-        with torch.no_grad():
-            logits = policy.model(full).logits[0, len(prompt) - 1 : -1] / temperature
-        naive = logits.log_softmax(-1).gather(-1, completion[:, None])[:, 0]
-        torch.testing.assert_close(
-            logprobs[row][rollout.completion_mask[row].bool()], naive, atol=1e-5, rtol=1e-5
-        )
-        naive_entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
-        torch.testing.assert_close(
-            entropy[row][rollout.completion_mask[row].bool()], naive_entropy, atol=1e-4, rtol=1e-4
-        )
-    chunked, _, _ = token_logprobs_chunked(
-        policy.model, rollout, chunk_rows=3, temperature=temperature
-    )
-    torch.testing.assert_close(chunked, logprobs.detach(), atol=1e-6, rtol=0)
-
-
-def test_value_head_reads_the_hidden_state_before_each_token(micro_policy, micro_task):
-    policy = load(micro_policy)
-    rollout = sample(policy.model, policy.tokenizer, prompts(micro_task, policy, 2), 2, 6, 1.0)
-    head = torch.nn.Linear(policy.model.config.hidden_size, 1)
-    scores = token_logprobs(policy.model, rollout, value_head=head)
-    row = 0
-    prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()]
-    completion = rollout.completion_ids[row][rollout.completion_mask[row].bool()]
-    with torch.no_grad():
-        hidden = policy.model(torch.cat([prompt, completion])[None], output_hidden_states=True)
-        expected = head(hidden.hidden_states[-1][0, len(prompt) - 1 : -1]).squeeze(-1)
-    got = scores.values[row][rollout.completion_mask[row].bool()]
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def scripted_tools(max_turns=3):
@@ -138,25 +96,6 @@ def test_multi_turn_sample_appends_tool_results_outside_the_policy_mask(micro_po
     assert answered == len(calls) > 0
     assert all(text.endswith("e ") or "e " in text for text in calls)
     assert rollout.tokens == int(rollout.policy_mask.sum())
-
-
-def test_multi_turn_logprobs_match_a_naive_forward(micro_policy, micro_task):
-    policy = load(micro_policy)
-    tools, _ = scripted_tools()
-    torch.manual_seed(0)
-    rollout = sample(
-        policy.model, policy.tokenizer, prompts(micro_task, policy, 3), 2, 12, 1.0, tools=tools
-    )
-    assert (rollout.completion_mask.sum(1) > rollout.policy_mask.sum(1)).any()
-    logprobs = token_logprobs(policy.model, rollout).logprobs
-    for row in range(len(rollout.texts)):
-        prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()]
-        real = rollout.completion_mask[row].bool()
-        completion = rollout.completion_ids[row][real]
-        with torch.no_grad():
-            logits = policy.model(torch.cat([prompt, completion])[None]).logits[0]
-        naive = logits[len(prompt) - 1 : -1].log_softmax(-1).gather(-1, completion[:, None])[:, 0]
-        torch.testing.assert_close(logprobs[row][real], naive, atol=1e-5, rtol=1e-5)
 
 
 def test_a_tool_call_in_the_last_turn_ends_the_episode(micro_policy, micro_task):
@@ -275,22 +214,6 @@ def test_sampler_matches_an_uncached_greedy_loop_while_rows_leave_the_batch(
     assert got.shape[1] == max(lengths) and ends.tolist() == lengths
     assert torch.equal(policy, (got != pad).long() | (torch.arange(got.shape[1]) < ends[:, None]))
     assert min(lengths) < max(lengths)  # some rows left the batch before others
-
-
-def test_logprobs_under_gradient_checkpointing_match_the_shared_prompt_forward(
-    micro_policy, micro_task
-):
-    """Gradient checkpointing drops the KV cache, so training-mode scoring with gradients
-    runs prompt and completion in one forward; it gives the same log-probs."""
-    policy = load(micro_policy)
-    torch.manual_seed(0)
-    rollout = sample(policy.model, policy.tokenizer, prompts(micro_task, policy), 2, 8)
-    shared = token_logprobs(policy.model, rollout).logprobs.detach()
-    policy.model.activation_checkpointing_enable()
-    policy.model.train()
-    whole = token_logprobs(policy.model, rollout).logprobs
-    assert whole.requires_grad
-    torch.testing.assert_close(whole.detach(), shared, atol=1e-5, rtol=1e-5)
 
 
 def test_a_prefix_every_prompt_shares_is_run_once_and_changes_nothing(

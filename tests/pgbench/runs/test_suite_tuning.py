@@ -6,7 +6,6 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pgbench.errors import ConfigError
 from pgbench.runs.protocol import plan_suite
 from pgbench.runs.suite import open_storage, run_suite
 
@@ -24,41 +23,6 @@ def protocol(tmp_path, estimators: str, tune: str = GRID, seeds: int = 2) -> str
 def fast(run_overrides, tmp_path) -> dict[str, str]:
     values = run_overrides | {"trainer.steps": "2", "eval.every": "1", "checkpoint.every": "0"}
     return values | {"output_dir": str(tmp_path / "suite"), "trainer.lr": "1e-4"}
-
-
-def test_every_column_gets_the_same_tuning_budget():
-    plan = plan_suite({"suite": "cpu"})
-    tuning = Counter((c.task, c.estimator) for c in plan.cells if c.tuning)
-    assert len(set(tuning.values())) == 1  # trials x seeds, the same for every column
-    columns = {c.estimator for c in plan.cells if c.task == "arith" and c.estimator != "variance"}
-    assert {e for t, e in tuning if t == "arith"} == columns
-
-
-def test_a_space_gives_every_column_its_trials(tmp_path):
-    tune = '[tune]\nspace = "builtin"\ntrials = 3\nseeds = [5]\n'
-    plan = plan_suite({"suite": protocol(tmp_path, '"rloo", "ppo"', tune), "seeds": "2"})
-    tuning = Counter(c.estimator for c in plan.cells if c.tuning)
-    assert tuning == {"rloo": 3, "ppo": 3}
-    ppo = plan.points[("fr_en", "ppo", 0)]
-    assert {"trainer.lr", "loss.clip_low", "trainer.epochs"} <= set(ppo)
-
-
-@pytest.mark.parametrize(
-    ("tune", "message"),
-    [
-        ('[tune]\ngrid = {"trainer.lr" = [1e-4]}\nseeds = [1, 5]\n', r"seeds \[1\] are test"),
-        (
-            '[tune]\ngrid = {"estimator.vf_coef" = [0.1]}\nseeds = [5]\n',
-            r"\[tune\] estimator.vf_coef of column rloo: .*vf_coef",
-        ),
-        ('[tune]\ngrid = {"trainer.lr" = [1e-4]}\nseeds = [5]\nobjective = "test"\n', "test split"),
-        ('[tune]\ngrid = {"trainer.lr" = []}\nseeds = [5]\n', "tune.grid is empty"),
-    ],
-)
-def test_bad_tuning_input_fails_at_plan_time_in_one_line(tmp_path, tune, message):
-    with pytest.raises(ConfigError, match=message) as err:
-        plan_suite({"suite": protocol(tmp_path, '"rloo"', tune)})
-    assert "\n" not in str(err.value)
 
 
 def test_a_tuned_suite_tests_the_selected_point_and_reports_sensitivity(run_overrides, tmp_path):
