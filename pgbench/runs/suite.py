@@ -44,6 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pgbench import tasks
 from pgbench.config.verbs import resolve
 from pgbench.hardware import use_threads
+from pgbench.reports.tables import area_under_curve
 from pgbench.runs.protocol import VARIANCE, Cell, Plan, cell_config, plan_suite
 from pgbench.runs.tuning import SELECTION, select
 from pgbench.train.tracking import SPOOL, MLflowTracker, check_reachable, metric_history, write_json
@@ -119,12 +120,12 @@ def _taken(study: optuna.Study, number: int, name: str) -> bool:
 
 
 def valid_auc(uri: str, run_id: str, metric: str) -> float:
-    """The area under a run's valid curve per step, as reports.tables.area_under_curve."""
-    history = np.array(metric_history(uri, run_id, metric), dtype=float).reshape(-1, 2)
-    if not len(history):
+    """The area under a run's valid curve per step (reports.tables.area_under_curve)."""
+    points = metric_history(uri, run_id, metric)
+    if not points:
         return float("nan")
-    steps, values = history[:, 0], history[:, 1]
-    return float(np.trapezoid(values, steps) / max(steps.max() - steps.min(), 1))
+    history = pd.DataFrame(points, columns=["step", "value"]).assign(run_id=run_id, metric=metric)
+    return float(area_under_curve(history, metric).iloc[0])
 
 
 def _record(plan: Plan, cell: Cell, trial: optuna.Trial, summary: dict[str, Any]) -> float:
