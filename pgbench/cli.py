@@ -28,7 +28,6 @@ from pgbench.config.verbs import (
     help_rows,
     parse_overrides,
     resolve,
-    saved_run_values,
 )
 from pgbench.errors import ConfigError, DataError, PgbenchError
 
@@ -78,6 +77,8 @@ def _run_values(overrides: dict[str, str]) -> dict[str, Any]:
         raise ConfigError(
             f"resume={run_dir} continues with its saved config.json; drop {', '.join(extra)}"
         )
+    from pgbench.train.rundir import saved_run_values
+
     values = saved_run_values(json.loads(saved.read_text()))
     for key in set(values) & set(URL_KEYS):  # saved without their passwords
         values[key] = restore(key, values[key], overrides.get(key), str(saved))

@@ -320,35 +320,6 @@ def run_values(config: Resolved) -> dict[str, Any]:
     }
 
 
-def saved_run_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config.json's keys that a run takes. Files written before each verb had its own
-    dataclass also hold the other verbs' keys (estimators, sweep.*, ...), which never
-    affected the run; they are dropped. Any other key stays and is refused by resolve."""
-    others = [verb for verb in VERB_ARGS.values() if verb is not Config]
-    return {
-        k: v
-        for k, v in _moved_knobs(values).items()
-        if accepts(Config, k) or not any(accepts(verb, k) for verb in others)
-    }
-
-
-def _moved_knobs(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A config saved before the update passes and the ratio clip left the estimator (it has
-    no trainer.epochs): estimator.epochs / .minibatches -> trainer.* (1 where absent), and
-    estimator.clip -> each of loss.clip_low / clip_high that was 0, which then meant "the
-    estimator's clip"; without estimator.clip, 0 (or no key) meant unclipped, as 0 does now."""
-    values = dict(values)
-    if "trainer.epochs" in values:
-        return values
-    for name in ("epochs", "minibatches"):
-        values[f"trainer.{name}"] = values.pop(f"estimator.{name}", 1)
-    clip = values.pop("estimator.clip", 0.0)
-    for side in ("loss.clip_low", "loss.clip_high"):
-        if not float(values.get(side) or 0.0):
-            values[side] = clip
-    return values
-
-
 def _check_estimators(names: list[str], samples: int) -> None:
     """Every name in `estimators=` is registered and gets enough samples per prompt."""
     for name in names:

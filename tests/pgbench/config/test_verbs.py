@@ -17,7 +17,6 @@ from pgbench.config.verbs import (
     help_rows,
     parse_overrides,
     resolve,
-    saved_run_values,
 )
 from pgbench.errors import ConfigError
 from pgbench.rl.losses import KLEstimator
@@ -79,18 +78,6 @@ def test_ppo_differs_only_in_its_keys_and_its_stated_two_by_two():
     assert rloo["trainer.epochs"] == rloo["trainer.minibatches"] == 1
     assert resolve({"estimator": "ppo", "trainer.epochs": "3"}).trainer.epochs == 3
     assert rloo["loss.clip_low"] == rloo["loss.clip_high"] == ppo["loss.clip_low"] == 0.2
-
-
-def test_a_config_saved_before_the_knobs_moved_resumes_with_the_same_meaning():
-    old_ppo = {"estimator": "ppo", "estimator.epochs": 3, "estimator.minibatches": 2}
-    old_ppo |= {"estimator.clip": 0.3, "loss.clip_low": 0.0, "loss.clip_high": 0.28}
-    config = resolve(saved_run_values(old_ppo))
-    assert (config.trainer.epochs, config.trainer.minibatches) == (3, 2)
-    assert (config.loss.clip_low, config.loss.clip_high) == (0.3, 0.28)  # 0 was "the estimator's"
-    old_reinforce = {"estimator": "reinforce", "loss.clip_low": 0.0}  # no clip: unclipped
-    config = resolve(saved_run_values(old_reinforce))
-    assert (config.loss.clip_low, config.loss.clip_high) == (0.0, 0.0)
-    assert config.trainer.epochs == config.trainer.minibatches == 1
 
 
 @pytest.mark.parametrize(
@@ -207,13 +194,6 @@ def test_derived_values_are_fixed_while_resolving():
     assert (report.comparison, report.experiment) == ("", "fr_en")
     with pytest.raises(ConfigError, match="give exactly one of comparison=<id> or experiment="):
         resolve({}, ReportArgs)
-
-
-def test_a_saved_config_drops_only_the_keys_of_other_verbs():
-    # config.json files written when one Config held every verb's keys
-    old = resolve({}).to_flat() | {"estimators": "rloo", "seeds": 3, "sweep.n_trials": 20}
-    assert saved_run_values(old) == resolve({}).to_flat()
-    assert "trainer.lrr" in saved_run_values(old | {"trainer.lrr": 1})
 
 
 def test_each_verb_checks_its_own_estimators():

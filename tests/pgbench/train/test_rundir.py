@@ -1,9 +1,10 @@
-"""Run directories (pgbench.train.rundir): resume=auto finds the unfinished run of a config."""
+"""Run directories (pgbench.train.rundir): resume=auto, and saved configs read back."""
 
 import json
 
 from pgbench.cli import main
 from pgbench.config.verbs import resolve
+from pgbench.train.rundir import saved_run_values
 from pgbench.train.trainer import train
 
 
@@ -30,3 +31,22 @@ def test_resume_auto_continues_the_unfinished_run_with_the_same_config(
     assert "continuing runs/first" in capsys.readouterr().out
     summary = json.loads((tmp_path / "runs/first/summary.json").read_text())
     assert summary["steps"] == 4
+
+
+def test_a_config_saved_before_the_knobs_moved_resumes_with_the_same_meaning():
+    old_ppo = {"estimator": "ppo", "estimator.epochs": 3, "estimator.minibatches": 2}
+    old_ppo |= {"estimator.clip": 0.3, "loss.clip_low": 0.0, "loss.clip_high": 0.28}
+    config = resolve(saved_run_values(old_ppo))
+    assert (config.trainer.epochs, config.trainer.minibatches) == (3, 2)
+    assert (config.loss.clip_low, config.loss.clip_high) == (0.3, 0.28)  # 0 was "the estimator's"
+    old_reinforce = {"estimator": "reinforce", "loss.clip_low": 0.0}  # no clip: unclipped
+    config = resolve(saved_run_values(old_reinforce))
+    assert (config.loss.clip_low, config.loss.clip_high) == (0.0, 0.0)
+    assert config.trainer.epochs == config.trainer.minibatches == 1
+
+
+def test_a_saved_config_drops_only_the_keys_of_other_verbs():
+    # config.json files written when one Config held every verb's keys
+    old = resolve({}).to_flat() | {"estimators": "rloo", "seeds": 3, "sweep.n_trials": 20}
+    assert saved_run_values(old) == resolve({}).to_flat()
+    assert "trainer.lrr" in saved_run_values(old | {"trainer.lrr": 1})
