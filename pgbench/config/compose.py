@@ -167,6 +167,16 @@ def accepts(verb: type, key: str) -> bool:
     return bool(dot) == ("section" in f.metadata)
 
 
+def run_defaults(classes: Mapping[str, type]) -> dict[str, tuple[Any, str]]:
+    """key -> (default, the task or estimator that sets it): the selected classes'
+    run_defaults (Task.run_defaults, Estimator.run_defaults)."""
+    return {
+        key: (value, cls.name)
+        for cls in classes.values()
+        for key, value in cls.run_defaults.items()
+    }
+
+
 def rows(verb: type, selected: Mapping[str, str]) -> list[Row]:
     """(key, type, default, help) of every key of `verb`, the selected components' included;
     a default the task or estimator changes (their run_defaults) shows as `32 (fr_en)`."""
@@ -184,11 +194,7 @@ def rows(verb: type, selected: Mapping[str, str]) -> list[Row]:
             sections += describe(meta["section"], f"{f.name}.")
         else:
             knobs.append((f.name, type_name(types[f.name]), repr(f.default), meta["help"]))
-    changed = {  # key -> (default, the task or estimator that sets it)
-        key: (value, cls.name)
-        for cls in classes.values()
-        for key, value in getattr(cls, "run_defaults", {}).items()
-    }
+    changed = run_defaults(classes)
     return [
         (key, kind, f"{changed[key][0]!r} ({changed[key][1]})" if key in changed else default, text)
         for key, kind, default, text in knobs + parts + sections
@@ -212,10 +218,9 @@ def arguments(verb: type, values: Mapping[str, Any], verbs: Iterable[type]) -> d
     takes and `values` does not set. An unknown key, or another verb's, is a ConfigError."""
     values = dict(values)
     classes = chosen(verb, values)
-    for cls in classes.values():
-        for key, value in getattr(cls, "run_defaults", {}).items():
-            if accepts(verb, key):
-                values.setdefault(key, value)
+    for key, (value, _) in run_defaults(classes).items():
+        if accepts(verb, key):
+            values.setdefault(key, value)
     selected = {name: cls.name for name, cls in classes.items()}
     valid = {row[0] for row in rows(verb, selected)}
     knobs: dict[str, Any] = {}

@@ -193,7 +193,6 @@ class Trainer:
                 rollout=collected.rollout,
                 rewards=collected.rewards,
                 baseline=collected.baseline,
-                one_pass=cfg.trainer.epochs == cfg.trainer.minibatches == 1,
             )
             # 4. advantages: the KL penalty folded in, then the only place estimators differ
             prepared = advantages(cfg, cfg.estimator, scored, state.estimator)

@@ -91,11 +91,11 @@ def score(
     rollout: Rollout,
     rewards: Tensor,
     baseline: Tensor | None = None,
-    one_pass: bool = False,
 ) -> Scored:
     """Overlong penalty, uniform groups dropped (if configured), and the rollout scored:
-    rollout-time log-probs and values, reference log-probs and the per-token KL. `one_pass`
-    (a single update pass) keeps the scoring forward's graph when the rows fit a micro-batch."""
+    rollout-time log-probs and values, reference log-probs and the per-token KL. A single
+    update pass (trainer.epochs = minibatches = 1) keeps the scoring forward's graph when the
+    rows fit a micro-batch."""
     micro, temperature = config.trainer.micro_batch_size, config.rollout.temperature
     cfg = config.rollout
     # uniform groups are judged once, on the rewards the estimator sees before the KL: task
@@ -114,6 +114,7 @@ def score(
     live, device = None, mask.device
     phases = ("old_logprobs", "reference", "advantages", "update", "optimizer")
     seconds = dict.fromkeys(phases, 0.0)
+    one_pass = config.trainer.epochs == config.trainer.minibatches == 1
     if one_pass and len(rollout.texts) <= micro:
         with hardware.timed(seconds, "update", device):  # the update's own forward
             live = token_logprobs(
@@ -188,7 +189,6 @@ def prepare(
     baseline: Tensor | None = None,
 ) -> Prepared:
     """`score` then `advantages`, in one call (gradient variance, tests)."""
-    one_pass = config.trainer.epochs == config.trainer.minibatches == 1
     scored = score(
         config,
         model=model,
@@ -197,7 +197,6 @@ def prepare(
         rollout=rollout,
         rewards=rewards,
         baseline=baseline,
-        one_pass=one_pass,
     )
     return advantages(config, estimator, scored, {} if state is None else state)
 
