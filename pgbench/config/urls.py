@@ -49,10 +49,31 @@ def redact_values(value: Any) -> Any:
     return value
 
 
+def check_shared(verb: str, storage: str, tracking_uri: str) -> None:
+    """SLURM workers run on other nodes: the queue and the tracking store must be servers
+    (`verb`: suite or sweep, whose `<verb>.launcher` and `<verb>.storage` keys are named)."""
+    servers = ("postgresql", "postgres", "mysql", "mariadb")
+    local = {"suite": "the local journal file", "sweep": "the local optuna.db or .journal file"}
+    if _scheme(storage) not in servers:
+        raise ConfigError(
+            f"{verb}.launcher=slurm needs {verb}.storage=postgresql://... (or mysql://) that "
+            f"every node reaches; got {redact(storage) or local[verb]}"
+        )
+    if _scheme(tracking_uri) not in (*servers, "http", "https"):
+        raise ConfigError(
+            f"{verb}.launcher=slurm needs a tracking.uri every node reaches: http(s)://<mlflow "
+            f"server> or postgresql://...; got {redact(tracking_uri)}"
+        )
+
+
+def _scheme(url: str) -> str:
+    """`postgresql+psycopg://...` -> `postgresql`; a path -> ``."""
+    return url.partition("://")[0].partition("+")[0] if "://" in url else ""
+
+
 def is_database(url: str) -> bool:
     """Whether `url` names a SQLAlchemy database (postgresql://, mysql+pymysql://, sqlite://)."""
-    scheme = url.partition("://")[0].partition("+")[0]
-    return "://" in url and scheme in ("postgresql", "postgres", "mysql", "mariadb", "sqlite")
+    return _scheme(url) in ("postgresql", "postgres", "mysql", "mariadb", "sqlite")
 
 
 def env_credentials(url: str) -> str:

@@ -1,276 +1,199 @@
-"""Each verb's configuration: a typed dataclass whose fields are the keys the verb accepts.
+"""Each verb's configuration: one line of VERBS names the keys it takes and what it checks.
 
 `resolve(parse_overrides(["estimator=rloo", "trainer.lr=1e-5"]))` returns a checked `Config`,
 what `pgbench run` trains with; `resolve(values, SweepArgs)` the configuration of
-`pgbench sweep`, and so on for every verb of VERB_ARGS. A verb's dataclass is composed
-(pgbench.config.compose) of top-level knobs defined once, the `task` and `estimator` components
-(their `task.*` / `estimator.*` keys are the selected class's own fields) and the shared
-sections of pgbench.config.sections, so `--help`, validation and the accepted keys all come from it.
+`pgbench sweep`, and so on for every verb. Each class is a frozen dataclass made from its line
+(pgbench.config.compose), of the knobs and sections declared once in pgbench.config.sections,
+so `--help`, validation and the accepted keys all come from the table.
 
-Resolution is final: a value derived from others is set while the dataclass is built, and
-nothing is assigned afterwards: every verb's dataclass and every section is frozen (a new run's
-default output_dir is a `dataclasses.replace` copy, made by the trainer).
+Resolution is final: nothing is assigned afterwards (the task's reward models are configured
+from `reward.*` while resolving; a new run's default output_dir is a `dataclasses.replace` copy).
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
 from pgbench import estimators, hardware
-from pgbench.config.compose import (
-    Device,
-    Resolved,
-    Row,
-    accepts,
-    arguments,
-    component,
-    output_dir,
-    output_path,
-    rows,
-    section,
-    top,
-)
-from pgbench.config.sections import (
-    CheckpointConfig,
-    CompareConfig,
-    EngineConfig,
-    EvalConfig,
-    KLConfig,
-    LoraConfig,
-    LossConfig,
-    ReportConfig,
-    RewardConfig,
-    RolloutConfig,
-    SlurmConfig,
-    SuiteConfig,
-    SweepConfig,
-    TrackingConfig,
-    TrainerConfig,
-    VarianceConfig,
-)
-from pgbench.config.urls import redact
+from pgbench.config.compose import Resolved, Row, Verb, accepts, arguments, rows, verb_class
+from pgbench.config.urls import check_shared
 from pgbench.errors import ConfigError
-from pgbench.estimators import Estimator
-from pgbench.tasks import Task
 
 T = TypeVar("T")
 
 
-class _Tracked:
-    @property
-    def mlflow_experiment(self) -> str:
-        """Experiment that training runs log to: tracking.experiment, else the task name."""
-        return self.tracking.experiment or self.task.name
+def _check_training(config: Any) -> None:
+    """Rules of a training run that involve more than one key."""
+    loss = config.loss
+    _check_samples(config, [config.estimator.name], " for estimator={}")
+    if 0 < loss.dual_clip <= 1:
+        raise ConfigError(
+            f"loss.dual_clip must be 0 (off) or a constant c > 1 (got {loss.dual_clip})"
+        )
+    if loss.dual_clip and loss.policy not in ("ppo_clip", "clip_cov"):
+        raise ConfigError(
+            f"loss.dual_clip applies to loss.policy=ppo_clip or clip_cov only (got loss.policy="
+            f"{loss.policy}); set loss.dual_clip=0"
+        )
+    if loss.rollout_correction != "none" and config.rollout.staleness == 0:
+        raise ConfigError(
+            f"loss.rollout_correction={loss.rollout_correction} corrects stale rollouts, and "
+            "rollout.staleness=0 samples with the trained policy itself; set "
+            "rollout.staleness >= 1 or loss.rollout_correction=none"
+        )
+    if config.engine.backend == "vllm":
+        _check_vllm(config)
+    if config.trainer.precision == "bf16":
+        hardware.check_bf16(config.device)
 
 
-class _Many:
-    def estimator_names(self) -> list[str]:
-        """The names listed in `estimators=`."""
-        return [name.strip() for name in self.estimators.split(",") if name.strip()]
+def _check_vllm(config: Any) -> None:
+    """engine.backend=vllm needs a single-turn task, the vllm package and a CUDA device."""
+    if config.task.tools() is not None:
+        raise ConfigError(
+            f"engine.backend=vllm does not run multi-turn tool episodes (task={config.task.name}); "
+            "use engine.backend=hf"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "engine.backend=vllm needs vLLM: pip install 'pgbench[vllm]' (on a CUDA machine)"
+        )
+    if config.device == "cpu" or not torch.cuda.is_available():
+        raise ConfigError("engine.backend=vllm needs a CUDA GPU; use engine.backend=hf on CPU")
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Training(Resolved):
-    """The sections of every verb that trains runs (run, sweep, compare, suite)."""
-
-    trainer: TrainerConfig = section(TrainerConfig)
-    rollout: RolloutConfig = section(RolloutConfig)
-    engine: EngineConfig = section(EngineConfig)
-    kl: KLConfig = section(KLConfig)
-    loss: LossConfig = section(LossConfig)
-    lora: LoraConfig = section(LoraConfig)
-    eval: EvalConfig = section(EvalConfig)
-    reward: RewardConfig = section(RewardConfig)
-    checkpoint: CheckpointConfig = section(CheckpointConfig)
-    tracking: TrackingConfig = section(TrackingConfig)
+def _check_sweep(config: Any) -> None:
+    _check_training(config)
+    if config.sweep.launcher == "slurm":
+        check_shared("sweep", config.sweep.storage, config.tracking.uri)
+        config.slurm.sbatch_flags()  # a malformed flag fails now, not at submission
 
 
-@dataclass(frozen=True, kw_only=True)
-class Config(_Training, _Tracked):
-    """`pgbench run`: one policy trained with one estimator (and each run of the other verbs)."""
-
-    task: Task = component("task")
-    estimator: Estimator = component("estimator")
-    model: str = top("model")
-    seed: int = top("seed")
-    output_dir: str = output_dir("runs/<task>-<estimator>-s<seed>-<time>")
-    resume: str = top("resume")
-    cache_dir: str = top("cache_dir")
-    device: Device = top("device")
-    threads: int = top("threads")
-
-    def check(self) -> None:
-        _check_training(self)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SweepArgs(_Training, _Tracked):
-    """`pgbench sweep`: the run keys of one estimator (no resume) and the study's settings."""
-
-    task: Task = component("task")
-    estimator: Estimator = component("estimator")
-    model: str = top("model")
-    seed: int = top("seed")
-    output_dir: str = output_dir("runs/sweep-<study>")
-    cache_dir: str = top("cache_dir")
-    device: Device = top("device")
-    threads: int = top("threads")
-    sweep: SweepConfig = section(SweepConfig)
-    slurm: SlurmConfig = section(SlurmConfig)
-
-    def check(self) -> None:
-        _check_training(self)
-        if self.sweep.launcher == "slurm":
-            _check_slurm("sweep", self.sweep.storage, self.tracking.uri)
-            self.slurm.sbatch_flags()  # a malformed flag fails now, not at submission
-
-
-@dataclass(frozen=True, kw_only=True)
-class CompareArgs(_Training, _Many):
-    """`pgbench compare`: the run keys, for `estimators` x `seeds`, and the sweeps' storage."""
-
-    task: Task = component("task")
-    model: str = top("model")
-    output_dir: str = output_dir("runs/<id>")
-    cache_dir: str = top("cache_dir")
-    device: Device = top("device")
-    threads: int = top("threads")
-    estimators: str = top("estimators")
-    seeds: int = top("seeds")
-    compare: CompareConfig = section(CompareConfig)
-    sweep: SweepConfig = section(SweepConfig)
-
-    def check(self) -> None:
-        _check_estimators(self.estimator_names(), self.rollout.samples_per_prompt)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SuiteArgs(_Training, _Many):
-    """`pgbench suite`: keys of every run (tasks in suite.tasks), the protocol and scheduler."""
-
-    task: Task = component("task", choose=False)
-    model: str = top("model")
-    output_dir: str = output_dir("runs/suite-<id>")
-    cache_dir: str = top("cache_dir")
-    device: Device = top("device")
-    threads: int = top("threads")
-    estimators: str = top("estimators")
-    seeds: int = top("seeds")
-    suite: SuiteConfig = section(SuiteConfig)
-    slurm: SlurmConfig = section(SlurmConfig)
-    variance: VarianceConfig = section(VarianceConfig)
-
-    def check(self) -> None:
-        _check_estimators(self.estimator_names(), self.rollout.samples_per_prompt)
-        if self.suite.launcher == "slurm":
-            _check_slurm("suite", self.suite.storage, self.tracking.uri)
-            self.slurm.sbatch_flags()  # a malformed flag fails now, not at submission
-
-
-@dataclass(frozen=True, kw_only=True)
-class VarianceArgs(Resolved, _Many):
-    """`pgbench variance`: the rollouts' keys, the estimators to measure and how many batches."""
-
-    task: Task = component("task")
-    model: str = top("model")
-    seed: int = top("seed")
-    output_dir: str = output_dir("runs/variance-<time>")
-    cache_dir: str = top("cache_dir")
-    device: Device = top("device")
-    threads: int = top("threads")
-    estimators: str = top("estimators")
-    trainer: TrainerConfig = section(TrainerConfig)
-    rollout: RolloutConfig = section(RolloutConfig)
-    loss: LossConfig = section(LossConfig)
-    lora: LoraConfig = section(LoraConfig)
-    reward: RewardConfig = section(RewardConfig)
-    tracking: TrackingConfig = section(TrackingConfig)
-    variance: VarianceConfig = section(VarianceConfig)
-
-    def __post_init__(self) -> None:
-        if not self.output_dir:  # fixed while resolving (frozen: the dataclass idiom)
-            object.__setattr__(self, "output_dir", str(output_path(self)))
-        super().__post_init__()
-
-    def check(self) -> None:
-        samples = self.rollout.samples_per_prompt
-        _check_estimators(self.estimator_names(), samples)
-        if self.rollout.staleness:
+def _check_samples(config: Any, names: list[str], reason: str) -> None:
+    """rollout.samples_per_prompt is enough for each estimator of `names` (registered names;
+    `reason` says why, `{}` standing for the name)."""
+    for name in names:
+        needed = estimators.REGISTRY.get_class(name).min_samples_per_prompt
+        if config.rollout.samples_per_prompt < needed:
             raise ConfigError(
-                "rollout.staleness does not apply to pgbench variance: it measures batches of "
-                "the starting policy, which every earlier policy equals; set rollout.staleness=0"
-            )
-        needed = estimators.REGISTRY.get_class("rloo").min_samples_per_prompt
-        if samples < needed:
-            raise ConfigError(
-                f"rollout.samples_per_prompt must be >= {needed}: the reference gradient is "
-                f"RLOO's (got {samples})"
+                f"rollout.samples_per_prompt must be >= {needed}{reason.format(name)} "
+                f"(got {config.rollout.samples_per_prompt})"
             )
 
 
-@dataclass(frozen=True, kw_only=True)
-class EvalArgs(Resolved):
-    """`pgbench eval`: a policy scored on the task's test split."""
-
-    task: Task = component("task")
-    model: str = top("model")
-    seed: int = top("seed")
-    output_dir: str = output_dir("runs/eval-<time>")
-    cache_dir: str = top("cache_dir")
-    device: Device = top("device")
-    threads: int = top("threads")
-    eval: EvalConfig = section(EvalConfig)
-    reward: RewardConfig = section(RewardConfig)
-
-    def check(self) -> None:
-        if not self.eval.test:
-            raise ConfigError(
-                "eval.test=false does not apply to pgbench eval: it scores the test split"
-            )
+def _check_estimators(config: Any) -> None:
+    _check_samples(config, config.estimator_names(), " for estimators={}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class BuildTinyArgs(Resolved):
-    """`pgbench build-tiny`: a task's tiny policy built, measured and written with its manifest."""
-
-    task: Task = component("task")
-    output_dir: str = output_dir("tiny-<task>")
-    cache_dir: str = top("cache_dir")
-    device: Device = top("device")
-    threads: int = top("threads")
-    eval: EvalConfig = section(EvalConfig)
-    reward: RewardConfig = section(RewardConfig)
+def _check_suite(config: Any) -> None:
+    _check_estimators(config)
+    if config.suite.launcher == "slurm":
+        check_shared("suite", config.suite.storage, config.tracking.uri)
+        config.slurm.sbatch_flags()
 
 
-@dataclass(frozen=True, kw_only=True)
-class ReportArgs(Resolved):
-    """`pgbench report`: tables and figures of one comparison or experiment, from MLflow."""
-
-    comparison: str = top("comparison")
-    experiment: str = top("experiment")
-    report: ReportConfig = section(ReportConfig)
-    tracking: TrackingConfig = section(TrackingConfig)
-
-    def check(self) -> None:
-        if bool(self.comparison) == bool(self.experiment):
-            raise ConfigError("give exactly one of comparison=<id> or experiment=<name>")
+def _check_variance(config: Any) -> None:
+    _check_estimators(config)
+    if config.rollout.staleness:
+        raise ConfigError(
+            "rollout.staleness does not apply to pgbench variance: it measures batches of "
+            "the starting policy, which every earlier policy equals; set rollout.staleness=0"
+        )
+    _check_samples(config, ["rloo"], ": the reference gradient is RLOO's")
 
 
-VERB_ARGS: dict[str, type] = {
-    "run": Config,
-    "sweep": SweepArgs,
-    "compare": CompareArgs,
-    "suite": SuiteArgs,
-    "variance": VarianceArgs,
-    "eval": EvalArgs,
-    "build-tiny": BuildTinyArgs,
-    "report": ReportArgs,
+def _check_eval(config: Any) -> None:
+    if not config.eval.test:
+        raise ConfigError(
+            "eval.test=false does not apply to pgbench eval: it scores the test split"
+        )
+
+
+def _check_report(config: Any) -> None:
+    if bool(config.comparison) == bool(config.experiment):
+        raise ConfigError("give exactly one of comparison=<id> or experiment=<name>")
+
+
+MACHINE = "cache_dir device threads"
+TRAINING = "trainer rollout engine kl loss lora eval reward checkpoint tracking"
+VERBS: dict[str, Verb] = {
+    "run": Verb(
+        "Config",
+        "train one policy with one estimator",
+        f"task estimator model seed output_dir resume {MACHINE}",
+        TRAINING,
+        "runs/<task>-<estimator>-s<seed>-<time>",
+        _check_training,
+    ),
+    "sweep": Verb(
+        "SweepArgs",
+        "tune one estimator with Optuna (resumable, parallel)",
+        f"task estimator model seed output_dir {MACHINE}",
+        f"{TRAINING} sweep slurm",
+        "runs/sweep-<study>",
+        _check_sweep,
+    ),
+    "compare": Verb(
+        "CompareArgs",
+        "every estimator x every seed at one budget",
+        f"task model output_dir {MACHINE} estimators seeds",
+        f"{TRAINING} compare sweep",
+        "runs/<id>",
+        _check_estimators,
+    ),
+    "suite": Verb(
+        "SuiteArgs",
+        "tasks x estimators x seeds of a protocol, tuned first if its [tune] table says so "
+        "(suite=cpu|cpu_offpolicy|gpu|file.toml)",
+        f"task.* model output_dir {MACHINE} estimators seeds",
+        f"{TRAINING} suite slurm variance",
+        "runs/suite-<id>",
+        _check_suite,
+    ),
+    "report": Verb(
+        "ReportArgs",
+        "tables and figures of a comparison from MLflow",
+        "comparison experiment",
+        "report tracking",
+        check=_check_report,
+    ),
+    "variance": Verb(
+        "VarianceArgs",
+        "gradient variance of each estimator on the same rollouts",
+        f"task model seed output_dir {MACHINE} estimators",
+        "trainer rollout loss lora reward tracking variance",
+        "runs/variance-<time>",
+        _check_variance,
+    ),
+    "eval": Verb(
+        "EvalArgs",
+        "score a policy on a test split (chrF, BLEU, embed)",
+        f"task model seed output_dir {MACHINE}",
+        "eval reward",
+        "runs/eval-<time>",
+        _check_eval,
+    ),
+    "build-tiny": Verb(
+        "BuildTinyArgs",
+        "build a task's tiny policy and write it with its manifest",
+        f"task output_dir {MACHINE}",
+        "eval reward",
+        "tiny-<task>",
+    ),
 }
+VERB_ARGS: dict[str, type] = {name: verb_class(spec) for name, spec in VERBS.items()}
+Config = VERB_ARGS["run"]
+SweepArgs = VERB_ARGS["sweep"]
+CompareArgs = VERB_ARGS["compare"]
+SuiteArgs = VERB_ARGS["suite"]
+ReportArgs = VERB_ARGS["report"]
+VarianceArgs = VERB_ARGS["variance"]
+EvalArgs = VERB_ARGS["eval"]
+BuildTinyArgs = VERB_ARGS["build-tiny"]
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -318,95 +241,3 @@ def run_values(config: Resolved) -> dict[str, Any]:
     return {
         k: v for k, v in flat.items() if accepts(Config, k) and k not in ("output_dir", "resume")
     }
-
-
-def _check_estimators(names: list[str], samples: int) -> None:
-    """Every name in `estimators=` is registered and gets enough samples per prompt."""
-    for name in names:
-        needed = estimators.REGISTRY.get_class(name).min_samples_per_prompt
-        if samples < needed:
-            raise ConfigError(
-                f"rollout.samples_per_prompt must be >= {needed} for estimators={name} "
-                f"(got {samples})"
-            )
-
-
-def _check_training(config: Config | SweepArgs) -> None:
-    """Rules of a training run that involve more than one key."""
-    needed = config.estimator.min_samples_per_prompt
-    if config.rollout.samples_per_prompt < needed:
-        raise ConfigError(
-            f"rollout.samples_per_prompt must be >= {needed} for estimator={config.estimator.name} "
-            f"(got {config.rollout.samples_per_prompt})"
-        )
-    if 0 < config.loss.dual_clip <= 1:
-        raise ConfigError(
-            f"loss.dual_clip must be 0 (off) or a constant c > 1 (got {config.loss.dual_clip})"
-        )
-    if config.loss.dual_clip and config.loss.policy not in ("ppo_clip", "clip_cov"):
-        raise ConfigError(
-            f"loss.dual_clip applies to loss.policy=ppo_clip or clip_cov only (got loss.policy="
-            f"{config.loss.policy}); set loss.dual_clip=0"
-        )
-    if config.loss.rollout_correction != "none" and config.rollout.staleness == 0:
-        raise ConfigError(
-            f"loss.rollout_correction={config.loss.rollout_correction} corrects stale rollouts, "
-            "and rollout.staleness=0 samples with the trained policy itself; set "
-            "rollout.staleness >= 1 or loss.rollout_correction=none"
-        )
-    if config.engine.backend == "vllm":
-        _check_vllm(config)
-    if config.trainer.precision == "bf16":
-        _check_bf16(config.device)
-
-
-def _check_bf16(device_name: str) -> None:
-    """bf16 autocast where the device would emulate it is refused (~20x slower than fp32)."""
-    cuda = device_name != "cpu" and torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    if hardware.native_bf16(device):
-        return
-    if cuda:
-        raise ConfigError("trainer.precision=bf16 but this GPU has no bfloat16; use fp32")
-    raise ConfigError(
-        f"trainer.precision=bf16 but this CPU (torch capability {hardware.cpu_capability()}) "
-        "has no native bfloat16, so autocast would be emulated, about 20x slower; "
-        "use trainer.precision=fp32"
-    )
-
-
-def _check_vllm(config: Config | SweepArgs) -> None:
-    """engine.backend=vllm needs a single-turn task, the vllm package and a CUDA device."""
-    if config.task.tools() is not None:
-        raise ConfigError(
-            f"engine.backend=vllm does not run multi-turn tool episodes (task={config.task.name}); "
-            "use engine.backend=hf"
-        )
-    if importlib.util.find_spec("vllm") is None:
-        raise ConfigError(
-            "engine.backend=vllm needs vLLM: pip install 'pgbench[vllm]' (on a CUDA machine)"
-        )
-    if config.device == "cpu" or not torch.cuda.is_available():
-        raise ConfigError("engine.backend=vllm needs a CUDA GPU; use engine.backend=hf on CPU")
-
-
-def _check_slurm(verb: str, storage: str, tracking_uri: str) -> None:
-    """SLURM workers run on other nodes: the queue and the tracking store must be servers
-    (`verb`: suite or sweep, whose `<verb>.launcher` and `<verb>.storage` keys are named)."""
-    servers = ("postgresql", "postgres", "mysql", "mariadb")
-    local = {"suite": "the local journal file", "sweep": "the local optuna.db or .journal file"}
-    if _scheme(storage) not in servers:
-        raise ConfigError(
-            f"{verb}.launcher=slurm needs {verb}.storage=postgresql://... (or mysql://) that "
-            f"every node reaches; got {redact(storage) or local[verb]}"
-        )
-    if _scheme(tracking_uri) not in (*servers, "http", "https"):
-        raise ConfigError(
-            f"{verb}.launcher=slurm needs a tracking.uri every node reaches: http(s)://<mlflow "
-            f"server> or postgresql://...; got {redact(tracking_uri)}"
-        )
-
-
-def _scheme(url: str) -> str:
-    """`postgresql+psycopg://...` -> `postgresql`; a path -> ``."""
-    return url.partition("://")[0].partition("+")[0] if "://" in url else ""

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pgbench import estimators
+from pgbench.config.compose import output_path
 from pgbench.config.sections import VarianceConfig
 from pgbench.config.verbs import Config, VarianceArgs, resolve, run_values
 from pgbench.engine.sampling import Rollout
@@ -151,7 +152,7 @@ def run_variance(config: VarianceArgs) -> tuple[pd.DataFrame, Path]:
     names = config.estimator_names()  # each with enough samples: checked by VarianceArgs
     run = resolve(run_values(config))
     check_reachable(config.tracking.uri)
-    out = Path(config.output_dir)
+    out = output_path(config)
     policy = load_policy(
         resolve_model(config.model, config.task, config.cache_dir),
         config.lora,
@@ -163,7 +164,7 @@ def run_variance(config: VarianceArgs) -> tuple[pd.DataFrame, Path]:
     table.to_csv(path, index=False)
     experiment = config.tracking.experiment or f"{config.task.name}-variance"
     tracker = MLflowTracker(config.tracking.uri, experiment, run_name=f"variance-{out.name}")
-    tracker.log_params(config.to_flat() | {"model_path": policy.source})
+    tracker.log_params(config.to_flat() | {"output_dir": str(out), "model_path": policy.source})
     for row in table.to_dict("records"):
         tracker.log_metrics({f"{row['estimator']}/{k}": row[k] for k in COLUMNS[1:]}, step=0)
     tracker.log_artifact(path)

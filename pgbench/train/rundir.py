@@ -20,7 +20,7 @@ from pgbench.train import checkpoint
 
 
 def default_output_dir(config: Config) -> str:
-    """runs/<task>-<estimator>-s<seed>-<time>: the run knob's pattern, filled in."""
+    """The run's output_dir, or runs/<task>-<estimator>-s<seed>-<time> (its pattern) filled in."""
     names = {"task": config.task.name, "estimator": config.estimator.name, "seed": config.seed}
     return str(output_path(config, **names))
 

@@ -393,7 +393,7 @@ def train(
     processes = parallel.current(config.device)
     if not config.resume:
         # one directory for all processes: the main process's timestamp
-        out = processes.broadcast(config.output_dir or default_output_dir(config))
+        out = processes.broadcast(default_output_dir(config))
         config = dataclasses.replace(config, output_dir=out)
         if processes.main:
             check_run_dir_free(config)

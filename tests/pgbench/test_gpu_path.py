@@ -15,7 +15,8 @@ from transformers import AutoTokenizer
 
 from pgbench import hardware
 from pgbench.config import verbs as config_module
-from pgbench.config.verbs import LoraConfig, help_rows, resolve
+from pgbench.config.sections import LoraConfig
+from pgbench.config.verbs import help_rows, resolve
 from pgbench.engine.sampling import encode_prompts, sample
 from pgbench.engine.scoring import token_logprobs
 from pgbench.engine.vllm_backend import VLLMSampler, build_rollout, policy_weights

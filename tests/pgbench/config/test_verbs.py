@@ -1,13 +1,16 @@
 import dataclasses
+import re
 import typing
 
 import pytest
 
 from pgbench import estimators
 from pgbench.cli import VERBS
-from pgbench.config.compose import KNOBS
+from pgbench.config.compose import output_path
+from pgbench.config.sections import Knobs
 from pgbench.config.verbs import (
     VERB_ARGS,
+    BuildTinyArgs,
     Config,
     EvalArgs,
     ReportArgs,
@@ -156,7 +159,7 @@ def test_task_run_defaults_apply_unless_set():
 @pytest.mark.parametrize("verb", list(VERB_ARGS))
 def test_a_verb_accepts_exactly_the_fields_of_its_dataclass(verb):
     args = VERB_ARGS[verb]
-    assert VERBS[verb].args is args
+    assert verb in VERBS  # the CLI runs it
     keys = all_keys(args)
     assert {key.split(".")[0] for key in keys} == {f.name for f in dataclasses.fields(args)}
     config = resolve(MINIMAL.get(verb, {}), args)
@@ -169,13 +172,17 @@ def test_a_verb_accepts_exactly_the_fields_of_its_dataclass(verb):
 
 
 def test_top_level_knobs_are_defined_once():
-    for name, spec in KNOBS.items():
+    for knob in dataclasses.fields(Knobs):
+        name = knob.name
         verbs = [a for a in VERB_ARGS.values() if name in {f.name for f in dataclasses.fields(a)}]
         assert verbs, f"{name} is used by no verb"
         types = {typing.get_type_hints(a)[name] for a in verbs}
-        rows = {row for a in verbs for row in help_rows(a) if row[0] == name}
-        assert len(types) == 1 and len(rows) == 1, name
-        assert rows.pop()[2:] == (repr(spec["default"]), spec["help"])
+        rows = {row[:3] for a in verbs for row in help_rows(a) if row[0] == name}
+        assert types == {typing.get_type_hints(Knobs)[name]} and len(rows) == 1, name
+        assert rows.pop()[2] == repr(knob.default)
+        texts = {row[3] for a in verbs for row in help_rows(a) if row[0] == name}
+        if name != "output_dir":  # each verb adds where it writes by default
+            assert texts == {knob.metadata["help"]}, name
 
 
 @pytest.mark.parametrize("verb", [v for v in VERB_ARGS if v != "run"])
@@ -186,10 +193,16 @@ def test_resolved_configs_are_frozen(verb):
         setattr(config, name, getattr(config, name))
 
 
-def test_derived_values_are_fixed_while_resolving():
+def test_an_empty_output_dir_is_the_pattern_help_shows():
     variance = resolve({}, VarianceArgs)
-    assert variance.output_dir.startswith("runs/variance-")
-    assert resolve(variance.to_flat(), VarianceArgs).output_dir == variance.output_dir
+    assert variance.output_dir == ""
+    help_text = {row[0]: row[3] for row in help_rows(VarianceArgs)}["output_dir"]
+    assert help_text == "output directory (empty = runs/variance-<time>)"
+    assert re.fullmatch(r"runs/variance-\d{8}-\d{6}", str(output_path(variance)))
+    tiny = resolve({"task": "arith"}, BuildTinyArgs)
+    assert str(output_path(tiny, task=tiny.task.name)) == "tiny-arith"
+    given = resolve({"output_dir": "elsewhere"}, VarianceArgs)
+    assert str(output_path(given)) == "elsewhere"
     report = resolve({"experiment": "fr_en"}, ReportArgs)
     assert (report.comparison, report.experiment) == ("", "fr_en")
     with pytest.raises(ConfigError, match="give exactly one of comparison=<id> or experiment="):

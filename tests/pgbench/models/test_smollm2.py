@@ -19,7 +19,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from pgbench.config.verbs import LoraConfig, resolve
+from pgbench.config.sections import LoraConfig
+from pgbench.config.verbs import resolve
 from pgbench.engine.sampling import sample
 from pgbench.engine.scoring import token_logprobs_chunked
 from pgbench.errors import DataError

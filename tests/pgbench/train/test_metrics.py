@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from pgbench.config.verbs import LoraConfig, resolve
+from pgbench.config.sections import LoraConfig
+from pgbench.config.verbs import resolve
 from pgbench.models.policy import load_policy
 from pgbench.train.metrics import step_metrics
 from pgbench.train.update import prepare

@@ -5,7 +5,8 @@ import io
 
 import torch
 
-from pgbench.config.verbs import LoraConfig, resolve
+from pgbench.config.sections import LoraConfig
+from pgbench.config.verbs import resolve
 from pgbench.engine.scoring import token_logprobs, token_logprobs_chunked
 from pgbench.models.policy import load_policy
 from pgbench.parallel import current

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from pgbench.config.verbs import LoraConfig, resolve
+from pgbench.config.sections import LoraConfig
+from pgbench.config.verbs import resolve
 from pgbench.engine.sampling import Rollout, encode_prompts
 from pgbench.models.policy import Reference, load_policy
 from pgbench.train.update import accumulate_gradients, prepare, prompt_groups
