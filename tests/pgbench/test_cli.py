@@ -1,4 +1,3 @@
-import json
 import subprocess
 import sys
 
@@ -87,54 +86,6 @@ def test_user_errors_exit_2_with_one_line(capsys, args, message):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     if message:
         assert message in err
-
-
-def test_existing_output_dir_needs_resume(capsys, run_overrides, tmp_path):
-    out = tmp_path / "taken"
-    out.mkdir()
-    (out / "something").write_text("x")
-    args = [f"{k}={v}" for k, v in run_overrides.items() if k != "output_dir"]
-    code, _, err = run_cli(capsys, "run", *args, f"output_dir={out}")
-    assert code == 2 and f"resume={out}" in err
-
-
-def test_run_then_eval_the_run_directory(capsys, run_overrides, tmp_path):
-    args = [f"{k}={v}" for k, v in (run_overrides | {"trainer.steps": "2"}).items()]
-    code, out, _ = run_cli(capsys, "run", *args)
-    assert code == 0 and "chrf" in out
-    summary = json.loads(open(run_overrides["output_dir"] + "/summary.json").read())
-
-    test_file = tmp_path / "test.tsv"
-    test_file.write_text("fr\ten\nJe suis là.\tI am here. ||| I'm here.\nMerci.\tThank you.\n")
-    eval_dir = tmp_path / "eval"
-    task_args = [a for a in args if a.startswith("task.")]
-    code, out, _ = run_cli(
-        capsys,
-        "eval",
-        f"model={summary['output_dir']}",
-        *task_args,
-        f"task.test_file={test_file}",
-        f"output_dir={eval_dir}",
-        "eval.max_new_tokens=12",
-    )
-    assert code == 0
-    scores = json.loads((eval_dir / "eval.json").read_text())
-    assert scores["examples"] == 2 and {"chrf", "bleu", "embed"} <= set(scores)
-
-    # the same policy on the run's own test split reproduces eval_after
-    code, _, _ = run_cli(
-        capsys,
-        "eval",
-        f"model={summary['output_dir']}",
-        *task_args,
-        f"output_dir={eval_dir}",
-        "eval.max_new_tokens=12",
-    )
-    scores = json.loads((eval_dir / "eval.json").read_text())
-    assert scores["chrf"] == pytest.approx(summary["eval_after"]["chrf"])
-
-    code, _, err = run_cli(capsys, "run", f"resume={summary['output_dir']}", "trainer.lr=1")
-    assert code == 2 and "drop trainer.lr" in err
 
 
 def test_console_entry_point_reports_errors_without_traceback():
