@@ -187,11 +187,9 @@ def write_report(
     extra_figures: list[Path] = []
     if tuning is not None:
         board, extra, extra_figures = _tuned_sections(out, board, pair_table, start, tuning)
-    board.to_csv(out / "leaderboard.csv", index=False)
-    auc_board.to_csv(out / "leaderboard_auc.csv", index=False)
-    auc_pairs.to_csv(out / "pairs_auc.csv", index=False)
-    pair_table.to_csv(out / "pairs.csv", index=False)
-    found.to_csv(out / "findings.csv", index=False)
+    tables = {"leaderboard": board, "leaderboard_auc": auc_board, "pairs_auc": auc_pairs}
+    for name, table in (tables | {"pairs": pair_table, "findings": found}).items():
+        table.to_csv(out / f"{name}.csv", index=False)
     figures = _figures(out, board, pair_table, scores, start, curves) + extra_figures
     figures += [
         scaling.scaling_figure(
@@ -218,16 +216,11 @@ def write_report(
         "\n".join(f"![{p.stem}]({p.name})" for p in figures),
     ]
     (out / "suite.md").write_text("\n\n".join(sections) + "\n")
-    (out / "suite.html").write_text(
-        render.html_page(
-            title,
-            {
-                "Leaderboard (final held-out metric)": board,
-                "Leaderboard (area under the valid curve per step: learning speed)": auc_board,
-                "Paired comparison": pair_table,
-                "Findings": found,
-            },
-            figures,
-        )
-    )
+    html_tables = {
+        "Leaderboard (final held-out metric)": board,
+        "Leaderboard (area under the valid curve per step: learning speed)": auc_board,
+        "Paired comparison": pair_table,
+        "Findings": found,
+    }
+    (out / "suite.html").write_text(render.html_page(title, html_tables, figures))
     return {"leaderboard": board, "pairs": pair_table, "findings": found, "figures": figures}

@@ -226,15 +226,41 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
     source = str(cli.get("suite.protocol", ""))
     path = protocol_path(source) if source else None
     protocol = read_protocol(path) if path else Protocol({}, {}, {})
-    common, tune = protocol.common, protocol.tune
     where = str(path) if path else ""
-    _checked(common, where, SuiteArgs)  # a bad key in the file is named as the file's
-    config = _checked(common | cli, "", SuiteArgs)
+    _checked(protocol.common, where, SuiteArgs)  # a bad key in the file is named as the file's
+    config = _checked(protocol.common | cli, "", SuiteArgs)
+    names = _task_names(config, protocol, where)
+    suite_id = config.suite.id or (path.stem if path else _digest(protocol.common | cli))
+    out = output_path(config, id=suite_id)
+    cells, candidates, points = _plan_cells(config, protocol, names, out, where, cli)
+    storage = config.suite.storage or str((out / "suite.journal").resolve())
+    return Plan(
+        suite_id,
+        out,
+        storage,
+        config.suite.workers,
+        config.threads,
+        config.suite.heartbeat_s,
+        config.tracking.uri,
+        sorted(cells, key=lambda c: not c.tuning),  # the tuning phase first
+        protocol.tune,
+        candidates,
+        points,
+        config.suite.launcher,
+        config.suite.wait,
+        config.slurm,
+        config.suite.proxy,
+    )
+
+
+def _task_names(config: SuiteArgs, protocol: Protocol, where: str) -> list[str]:
+    """The suite's tasks, checked against the protocol's tables, its tuning seeds and proxy."""
     names = [t.strip() for t in config.suite.tasks.split(",") if t.strip()]
     if not names:
         raise ConfigError(
             "no tasks: give suite=<cpu|cpu_offpolicy|gpu|file.toml> or tasks=NAME,..."
         )
+    tune = protocol.tune
     unknown = sorted(set(protocol.per_task) - set(names)) or sorted(
         set(tune.tasks) - set(names) if tune else ()
     )
@@ -246,16 +272,25 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
     for name in ("runs.csv", "pairs.csv") if config.suite.proxy else ():
         if not (proxy / name).is_file():
             raise ConfigError(f"suite.proxy={proxy}: no {name} there; run the proxy suite first")
-    # the id does not change with a password (the saved configs never hold one), nor with
-    # where the cells run (suite.launcher, suite.wait, slurm.*): a re-run may wait for them
+    return names
+
+
+def _digest(values: dict[str, Any]) -> str:
+    """The id of an unnamed suite: a hash of its keys. It does not change with a password (the
+    saved configs never hold one), nor with where the cells run (suite.launcher, suite.wait,
+    suite.proxy, slurm.*): a re-run may wait for them."""
     where_run = ("suite.launcher", "suite.wait", "suite.proxy")
-    what = {
-        k: v for k, v in (common | cli).items() if k not in where_run and not k.startswith("slurm.")
-    }
+    what = {k: v for k, v in values.items() if k not in where_run and not k.startswith("slurm.")}
     shown = redact_values(what)
-    digest = hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode())
-    suite_id = config.suite.id or (path.stem if path else digest.hexdigest()[:8])
-    out = output_path(config, id=suite_id)
+    return hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _plan_cells(
+    config: SuiteArgs, protocol: Protocol, names: list[str], out: Path, where: str, cli: dict
+) -> tuple[list[Cell], dict, dict]:
+    """Every cell of every task (tuning cells, test candidates, default cells), the tuned
+    columns' candidates and each tuning point's values."""
+    common, tune = protocol.common, protocol.tune
     cells, candidates, points = [], {}, {}
     for task in names:
         extra = {
@@ -283,21 +318,4 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
                 points |= {(task, label, p): v for p, v in values.items()}
         if not tuned or tune.defaults:  # seed-major: every column's first seeds finish first
             cells += [defaults[label][s] for s in range(config.seeds) for label in columns]
-    storage = config.suite.storage or str((out / "suite.journal").resolve())
-    return Plan(
-        suite_id,
-        out,
-        storage,
-        config.suite.workers,
-        config.threads,
-        config.suite.heartbeat_s,
-        config.tracking.uri,
-        sorted(cells, key=lambda c: not c.tuning),  # the tuning phase first
-        tune,
-        candidates,
-        points,
-        config.suite.launcher,
-        config.suite.wait,
-        config.slurm,
-        config.suite.proxy,
-    )
+    return cells, candidates, points

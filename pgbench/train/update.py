@@ -82,6 +82,25 @@ class Scored:
     seconds: dict[str, float]
 
 
+def _shaped(
+    config: Config, rollout: Rollout, rewards: Tensor, baseline: Tensor | None
+) -> tuple[Rollout, Tensor, Tensor | None, Tensor]:
+    """Rewards with DAPO's overlong penalty, and the batch without its uniform groups when
+    rollout.drop_uniform_groups is set; with the [P] mask of uniform groups."""
+    cfg = config.rollout
+    # uniform groups are judged once, on the rewards the estimator sees before the KL: task
+    # reward plus overlong penalty (a group whose lengths differ still carries a signal)
+    lengths = rollout.policy_mask.sum(dim=1)
+    overlong = overlong_penalty(
+        lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
+    )
+    rewards = rewards + overlong.view_as(rewards)
+    uniform = uniform_groups(rewards)  # [P]
+    if cfg.drop_uniform_groups and not uniform.all():  # an all-uniform batch stays
+        rollout, rewards, baseline = _keep_groups(~uniform, rollout, rewards, baseline)
+    return rollout, rewards, baseline, uniform
+
+
 def score(
     config: Config,
     *,
@@ -97,19 +116,7 @@ def score(
     update pass (trainer.epochs = minibatches = 1) keeps the scoring forward's graph when the
     rows fit a micro-batch."""
     micro, temperature = config.trainer.micro_batch_size, config.rollout.temperature
-    cfg = config.rollout
-    # uniform groups are judged once, on the rewards the estimator sees before the KL: task
-    # reward plus overlong penalty (a group whose lengths differ still carries a signal)
-    overlong = overlong_penalty(
-        rollout.policy_mask.sum(dim=1),
-        cfg.max_new_tokens,
-        cfg.overlong_buffer,
-        cfg.overlong_penalty,
-    )
-    rewards = rewards + overlong.view_as(rewards)
-    uniform = uniform_groups(rewards)  # [P]
-    if cfg.drop_uniform_groups and not uniform.all():  # an all-uniform batch stays
-        rollout, rewards, baseline = _keep_groups(~uniform, rollout, rewards, baseline)
+    rollout, rewards, baseline, uniform = _shaped(config, rollout, rewards, baseline)
     mask = rollout.policy_mask.float()  # tool results are the environment's: no loss, no KL
     live, device = None, mask.device
     phases = ("old_logprobs", "reference", "advantages", "update", "optimizer")
@@ -241,6 +248,46 @@ def prompt_groups(mask: Tensor, rows: Tensor, samples: int) -> tuple[Tensor, int
     return totals[inverse], len(prompts)
 
 
+def token_loss(
+    config: Config,
+    estimator: Estimator,
+    prepared: Prepared,
+    chunk: Tensor,
+    scores: TokenScores,
+    with_value_loss: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per-token loss of the micro-batch `chunk` (rows of `prepared`, scored as `scores`): the
+    policy-loss form, the rollout-correction weight, the entropy bonus, the KL when placed in
+    the loss and the value loss; with where the clip binds and the value loss alone."""
+    lc, old = config.loss, prepared.old_logprobs[chunk]
+    clip = Clip(lc.clip_low, lc.clip_high, lc.dual_clip)
+    knobs = FormKnobs(**{f.name: getattr(lc, f.name) for f in fields(FormKnobs)})
+    per_token, binds = policy_loss(
+        scores.logprobs,
+        old,
+        prepared.advantages[chunk],
+        prepared.mask[chunk],
+        clip,
+        lc.policy,
+        lc.ratio,
+        knobs,
+    )
+    if prepared.weight is not None:  # rollout correction: TIS's truncated weight
+        per_token = per_token * prepared.weight[chunk]
+    if lc.entropy_coef > 0:  # the bonus: higher entropy, lower loss
+        per_token = per_token - lc.entropy_coef * scores.entropy
+    if prepared.ref_logprobs is not None and config.kl.placement == "loss":
+        kl = kl_per_token(scores.logprobs, prepared.ref_logprobs[chunk], config.kl.estimator)
+        per_token = per_token + config.kl.coef * kl
+    value_loss = None
+    if estimator.uses_value_head and with_value_loss:
+        value_loss = estimator.value_loss(
+            scores.values, prepared.old_values[chunk], prepared.returns[chunk]
+        )
+        per_token = per_token + estimator.vf_coef * value_loss
+    return per_token, binds, value_loss
+
+
 def accumulate_gradients(
     config: Config,
     estimator: Estimator,
@@ -265,9 +312,6 @@ def accumulate_gradients(
         group_tokens, reduce["batch_prompts"] = prompt_groups(prepared.mask, rows, samples)
         groups = group_tokens.split(config.trainer.micro_batch_size)
     stats = {"loss": 0.0, "entropy": 0.0, "clipped": 0.0, "value_loss": 0.0, "approx_kl": 0.0}
-    lc = config.loss
-    clip = Clip(lc.clip_low, lc.clip_high, lc.dual_clip)
-    knobs = FormKnobs(**{f.name: getattr(lc, f.name) for f in fields(FormKnobs)})
     live, prepared.live = prepared.live, None  # a graph is back-propagated at most once
     all_rows = torch.arange(len(prepared.mask), device=prepared.mask.device)
     for chunk, chunk_groups in zip(chunks, groups, strict=True):
@@ -282,38 +326,20 @@ def accumulate_gradients(
                 config.rollout.temperature,
                 with_entropy=True,
                 value_head=value_head,
-                entropy_grad=lc.entropy_coef > 0,
+                entropy_grad=config.loss.entropy_coef > 0,
             )
-        old = prepared.old_logprobs[chunk]
-        per_token, binds = policy_loss(
-            scores.logprobs,
-            old,
-            prepared.advantages[chunk],
-            chunk_mask,
-            clip,
-            lc.policy,
-            lc.ratio,
-            knobs,
+        per_token, binds, value_loss = token_loss(
+            config, estimator, prepared, chunk, scores, with_value_loss
         )
-        if prepared.weight is not None:  # rollout correction: TIS's truncated weight
-            per_token = per_token * prepared.weight[chunk]
-        if lc.entropy_coef > 0:  # the bonus: higher entropy, lower loss
-            per_token = per_token - lc.entropy_coef * scores.entropy
-        if prepared.ref_logprobs is not None and config.kl.placement == "loss":
-            kl = kl_per_token(scores.logprobs, prepared.ref_logprobs[chunk], config.kl.estimator)
-            per_token = per_token + config.kl.coef * kl
-        if estimator.uses_value_head and with_value_loss:
-            value_loss = estimator.value_loss(
-                scores.values, prepared.old_values[chunk], prepared.returns[chunk]
-            )
-            per_token = per_token + estimator.vf_coef * value_loss
+        if value_loss is not None:
             stats["value_loss"] += aggregate(value_loss.detach(), chunk_mask, **reduce).item()
         loss = aggregate(per_token, chunk_mask, **reduce)
         loss.backward()
         stats["loss"] += loss.item()
         stats["entropy"] += (scores.entropy.detach() * chunk_mask).sum().item()
         stats["clipped"] += (binds.float() * chunk_mask).sum().item()
-        log_rho = (scores.logprobs - old).detach()  # CleanRL's approx_kl: k3 of pi_old -> pi
+        # CleanRL's approx_kl: k3 of pi_old -> pi
+        log_rho = (scores.logprobs - prepared.old_logprobs[chunk]).detach()
         stats["approx_kl"] += ((log_rho.exp() - 1 - log_rho) * chunk_mask).sum().item()
     tokens = max(reduce["batch_tokens"], 1)
     return {
