@@ -107,11 +107,10 @@ def build(cls: type, prefix: str, values: dict[str, Any]) -> Any:
     return obj
 
 
-def describe(cls: type, prefix: str, instance: Any = None) -> list[tuple[str, str, str, str]]:
+def describe(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
     """Rows of (key, type, default, help) for every field of `cls`."""
     types = field_types(cls)
-    rows = []
-    for key, f in field_keys(cls).items():
-        default = getattr(instance, f.name) if instance is not None else f.default
-        rows.append((f"{prefix}{key}", type_name(types[key]), repr(default), f.metadata["help"]))
-    return rows
+    return [
+        (f"{prefix}{key}", type_name(types[key]), repr(f.default), f.metadata["help"])
+        for key, f in field_keys(cls).items()
+    ]
