@@ -66,11 +66,18 @@ def _check_vllm(config: Any) -> None:
         raise ConfigError("engine.backend=vllm needs a CUDA GPU; use engine.backend=hf on CPU")
 
 
+def _check_slurm(config: Any, verb: str) -> None:
+    """With `<verb>.launcher=slurm` (verb: sweep or suite): servers every node reaches, and
+    sbatch flags that parse (a malformed flag fails now, not at submission)."""
+    settings = getattr(config, verb)
+    if settings.launcher == "slurm":
+        check_shared(verb, settings.storage, config.tracking.uri)
+        config.slurm.sbatch_flags()
+
+
 def _check_sweep(config: Any) -> None:
     _check_training(config)
-    if config.sweep.launcher == "slurm":
-        check_shared("sweep", config.sweep.storage, config.tracking.uri)
-        config.slurm.sbatch_flags()  # a malformed flag fails now, not at submission
+    _check_slurm(config, "sweep")
 
 
 def _check_samples(config: Any, names: list[str], reason: str) -> None:
@@ -91,9 +98,7 @@ def _check_estimators(config: Any) -> None:
 
 def _check_suite(config: Any) -> None:
     _check_estimators(config)
-    if config.suite.launcher == "slurm":
-        check_shared("suite", config.suite.storage, config.tracking.uri)
-        config.slurm.sbatch_flags()
+    _check_slurm(config, "suite")
 
 
 def _check_variance(config: Any) -> None:
