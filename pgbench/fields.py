@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import operator
 import typing
 from typing import Any, Literal
 
 from pgbench.errors import ConfigError
+
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+BOUNDS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "le": (operator.le, "<=")}
 
 
 def knob(
@@ -59,12 +63,9 @@ def parse_value(key: str, raw: str, tp: Any) -> Any:
             raise ConfigError(f"{key}={raw!r} is not valid; choose one of: {', '.join(choices)}")
         return raw
     if tp is bool:
-        lowered = raw.lower()
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        raise ConfigError(f"{key}={raw!r} is not a boolean; use true or false")
+        if raw.lower() not in BOOLEANS:
+            raise ConfigError(f"{key}={raw!r} is not a boolean; use true or false")
+        return BOOLEANS[raw.lower()]
     if tp in (int, float):
         try:
             return tp(raw)
@@ -77,14 +78,10 @@ def check_bounds(obj: Any, prefix: str) -> None:
     """Raise ConfigError naming the key if any field of `obj` violates its declared bounds."""
     for name, f in field_keys(type(obj)).items():
         value = getattr(obj, f.name)
-        key = f"{prefix}{name}"
-        meta = f.metadata
-        if meta.get("gt") is not None and not value > meta["gt"]:
-            raise ConfigError(f"{key} must be > {meta['gt']} (got {value})")
-        if meta.get("ge") is not None and not value >= meta["ge"]:
-            raise ConfigError(f"{key} must be >= {meta['ge']} (got {value})")
-        if meta.get("le") is not None and not value <= meta["le"]:
-            raise ConfigError(f"{key} must be <= {meta['le']} (got {value})")
+        for bound, (holds, sign) in BOUNDS.items():
+            limit = f.metadata.get(bound)
+            if limit is not None and not holds(value, limit):
+                raise ConfigError(f"{prefix}{name} must be {sign} {limit} (got {value})")
 
 
 def build(cls: type, prefix: str, values: dict[str, Any]) -> Any:
