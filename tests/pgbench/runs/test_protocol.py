@@ -111,6 +111,7 @@ def test_shipped_smollm2_protocol_tunes_nine_columns_on_the_lora_recipe():
     columns = {c.estimator for c in plan.cells}
     assert len(columns) == 9 and {"reinforce_pp_baseline", "remax", "cispo"} <= columns
     assert len(tuning) == 9 * 3 and {c.seed for c in tuning} == {100}
+    assert plan.cells == tuning  # no runs at the shared defaults: 81 runs in all, not 135
     assert len(plan.all_cells()) == 9 * 3 + 9 * 3 * 6  # each point's test seeds 0-5, if chosen
     lrs = {c.values["trainer.lr"] for c in tuning}
     assert lrs == {1e-4, 3e-4, 1e-3}
