@@ -3,9 +3,10 @@
     python benchmarks/completions.py runs/suite-cpu_smollm2 [--task fr_en] [--seed 0] [--n 4]
 
 Reads the suite's leaderboard.csv (best and worst column by mean final test metric) and the
-test-split rows of each column's run at `--seed` in `<suite>/<task>-<column>-s<seed>/samples.csv`
-(step 0 is the starting policy, the same for every column; the last step is the trained one),
-and prints a Markdown table: source, reference, start, the best column's, the worst column's.
+test-split rows of each column's run at `--seed`, `<suite>/<task>-<column>[-t<p>]-s<seed>/
+samples.csv` (step 0 is the starting policy, the same for every column; the last step is the
+trained one), and prints a Markdown table: source, reference, start, the best column's and
+the worst column's completion.
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ def test_completions(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return test[test.step == 0], test[test.step == test.step.max()]
 
 
+def run_dir(suite: Path, task: str, column: str, seed: int) -> Path:
+    """The column's test run at `seed`: `<task>-<column>-s<seed>`, or in a tuned suite the
+    selected point's `<task>-<column>-t<p>-s<seed>` (the one that finished)."""
+    found = [
+        d
+        for d in [suite / f"{task}-{column}-s{seed}", *suite.glob(f"{task}-{column}-t*-s{seed}")]
+        if (d / "summary.json").exists()
+    ]
+    if len(found) != 1:
+        raise SystemExit(f"expected one finished run of {column} at seed {seed}, found {found}")
+    return found[0]
+
+
 def cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -37,8 +51,8 @@ def main() -> None:
     board = pd.read_csv(args.suite / "leaderboard.csv")
     board = board[board.task == args.task].sort_values("mean", ascending=False)
     best, worst = board.estimator.iloc[0], board.estimator.iloc[-1]
-    start, best_end = test_completions(args.suite / f"{args.task}-{best}-s{args.seed}")
-    _, worst_end = test_completions(args.suite / f"{args.task}-{worst}-s{args.seed}")
+    start, best_end = test_completions(run_dir(args.suite, args.task, best, args.seed))
+    _, worst_end = test_completions(run_dir(args.suite, args.task, worst, args.seed))
     print(
         f"best `{best}` ({board['mean'].iloc[0]:.2f}), worst `{worst}` "
         f"({board['mean'].iloc[-1]:.2f}); seed {args.seed}, test split\n"
