@@ -340,7 +340,8 @@ def _tuning_rows(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
 
 def _phases(plan: Plan, chosen: pd.DataFrame) -> tuple[list[Cell], list[Cell], list[str]]:
     """(the leaderboard's cells, the shared-defaults cells of tuned tasks, unfinished tunings):
-    a tuned column is ranked at its selected point (`chosen`), any other at the defaults."""
+    a tuned column is ranked at its selected point (`chosen`), any other at the defaults; the
+    tuned columns are ranked at the defaults too unless the protocol says `defaults = false`."""
     board = [
         c
         for row in chosen.itertuples()
@@ -352,6 +353,8 @@ def _phases(plan: Plan, chosen: pd.DataFrame) -> tuple[list[Cell], list[Cell], l
     waiting = sorted(
         f"{t}-{e}" for t, e in tuned - set(zip(chosen.task, chosen.estimator, strict=True))
     )
+    if plan.tune is None or not plan.tune.defaults:  # a selected point may be the defaults'
+        return board, [], waiting
     return board, [c for c in defaults if (c.task, c.estimator) in tuned], waiting
 
 

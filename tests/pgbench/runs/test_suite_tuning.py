@@ -83,6 +83,20 @@ def test_a_tuned_suite_tests_the_selected_point_and_reports_sensitivity(run_over
     assert "## Tuning" in text and "## Leaderboard at the shared defaults" in text
 
 
+def test_defaults_false_ranks_no_column_at_the_defaults(run_overrides, tmp_path):
+    """A selected point equal to the defaults runs the defaults cells (the same runs), but
+    with `defaults = false` they are the tuned leaderboard only, not a second, untuned one."""
+    grid = '[tune]\ngrid = {"trainer.lr" = [1e-4]}\nseeds = [10]\ndefaults = false\n'
+    values = fast(run_overrides, tmp_path) | {"suite": protocol(tmp_path, '"rloo"', grid, 1)}
+    result = run_suite(plan_suite(values))
+    assert result["missing"] == [] and result["runs"] == 1
+    out = tmp_path / "suite"
+    assert list(pd.read_csv(out / "runs.csv").estimator) == ["rloo"]
+    assert (out / "fr_en-rloo-s0" / "summary.json").exists()  # the defaults cell ran
+    assert not (out / "leaderboard_defaults.csv").exists()
+    assert "## Leaderboard at the shared defaults" not in (out / "suite.md").read_text()
+
+
 def tuning_seed(trial) -> bool:
     return int(trial.user_attrs["cell"].rsplit("-s", 1)[1]) >= 10  # tuning seeds: 10, 11
 
