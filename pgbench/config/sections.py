@@ -164,7 +164,7 @@ class LaunchConfig:
     """What sweep and suite share: their workers, the Optuna storage they coordinate through."""
 
     workers: int = knob(1, "worker processes (slurm: jobs of the array)", ge=1)
-    storage: str = knob("", "Optuna storage: postgresql://... or .journal (empty = local)")
+    storage: str = knob("", "Optuna storage URL (sqlite, postgresql) or .journal (empty = local)")
     heartbeat_s: int = knob(30, "heartbeat of RDB storages; a dead worker's work reruns", ge=1)
     launcher: Literal["local", "slurm"] = knob(
         "local", "local processes, or a SLURM array (PostgreSQL storage, shared tracking.uri)"
