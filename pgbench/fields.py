@@ -11,11 +11,13 @@ import dataclasses
 import difflib
 import operator
 import typing
+from collections.abc import Collection
 from typing import Any, Literal
 
 from pgbench.errors import ConfigError
 
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+Row = tuple[str, str, str, str]  # (key, type, default, help) of one line of --help
 BOUNDS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "le": (operator.le, "<=")}
 
 
@@ -84,8 +86,9 @@ def check_bounds(obj: Any, prefix: str) -> None:
                 raise ConfigError(f"{prefix}{name} must be {sign} {limit} (got {value})")
 
 
-def build(cls: type, prefix: str, values: dict[str, Any]) -> Any:
-    """Instantiate dataclass `cls` from values by override key (text is parsed), checked."""
+def parse_values(cls: type, prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of dataclass `cls` from values by override key (text is parsed),
+    or a ConfigError naming an unknown key, with the close ones and the valid ones."""
     types, fields = field_types(cls), field_keys(cls)
     unknown = [key for key in values if key not in fields]
     if unknown:
@@ -93,21 +96,24 @@ def build(cls: type, prefix: str, values: dict[str, Any]) -> Any:
         hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
         valid = ", ".join(prefix + k for k in fields) or "none"
         raise ConfigError(f"unknown key {prefix}{unknown[0]}{hint} (valid: {valid})")
-    kwargs = {
-        fields[key].name: parse_value(f"{prefix}{key}", value, types[key])
-        if isinstance(value, str)
-        else value
-        for key, value in values.items()
+    return {
+        fields[key].name: parse_value(prefix + key, v, types[key]) if isinstance(v, str) else v
+        for key, v in values.items()
     }
-    obj = cls(**kwargs)
+
+
+def build(cls: type, prefix: str, values: dict[str, Any]) -> Any:
+    """Instantiate dataclass `cls` from values by override key (text is parsed), checked."""
+    obj = cls(**parse_values(cls, prefix, values))
     check_bounds(obj, prefix)
     return obj
 
 
-def describe(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
-    """Rows of (key, type, default, help) for every field of `cls`."""
+def describe(cls: type, prefix: str, keys: Collection[str] | None = None) -> list[Row]:
+    """Rows of (key, type, default, help) for the fields of `cls` (those of `keys` if given)."""
     types = field_types(cls)
     return [
         (f"{prefix}{key}", type_name(types[key]), repr(f.default), f.metadata["help"])
         for key, f in field_keys(cls).items()
+        if keys is None or key in keys
     ]

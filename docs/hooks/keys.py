@@ -7,11 +7,11 @@ adds. Registered in mkdocs.yml (`hooks:`); needs pgbench installed (`pip install
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import re
 
-# The one line to update when the configuration module moves:
+# The lines to update when the configuration modules move:
+from pgbench.config.compose import COMPONENTS
 from pgbench.config.verbs import VERB_ARGS, help_rows
 
 MARKER = "<!-- keys -->"
@@ -41,14 +41,13 @@ def table(rows: list[Row]) -> str:
 
 
 def components(verb: type) -> list[str]:
-    """The verb's registry-backed fields (`task`, `estimator`) whose `name.*` keys vary."""
-    return [f.name for f in dataclasses.fields(verb) if "registry" in f.metadata]
+    """The verb's components (`task`, `estimator`) whose `name.*` keys vary."""
+    return [head for head in verb.groups if head in COMPONENTS]
 
 
 def names(component: str) -> list[str]:
     """The registered names of the `task` or `estimator` component."""
-    field = {f.name: f for f in dataclasses.fields(VERB_ARGS["run"])}[component]
-    return list(field.metadata["registry"].names())
+    return COMPONENTS[component][0].names()
 
 
 def own(rows: list[Row], component: str) -> list[Row]:

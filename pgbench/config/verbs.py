@@ -66,18 +66,14 @@ def _check_vllm(config: Any) -> None:
         raise ConfigError("engine.backend=vllm needs a CUDA GPU; use engine.backend=hf on CPU")
 
 
-def _check_slurm(config: Any, verb: str) -> None:
-    """With `<verb>.launcher=slurm` (verb: sweep or suite): servers every node reaches, and
-    sbatch flags that parse (a malformed flag fails now, not at submission)."""
+def _check_slurm(config: Any) -> None:
+    """With `sweep.launcher=slurm` (or suite's): servers every node reaches, and sbatch flags
+    that parse (a malformed flag fails now, not at submission)."""
+    verb = "suite" if hasattr(config, "suite") else "sweep"
     settings = getattr(config, verb)
     if settings.launcher == "slurm":
         check_shared(verb, settings.storage, config.tracking.uri)
         config.slurm.sbatch_flags()
-
-
-def _check_sweep(config: Any) -> None:
-    _check_training(config)
-    _check_slurm(config, "sweep")
 
 
 def _check_samples(config: Any, names: list[str], reason: str) -> None:
@@ -96,13 +92,7 @@ def _check_estimators(config: Any) -> None:
     _check_samples(config, config.estimator_names(), " for estimators={}")
 
 
-def _check_suite(config: Any) -> None:
-    _check_estimators(config)
-    _check_slurm(config, "suite")
-
-
 def _check_variance(config: Any) -> None:
-    _check_estimators(config)
     if config.rollout.staleness:
         raise ConfigError(
             "rollout.staleness does not apply to pgbench variance: it measures batches of "
@@ -132,7 +122,7 @@ VERBS: dict[str, Verb] = {
         f"task estimator model seed output_dir resume {MACHINE}",
         TRAINING,
         "runs/<task>-<estimator>-s<seed>-<time>",
-        _check_training,
+        (_check_training,),
     ),
     "sweep": Verb(
         "SweepArgs",
@@ -140,7 +130,7 @@ VERBS: dict[str, Verb] = {
         f"task estimator model seed output_dir {MACHINE}",
         f"{TRAINING} sweep slurm",
         "runs/sweep-<study>",
-        _check_sweep,
+        (_check_training, _check_slurm),
     ),
     "compare": Verb(
         "CompareArgs",
@@ -148,7 +138,7 @@ VERBS: dict[str, Verb] = {
         f"task model output_dir {MACHINE} estimators seeds",
         f"{TRAINING} compare sweep",
         "runs/<id>",
-        _check_estimators,
+        (_check_estimators,),
     ),
     "suite": Verb(
         "SuiteArgs",
@@ -157,14 +147,14 @@ VERBS: dict[str, Verb] = {
         f"task.* model output_dir {MACHINE} estimators seeds",
         f"{TRAINING} suite slurm variance",
         "runs/suite-<id>",
-        _check_suite,
+        (_check_estimators, _check_slurm),
     ),
     "report": Verb(
         "ReportArgs",
         "tables and figures of a comparison from MLflow",
         "comparison experiment",
         "report tracking",
-        check=_check_report,
+        checks=(_check_report,),
     ),
     "variance": Verb(
         "VarianceArgs",
@@ -172,7 +162,7 @@ VERBS: dict[str, Verb] = {
         f"task model seed output_dir {MACHINE} estimators",
         "trainer rollout loss lora reward tracking variance",
         "runs/variance-<time>",
-        _check_variance,
+        (_check_estimators, _check_variance),
     ),
     "eval": Verb(
         "EvalArgs",
@@ -180,7 +170,7 @@ VERBS: dict[str, Verb] = {
         f"task model seed output_dir {MACHINE}",
         "eval reward",
         "runs/eval-<time>",
-        _check_eval,
+        (_check_eval,),
     ),
     "build-tiny": Verb(
         "BuildTinyArgs",
