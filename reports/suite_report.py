@@ -19,6 +19,8 @@ from pgbench import tasks
 from pgbench.reports import collect, findings, render, scaling, stats, tables, transfer, tuned
 
 TAUS = np.linspace(0.0, 1.0, 21)  # normalised-score thresholds of the performance profile
+FINAL = "Leaderboard (final held-out metric)"
+SPEED = "Leaderboard (area under the valid curve per step: learning speed)"
 
 
 def per_run_frame(client: MlflowClient, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -152,6 +154,20 @@ def _transfer_sections(
     return section, transfer.tau_rows(runs, proxy_runs, str(proxy))
 
 
+def _scaling(out: Path, runs: pd.DataFrame, curves: pd.DataFrame) -> tuple[pd.DataFrame, list]:
+    """Each column's fitted scaling curve (scaling.csv) and one figure per task."""
+    metrics = {t: f"eval/{tasks.REGISTRY.get_class(t).metric}" for t in runs.task.unique()}
+    fits = scaling.scaling_table(curves, metrics)
+    fits.to_csv(out / "scaling.csv", index=False)
+    figures = [
+        scaling.scaling_figure(
+            history, fits[fits.task == task], metrics[task], out / f"scaling_{task}.png"
+        )
+        for task, history in curves.groupby("task")
+    ]
+    return fits, figures
+
+
 def write_report(
     out: Path,
     title: str,
@@ -165,7 +181,7 @@ def write_report(
     """Write the tables, findings, Markdown, HTML and figures of these runs into `out`.
 
     A tuned suite passes `tuning`: its tuning runs, selection, objective and the runs at the
-    shared defaults (suite._conclude); `_tuned_sections` adds their tables and figures.
+    shared defaults (pgbench.runs.suite.conclude); `_tuned_sections` adds their tables and figures.
     `proxy`: the output folder of the same protocol on a cheaper policy (reports/transfer.py).
     """
     curves, quantities = per_run_frame(MlflowClient(uri), runs)
@@ -177,33 +193,24 @@ def write_report(
     auc_board = stats.leaderboard(auc, pair_table=auc_pairs)
     transfer_section, transfer_rows = _transfer_sections(out, runs, pair_table, proxy)
     found = findings.findings(quantities, variance, extra=transfer_rows)
-    metrics = {t: f"eval/{tasks.REGISTRY.get_class(t).metric}" for t in runs.task.unique()}
-    fits = scaling.scaling_table(curves, metrics)
-    fits.to_csv(out / "scaling.csv", index=False)
+    fits, fit_figures = _scaling(out, runs, curves)
     board = board.merge(
         fits[["task", "estimator", *scaling.PARAMS]], on=["task", "estimator"], how="left"
     )
-    extra: list[str] = []
-    extra_figures: list[Path] = []
+    extra, extra_figures = [], []
     if tuning is not None:
         board, extra, extra_figures = _tuned_sections(out, board, pair_table, start, tuning)
     tables = {"leaderboard": board, "leaderboard_auc": auc_board, "pairs_auc": auc_pairs}
     for name, table in (tables | {"pairs": pair_table, "findings": found}).items():
         table.to_csv(out / f"{name}.csv", index=False)
-    figures = _figures(out, board, pair_table, scores, start, curves) + extra_figures
-    figures += [
-        scaling.scaling_figure(
-            history, fits[fits.task == task], metrics[task], out / f"scaling_{task}.png"
-        )
-        for task, history in curves.groupby("task")
-    ]
+    figures = _figures(out, board, pair_table, scores, start, curves) + extra_figures + fit_figures
     sections = [
         title,
-        "## Leaderboard (final held-out metric)",
+        f"## {FINAL}",
         render.leaderboard_markdown(board),
         *extra,
         *transfer_section,
-        "## Leaderboard (area under the valid curve per step: learning speed)",
+        f"## {SPEED}",
         render.leaderboard_markdown(auc_board),
         "## Scaling curves (valid metric against generated tokens)",
         scaling.__doc__.split("\n\n", 1)[1].strip(),
@@ -216,11 +223,6 @@ def write_report(
         "\n".join(f"![{p.stem}]({p.name})" for p in figures),
     ]
     (out / "suite.md").write_text("\n\n".join(sections) + "\n")
-    html_tables = {
-        "Leaderboard (final held-out metric)": board,
-        "Leaderboard (area under the valid curve per step: learning speed)": auc_board,
-        "Paired comparison": pair_table,
-        "Findings": found,
-    }
-    (out / "suite.html").write_text(render.html_page(title, html_tables, figures))
+    pages = {FINAL: board, SPEED: auc_board, "Paired comparison": pair_table, "Findings": found}
+    (out / "suite.html").write_text(render.html_page(title, pages, figures))
     return {"leaderboard": board, "pairs": pair_table, "findings": found, "figures": figures}

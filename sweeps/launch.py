@@ -1,7 +1,7 @@
 """`sweep.launcher=slurm`: a sweep's workers as a SLURM job array, submitted through submitit.
 
 The command creates (or loads) the study on the shared `sweep.storage` (PostgreSQL) and its
-parent MLflow run, submits `sweep.workers` array jobs (pgbench/slurm.py, shared with suites),
+parent MLflow run, submits `sweep.workers` array jobs (pgbench/train/slurm.py, shared with suites),
 prints their ids, the log folder and where the trials appear in MLflow, and returns. Each job
 is one sweep worker (`work` in sweeps/runner.py): it runs trials until the study has
 `sweep.n_trials` finished ones, each a nested MLflow run, and records its job id in them.

@@ -4,7 +4,7 @@ A suite is a shipped protocol (`suite=cpu`, `suite=gpu`: pgbench/protocols/*.tom
 TOML file (`suite=path.toml`) or inline keys (`tasks=arith,fr_en estimators=rloo,grpo seeds=10
 trainer.steps=100`). Keys apply in the order: protocol `[overrides]`, protocol `[task.NAME]`,
 command line. A protocol's `[variant.NAME]` tables are extra columns; its `[tune]` table
-(pgbench/tuning.py) tunes every column of a task before its test seeds run.
+(pgbench/runs/tuning.py) tunes every column of a task before its test seeds run.
 
 Cells: `<task>-<column>-s<seed>` runs a column at the shared defaults;
 `<task>-<column>-t<p>-s<seed>` runs it at tuning point p, on a tuning seed (tuning phase) or

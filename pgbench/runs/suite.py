@@ -1,30 +1,25 @@
 """`pgbench suite`: a declared protocol of tasks x estimators x seeds at fixed budgets.
 
 The plan (every cell's config, resolved and checked before the first run) comes from
-pgbench/protocol.py; a protocol's `[tune]` table (pgbench/tuning.py) adds a tuning phase.
+pgbench/runs/protocol.py; a protocol's `[tune]` table (pgbench/runs/tuning.py) adds tuning.
 
 Scheduler: one Optuna study `suite-<id>` whose queue holds one enqueued trial per unfinished
-cell (`study.enqueue_trial({"cell": i})`); `suite.workers=N` processes on this machine pop
-cells from it, each with torch threads = cores // N. The storage is
-`<output_dir>/suite.journal` (JournalFileBackend), or `suite.storage=postgresql://...` for
-workers on several machines, with heartbeats: a cell whose worker died is re-queued.
-`suite.launcher=slurm` submits the workers as a SLURM job array instead (pgbench/launch.py).
+cell; `suite.workers=N` local processes pop cells from it, each with cores // N torch threads.
+The storage is `<output_dir>/suite.journal`, or `suite.storage=postgresql://...` for workers
+on several machines, with heartbeats (a dead worker's cell is re-queued);
+`suite.launcher=slurm` submits the workers as a SLURM job array (pgbench/runs/launch.py).
 
 Phases: the tuning runs, the runs at shared defaults and the variance cells are queued first.
-When every tuning run of a column has finished, the column's selected point
-(`tuning.select`, valid split and tuning seeds only) is queued on the test seeds, in the same
-queue; a column whose tuning is unfinished is never tested.
+When every tuning run of a column has finished, its selected point (`tuning.select`, valid
+split and tuning seeds only) is queued on the test seeds; an unfinished column is never tested.
 
-Resume rule: the same command (same suite id) continues. A cell whose run directory
-`<output_dir>/<cell>` has summary.json is finished and never trained again; one with only
-run.json was killed mid-run and resumes from its last checkpoint, in the same MLflow run.
-Trials left RUNNING in a local journal by a killed suite are failed and their cells queued
-again.
+Resume: the same command (same suite id) continues. A cell whose run directory has
+summary.json is never trained again; one with only run.json resumes from its last checkpoint,
+in the same MLflow run. Trials a killed suite left RUNNING in a local journal are re-queued.
 
-Outputs: runs.csv (the leaderboard's runs: tuned columns at their selected point) and the
-report of reports/suite_report.py, logged as artifacts of the MLflow run `suite-<id>`; cell
-runs are tagged pgbench.suite, .task, .estimator (the column: estimator or variant), .seed,
-.phase (tune or test) and .point.
+Outputs: runs.csv (tuned columns at their selected point) and the report of
+reports/suite_report.py, artifacts of the MLflow run `suite-<id>`; cell runs are tagged
+pgbench.suite, .task, .estimator (the column), .seed, .phase (tune or test) and .point.
 """
 
 from __future__ import annotations

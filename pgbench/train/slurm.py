@@ -1,5 +1,5 @@
-"""SLURM job arrays through submitit, shared by `suite.launcher=slurm` (pgbench/launch.py) and
-`sweep.launcher=slurm` (sweeps/launch.py): the executor with the `slurm.*` settings, the
+"""SLURM job arrays through submitit, shared by `suite.launcher=slurm` (pgbench/runs/launch.py)
+and `sweep.launcher=slurm` (sweeps/launch.py): the executor with the `slurm.*` settings, the
 submission of N workers as one array, and where to watch them in MLflow."""
 
 from __future__ import annotations
