@@ -49,8 +49,7 @@ class Verb:
 
     name: str  # the class made for it, as pgbench.config.verbs exports it (Config, SweepArgs...)
     summary: str
-    keys: str  # its knobs and components, e.g. "task estimator model seed"
-    sections: str = ""  # its sections, e.g. "trainer rollout"
+    keys: str  # its knobs, components and sections, e.g. "task estimator seed trainer rollout"
     output: str = ""  # where it writes unless output_dir is given (`<time>`, `<task>`, ...)
     checks: tuple[Callable[[Any], None], ...] = ()  # rules that involve several keys
 
@@ -96,6 +95,9 @@ def verb_class(spec: Verb) -> type:
         if name in COMPONENTS:
             groups[name] = COMPONENTS[name][0]
             fields.append((name, Any, dataclasses.field()))  # built by resolve
+        elif name in SECTIONS:
+            groups[name] = SECTIONS[name]
+            fields.append((name, SECTIONS[name], dataclasses.field(default_factory=SECTIONS[name])))
         else:
             knob, meta = Knobs.__dataclass_fields__[name], {}
             if name == "output_dir":
@@ -104,11 +106,8 @@ def verb_class(spec: Verb) -> type:
             fields.append(
                 (name, types[name], dataclasses.field(default=knob.default, metadata=meta))
             )
-        if name == key:
+        if name == key and name not in SECTIONS:
             knobs.append(name)
-    for name in spec.sections.split():
-        groups[name] = SECTIONS[name]
-        fields.append((name, SECTIONS[name], dataclasses.field(default_factory=SECTIONS[name])))
     namespace = {"__module__": "pgbench.config.verbs", "spec": spec}  # picklable by its name
     namespace |= {"knobs": tuple(knobs), "groups": groups}
     return dataclasses.make_dataclass(

@@ -119,24 +119,21 @@ VERBS: dict[str, Verb] = {
     "run": Verb(
         "Config",
         "train one policy with one estimator",
-        f"task estimator model seed output_dir resume {MACHINE}",
-        TRAINING,
+        f"task estimator model seed output_dir resume {MACHINE} {TRAINING}",
         "runs/<task>-<estimator>-s<seed>-<time>",
         (_check_training,),
     ),
     "sweep": Verb(
         "SweepArgs",
         "tune one estimator with Optuna (resumable, parallel)",
-        f"task estimator model seed output_dir {MACHINE}",
-        f"{TRAINING} sweep slurm",
+        f"task estimator model seed output_dir {MACHINE} {TRAINING} sweep slurm",
         "runs/sweep-<study>",
         (_check_training, _check_slurm),
     ),
     "compare": Verb(
         "CompareArgs",
         "every estimator x every seed at one budget",
-        f"task model output_dir {MACHINE} estimators seeds",
-        f"{TRAINING} compare sweep",
+        f"task model output_dir {MACHINE} estimators seeds {TRAINING} compare sweep",
         "runs/<id>",
         (_check_estimators,),
     ),
@@ -144,51 +141,43 @@ VERBS: dict[str, Verb] = {
         "SuiteArgs",
         "tasks x estimators x seeds of a protocol, tuned first if its [tune] table says so "
         "(suite=cpu|cpu_offpolicy|gpu|file.toml)",
-        f"task.* model output_dir {MACHINE} estimators seeds",
-        f"{TRAINING} suite slurm variance",
+        f"task.* model output_dir {MACHINE} estimators seeds {TRAINING} suite slurm variance",
         "runs/suite-<id>",
         (_check_estimators, _check_slurm),
     ),
     "report": Verb(
         "ReportArgs",
         "tables and figures of a comparison from MLflow",
-        "comparison experiment",
-        "report tracking",
+        "comparison experiment report tracking",
         checks=(_check_report,),
     ),
     "variance": Verb(
         "VarianceArgs",
         "gradient variance of each estimator on the same rollouts",
-        f"task model seed output_dir {MACHINE} estimators",
-        "trainer rollout loss lora reward tracking variance",
+        f"task model seed output_dir {MACHINE} estimators trainer rollout loss lora reward "
+        "tracking variance",
         "runs/variance-<time>",
         (_check_estimators, _check_variance),
     ),
     "eval": Verb(
         "EvalArgs",
         "score a policy on a test split (chrF, BLEU, embed)",
-        f"task model seed output_dir {MACHINE}",
-        "eval reward",
+        f"task model seed output_dir {MACHINE} eval reward",
         "runs/eval-<time>",
         (_check_eval,),
     ),
     "build-tiny": Verb(
         "BuildTinyArgs",
         "build a task's tiny policy and write it with its manifest",
-        f"task output_dir {MACHINE}",
-        "eval reward",
+        f"task output_dir {MACHINE} eval reward",
         "tiny-<task>",
     ),
 }
 VERB_ARGS: dict[str, type] = {name: verb_class(spec) for name, spec in VERBS.items()}
-Config = VERB_ARGS["run"]
-SweepArgs = VERB_ARGS["sweep"]
-CompareArgs = VERB_ARGS["compare"]
-SuiteArgs = VERB_ARGS["suite"]
-ReportArgs = VERB_ARGS["report"]
-VarianceArgs = VERB_ARGS["variance"]
-EvalArgs = VERB_ARGS["eval"]
-BuildTinyArgs = VERB_ARGS["build-tiny"]
+# each class under the name its Verb gives it, in the table's order
+Config, SweepArgs, CompareArgs, SuiteArgs, ReportArgs, VarianceArgs, EvalArgs, BuildTinyArgs = (
+    VERB_ARGS.values()
+)
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

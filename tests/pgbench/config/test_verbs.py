@@ -171,6 +171,13 @@ def test_a_verb_accepts_exactly_the_fields_of_its_dataclass(verb):
             resolve(MINIMAL.get(verb, {}) | {key: "1"}, args)
 
 
+def test_each_verb_class_is_exported_under_its_name():
+    from pgbench.config import verbs
+
+    for verb, args in VERB_ARGS.items():
+        assert args.__name__ == verbs.VERBS[verb].name and getattr(verbs, args.__name__) is args
+
+
 def test_top_level_knobs_are_defined_once():
     for knob in dataclasses.fields(Knobs):
         name = knob.name
