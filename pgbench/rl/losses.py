@@ -96,6 +96,16 @@ def aggregate(
     return masked.sum() / (batch_sequences * max_new_tokens)
 
 
+def prompt_groups(mask: Tensor, rows: Tensor, samples: int) -> tuple[Tensor, int]:
+    """For `rows` (indices of a batch grouped K = `samples` rows per prompt): the tokens of
+    each row's prompt group among `rows` [len(rows)], and how many prompts they cover."""
+    prompt = torch.div(rows, samples, rounding_mode="floor")
+    prompts, inverse = prompt.unique(return_inverse=True)
+    tokens = mask[rows].sum(dim=1)
+    totals = torch.zeros(len(prompts), device=mask.device).index_add_(0, inverse, tokens)
+    return totals[inverse], len(prompts)
+
+
 def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     """(x - mean) * rsqrt(var + eps) over the valid tokens, zero elsewhere; [N, T].
 

@@ -42,7 +42,13 @@ from pgbench.estimators import Batch, Estimator
 from pgbench.models.policy import Reference
 from pgbench.parallel import Processes
 from pgbench.rl.correction import correct
-from pgbench.rl.losses import aggregate, kl_per_token, overlong_penalty, uniform_groups
+from pgbench.rl.losses import (
+    aggregate,
+    kl_per_token,
+    overlong_penalty,
+    prompt_groups,
+    uniform_groups,
+)
 from pgbench.rl.policy_losses import Clip, FormKnobs, policy_loss
 from pgbench.train.parts import Parts
 
@@ -221,9 +227,9 @@ def _behaviour(prepared: Prepared, config: Config) -> Prepared:
         mu,
         mask,
         lc.rollout_correction,
-        lc.rollout_correction_level,
-        lc.rollout_correction_high,
-        lc.rollout_correction_low,
+        level=lc.rollout_correction_level,
+        high=lc.rollout_correction_high,
+        low=lc.rollout_correction_low,
     )
     return dataclasses.replace(prepared, mask=kept, weight=weight, drift=drift)
 
@@ -236,16 +242,6 @@ def _keep_groups(
     samples = rewards.shape[1]
     rows = (groups[:, None] * samples + torch.arange(samples, device=groups.device)).flatten()
     return rollout.rows(rows), rewards[groups], None if baseline is None else baseline[groups]
-
-
-def prompt_groups(mask: Tensor, rows: Tensor, samples: int) -> tuple[Tensor, int]:
-    """For `rows` (indices of a batch grouped K = `samples` rows per prompt): the tokens of
-    each row's prompt group among `rows` [len(rows)], and how many prompts they cover."""
-    prompt = torch.div(rows, samples, rounding_mode="floor")
-    prompts, inverse = prompt.unique(return_inverse=True)
-    tokens = mask[rows].sum(dim=1)
-    totals = torch.zeros(len(prompts), device=mask.device).index_add_(0, inverse, tokens)
-    return totals[inverse], len(prompts)
 
 
 def token_loss(

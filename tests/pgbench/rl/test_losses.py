@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from pgbench.rl.losses import aggregate, kl_per_token, overlong_penalty, shape_rewards, whiten
+from pgbench.rl.losses import (
+    aggregate,
+    kl_per_token,
+    overlong_penalty,
+    prompt_groups,
+    shape_rewards,
+    whiten,
+)
 
 
 def test_kl_estimators_hand_computed():
@@ -122,3 +129,14 @@ def test_overlong_penalty_is_dapos_linear_ramp():
     out = overlong_penalty(lengths, max_new_tokens=32, buffer=8, factor=1.0)
     torch.testing.assert_close(out, torch.tensor([0.0, 0.0, -0.5, -1.0]))
     assert overlong_penalty(lengths, 32, 0, 1.0).abs().sum() == 0
+
+
+def test_prompt_groups_count_the_tokens_of_each_rows_prompt():
+    # policy tokens per row 5, 5, 8, 7; K = 2: prompt 0 = rows 0-1 (10), prompt 1 = rows 2-3
+    mask = torch.zeros(4, 8)
+    for row, length in enumerate((5, 5, 8, 7)):
+        mask[row, :length] = 1
+    tokens, prompts = prompt_groups(mask, torch.arange(4), 2)
+    assert tokens.tolist() == [10, 10, 15, 15] and prompts == 2
+    tokens, prompts = prompt_groups(mask, torch.tensor([3, 0, 2]), 2)  # a minibatch
+    assert tokens.tolist() == [15, 5, 15] and prompts == 2

@@ -9,7 +9,7 @@ from pgbench.config.sections import LoraConfig
 from pgbench.config.verbs import resolve
 from pgbench.engine.sampling import Rollout, encode_prompts
 from pgbench.models.policy import Reference, load_policy
-from pgbench.train.update import accumulate_gradients, prepare, prompt_groups
+from pgbench.train.update import accumulate_gradients, prepare
 
 
 def multi_turn_rollout(policy, task) -> Rollout:
@@ -265,17 +265,6 @@ def test_the_entropy_bonus_is_minus_coef_times_the_mean_entropy(
         assert stats["loss"] == pytest.approx(-float(coef) * stats["entropy"], rel=1e-5)
         grads.append(grad)
     assert grads[0].abs().max() == 0 and grads[1].abs().max() > 0
-
-
-def test_prompt_groups_count_the_tokens_of_each_rows_prompt():
-    # policy tokens per row 5, 5, 8, 7; K = 2: prompt 0 = rows 0-1 (10), prompt 1 = rows 2-3
-    mask = torch.zeros(4, 8)
-    for row, length in enumerate((5, 5, 8, 7)):
-        mask[row, :length] = 1
-    tokens, prompts = prompt_groups(mask, torch.arange(4), 2)
-    assert tokens.tolist() == [10, 10, 15, 15] and prompts == 2
-    tokens, prompts = prompt_groups(mask, torch.tensor([3, 0, 2]), 2)  # a minibatch
-    assert tokens.tolist() == [15, 5, 15] and prompts == 2
 
 
 def test_clip_fraction_and_approx_kl_by_hand(micro_policy, micro_task, run_overrides):
