@@ -164,3 +164,24 @@ def test_line_and_variance_figures_take_variant_labels(tmp_path):
     for written in (path, bars):
         assert written.stat().st_size > 1000, written
     assert not plt.get_fignums()
+
+
+def test_valid_curves_against_tokens_start_at_the_step_0_evaluation():
+    # eval at steps 0 and 2; train/tokens is logged from step 1 on (10 and 20 tokens)
+    rows = [
+        ("eval/chrf", 0, 40.0),
+        ("train/tokens", 1, 10.0),
+        ("eval/chrf", 2, 44.0),
+        ("train/tokens", 2, 20.0),
+    ]
+    history = pd.DataFrame(
+        [
+            {"estimator": "rloo", "run_id": "a", "metric": metric, "step": step, "value": value}
+            for metric, step, value in rows
+        ]
+    )
+    (curve,) = render._curves(history, "train/tokens", "eval/chrf", np.array([0.0, 10.0, 20.0]), 1)[
+        "rloo"
+    ]
+    # 0 tokens before step 1 -> 40 at 0 tokens; linear to 44 at 20 tokens
+    assert curve.tolist() == [40.0, 42.0, 44.0]

@@ -110,14 +110,3 @@ def test_space_keys_are_checked_against_the_config(sweep_values, tmp_path):
     space.write_text(json.dumps({"trainer.lrr": {"type": "float", "low": 1e-5, "high": 1e-3}}))
     with pytest.raises(ConfigError, match="search space key trainer.lrr.*did you mean trainer.lr"):
         run_sweep(sweep_config(sweep_values | {"sweep.space": str(space)}))
-
-
-def test_every_builtin_space_names_keys_of_its_estimator():
-    from pgbench import estimators
-    from pgbench.config.verbs import all_keys
-    from pgbench.sweeps.spaces import builtin
-
-    for name in estimators.REGISTRY.names():
-        unknown = set(builtin(name)) - set(all_keys(SweepArgs, estimator=name))
-        assert not unknown, (name, unknown)
-    assert "loss.clip_high" in builtin("ppo")

@@ -1,4 +1,3 @@
-import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -6,7 +5,6 @@ from mlflow import MlflowClient
 from pgbench.cli import main
 from pgbench.errors import ConfigError
 from pgbench.reports.build import build_report
-from pgbench.reports.render import _curves
 
 
 def compare(run_overrides, comparison, seeds, extra=()):
@@ -153,22 +151,3 @@ def test_mixed_budgets_are_refused(run_overrides, tmp_path, monkeypatch):
 def test_report_needs_one_source(capsys):
     assert main(["report"]) == 2
     assert "exactly one of comparison=<id> or experiment=<name>" in capsys.readouterr().err
-
-
-def test_valid_curves_against_tokens_start_at_the_step_0_evaluation():
-    # eval at steps 0 and 2; train/tokens is logged from step 1 on (10 and 20 tokens)
-    rows = [
-        ("eval/chrf", 0, 40.0),
-        ("train/tokens", 1, 10.0),
-        ("eval/chrf", 2, 44.0),
-        ("train/tokens", 2, 20.0),
-    ]
-    history = pd.DataFrame(
-        [
-            {"estimator": "rloo", "run_id": "a", "metric": metric, "step": step, "value": value}
-            for metric, step, value in rows
-        ]
-    )
-    (curve,) = _curves(history, "train/tokens", "eval/chrf", np.array([0.0, 10.0, 20.0]), 1)["rloo"]
-    # 0 tokens before step 1 -> 40 at 0 tokens; linear to 44 at 20 tokens
-    assert curve.tolist() == [40.0, 42.0, 44.0]
