@@ -99,10 +99,10 @@ def verb_class(spec: Verb) -> type:
             groups[name] = SECTIONS[name]
             fields.append((name, SECTIONS[name], dataclasses.field(default_factory=SECTIONS[name])))
         else:
-            knob, meta = Knobs.__dataclass_fields__[name], {}
+            knob = Knobs.__dataclass_fields__[name]
+            meta = dict(knob.metadata)
             if name == "output_dir":
-                meta["help"] = f"{knob.metadata['help']} (empty = {spec.output})"
-            meta = knob.metadata | meta
+                meta["help"] += f" (empty = {spec.output})"
             fields.append(
                 (name, types[name], dataclasses.field(default=knob.default, metadata=meta))
             )
@@ -176,7 +176,7 @@ def arguments(verb: type, values: Mapping[str, Any], verbs: Iterable[type]) -> d
         if accepts(verb, key):
             values.setdefault(key, value)
     selected = {head: cls.name for head, cls in classes.items() if head in COMPONENTS}
-    valid = {row[0] for row in rows(verb, selected)}
+    valid = key_set(verb, selected)
     groups: dict[str, dict[str, Any]] = {head: {} for head in classes}
     for key, value in values.items():
         if key not in valid:
@@ -194,13 +194,15 @@ def _unknown(
 ) -> ConfigError:
     """The error for a key `verb` does not take: another estimator's, another verb's, or a typo."""
     head, _, rest = key.partition(".")
-    registry = estimators.REGISTRY
-    owners = [n for n in registry.names() if rest in field_keys(registry.get_class(n))]
-    if head == "estimator" and owners and "estimator" in selected:
+    owners = []  # the estimators that have this `estimator.*` key
+    if head == "estimator":
+        registry = estimators.REGISTRY
+        owners = [n for n in registry.names() if rest in field_keys(registry.get_class(n))]
+    if owners and "estimator" in selected:
         return ConfigError(
             f"{key} belongs to estimator={' or '.join(owners)}, not {selected['estimator']}"
         )
-    if (head == "estimator" and owners) or any(key in all_rows(v, selected) for v in verbs):
+    if owners or any(key in key_set(v, selected) for v in verbs):
         used = ", ".join(sorted([*verb.knobs, *(f"{head}.*" for head in verb.groups)]))
         return ConfigError(f"key {key!r} does not apply here; keys used: {used}")
     close = difflib.get_close_matches(key, sorted(valid), n=3)
@@ -208,6 +210,6 @@ def _unknown(
     return ConfigError(f"unknown key {key!r}{hint} (pgbench <verb> --help lists all keys)")
 
 
-def all_rows(verb: type, selected: Mapping[str, str]) -> set[str]:
+def key_set(verb: type, selected: Mapping[str, str]) -> set[str]:
     """The keys of `verb` with the selected components."""
     return {row[0] for row in rows(verb, selected)}
