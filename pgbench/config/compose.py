@@ -143,10 +143,11 @@ def accepts(verb: type, key: str) -> bool:
     return head in verb.groups if dot else key in verb.knobs
 
 
-def run_defaults(classes: Iterable[type]) -> dict[str, tuple[Any, str]]:
-    """key -> (default, the task or estimator that sets it): the classes' run_defaults
-    (Task.run_defaults, Estimator.run_defaults)."""
-    return {k: (v, c.name) for c in classes for k, v in getattr(c, "run_defaults", {}).items()}
+def run_defaults(classes: Mapping[str, type]) -> dict[str, tuple[Any, str]]:
+    """key -> (default, the task or estimator that sets it): the run_defaults of the
+    components among `classes` (Task.run_defaults, Estimator.run_defaults; sections have none)."""
+    chosen = [cls for head, cls in classes.items() if head in COMPONENTS]
+    return {k: (v, cls.name) for cls in chosen for k, v in cls.run_defaults.items()}
 
 
 def rows(verb: type, selected: Mapping[str, str]) -> list[Row]:
@@ -160,7 +161,7 @@ def rows(verb: type, selected: Mapping[str, str]) -> list[Row]:
     }
     found = [own[k] for k in verb.knobs]
     found += [row for head, cls in classes.items() for row in describe(cls, f"{head}.")]
-    changed = run_defaults(classes.values())
+    changed = run_defaults(classes)
     return [
         (key, kind, f"{changed[key][0]!r} ({changed[key][1]})" if key in changed else default, text)
         for key, kind, default, text in found
@@ -172,7 +173,7 @@ def arguments(verb: type, values: Mapping[str, Any], verbs: Iterable[type]) -> d
     and checked; the selected task's and estimator's run_defaults apply to the keys the verb
     takes and `values` does not set. An unknown key, or another verb's, is a ConfigError."""
     values, classes = dict(values), parts(verb, values)
-    for key, (value, _) in run_defaults(classes.values()).items():
+    for key, (value, _) in run_defaults(classes).items():
         if accepts(verb, key):
             values.setdefault(key, value)
     selected = {head: cls.name for head, cls in classes.items() if head in COMPONENTS}
