@@ -4,27 +4,53 @@
 map `rewards [P, K]` (P prompts, K samples each) to `advantages [P, K]`; token-level ones
 (REINFORCE++, PPO) override `token_advantages`. Estimators are pure: KL, loss aggregation,
 sampling and the optimiser are shared knobs of the core.
+
+`CATALOG` names every estimator and the class that is it, without importing torch (the
+command line checks names and prints help from it); `REGISTRY`, `get` and the base classes
+import every estimator module on first use, and each module registers itself.
 """
 
 from __future__ import annotations
 
-# each module registers itself
-from pgbench.estimators import (  # noqa: F401
-    gpg,
-    grpo,
-    opo,
-    ppo,
-    reinforce,
-    reinforce_pp,
-    reinforce_pp_baseline,
-    remax,
-    rloo,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pgbench.registry import Catalog
+
+if TYPE_CHECKING:
+    from pgbench.estimators.base import (  # noqa: F401
+        REGISTRY,
+        Advantages,
+        Batch,
+        Estimator,
+        get,
+        register,
+    )
+
+CATALOG: Catalog[Estimator] = Catalog(
+    "estimator",
+    {
+        "gpg": "pgbench.estimators.gpg:GPG",
+        "grpo": "pgbench.estimators.grpo:GRPO",
+        "opo": "pgbench.estimators.opo:OPO",
+        "ppo": "pgbench.estimators.ppo:PPO",
+        "reinforce": "pgbench.estimators.reinforce:Reinforce",
+        "reinforce_pp": "pgbench.estimators.reinforce_pp:ReinforcePP",
+        "reinforce_pp_baseline": "pgbench.estimators.reinforce_pp_baseline:ReinforcePPBaseline",
+        "remax": "pgbench.estimators.remax:ReMax",
+        "rloo": "pgbench.estimators.rloo:RLOO",
+    },
 )
-from pgbench.estimators.base import (  # noqa: F401
-    REGISTRY,
-    Advantages,
-    Batch,
-    Estimator,
-    get,
-    register,
-)
+BASE = ("REGISTRY", "Advantages", "Batch", "Estimator", "get", "register")
+
+
+def __getattr__(name: str) -> Any:
+    """`REGISTRY`, `get` and the base classes, every estimator module imported (and so
+    registered) first; an estimator module by its name."""
+    if name in BASE:
+        for module in CATALOG.modules():
+            importlib.import_module(module)
+        return getattr(importlib.import_module(f"{__name__}.base"), name)
+    if f"{__name__}.{name}" in CATALOG.modules():
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,11 @@
-"""Command line: `pgbench <verb> key=value ...`; `pgbench <verb> --help` lists every key."""
+"""Command line: `pgbench <verb> key=value ...`; `pgbench <verb> --help` lists every key.
+
+Nothing imported here imports torch: `pgbench --help`, an unknown task or estimator name, an
+unknown key outside `task.*`/`estimator.*` and a bad value of a top-level knob or of a section
+are answered in a fraction of a second (config.verbs.check runs before the verb's function,
+which imports what it needs). `pgbench <verb> --help` imports the selected task and estimator,
+to list their knobs.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from collections.abc import Callable
 from pgbench import __version__
 from pgbench.config import verbs
 from pgbench.config.urls import redact
-from pgbench.config.verbs import VERB_ARGS, help_rows, parse_overrides
+from pgbench.config.verbs import VERB_ARGS, check, help_rows, parse_overrides
 from pgbench.errors import PgbenchError
 from pgbench.runs import commands
 
@@ -26,6 +33,8 @@ VERBS: dict[str, Callable[[dict[str, str]], int]] = {  # what each verb runs
     "build-tiny": commands.build_tiny,
     "sync": commands.sync_run,
 }
+# the verbs whose function resolves its keys as given (suite reads short forms: suite=NAME)
+CHECKED = set(VERB_ARGS) - {"suite"}
 SUMMARIES = {name: verb.summary for name, verb in verbs.VERBS.items()} | {
     "sync": "upload a run's metrics buffered during an MLflow outage"
 }
@@ -92,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if wants_help:
             print(verb_help(name, overrides))
             return 0
+        if name in CHECKED:
+            check(overrides, VERB_ARGS[name])  # a typo fails before the verb imports torch
         return VERBS[name](overrides)
     except PgbenchError as err:
         print(f"pgbench {name}: error: {redact(str(err))}", file=sys.stderr)

@@ -1,8 +1,8 @@
 """Typed configuration fields: help text, range checks and `key=value` parsing.
 
-Every configurable dataclass in pgbench (the run config, each task, each
-estimator) declares its fields with `knob(...)`, so one parser and one checker
-serve them all and `--help` can print every key with its type and default.
+Every configurable dataclass in pgbench (each section of the configuration, each
+task, each estimator) declares its knobs with `knob(...)`, so one parser and one
+checker serve them all and `--help` can print every key with its type and default.
 """
 
 from __future__ import annotations

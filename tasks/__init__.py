@@ -1,18 +1,39 @@
 """Tasks: data, prompts and rewards. A task declares; it never trains.
 
 `pgbench.tasks.get(name, **fields)` returns a task instance; `REGISTRY.names()` lists them.
+`CATALOG` names every task and the class that is it without importing the task modules
+(which import torch); `REGISTRY` and `get` import them all on first use, and each module
+registers itself.
 """
 
 from __future__ import annotations
 
-# each module registers itself
-from pgbench.tasks import arith, fr_en, poet  # noqa: F401
-from pgbench.tasks.base import (  # noqa: F401
-    REGISTRY,
-    Example,
-    Splits,
-    Task,
-    ToolEnv,
-    get,
-    register,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pgbench.registry import Catalog
+from pgbench.tasks.base import Example, Splits, Task, ToolEnv, register  # noqa: F401
+
+if TYPE_CHECKING:
+    from pgbench.tasks.base import REGISTRY, get  # noqa: F401
+
+CATALOG: Catalog[Task] = Catalog(
+    "task",
+    {
+        "arith": "pgbench.tasks.arith:Arith",
+        "fr_en": "pgbench.tasks.fr_en:FrEn",
+        "poet": "pgbench.tasks.poet:Poet",
+    },
 )
+
+
+def __getattr__(name: str) -> Any:
+    """`REGISTRY` and `get`, every task module imported (and so registered) first; a task
+    module by its name."""
+    if name in ("REGISTRY", "get"):
+        for module in CATALOG.modules():
+            importlib.import_module(module)
+        return getattr(importlib.import_module(f"{__name__}.base"), name)
+    if f"{__name__}.{name}" in CATALOG.modules():
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

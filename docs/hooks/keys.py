@@ -1,4 +1,4 @@
-"""MkDocs hook: the key reference of docs/configuration.md, generated from the verbs' table.
+"""MkDocs hook: the key reference of docs/configuration.md, generated from the verbs' classes.
 
 The line `<!-- keys -->` in a page is replaced by one table per verb, made by the package's own
 `help_rows` (what `pgbench <verb> --help` prints), then the keys each task and each estimator
@@ -11,7 +11,7 @@ import html
 import re
 
 # The lines to update when the configuration modules move:
-from pgbench.config.compose import COMPONENTS
+from pgbench.config.compose import COMPONENTS, Resolved, prefixes
 from pgbench.config.verbs import VERB_ARGS, help_rows
 
 MARKER = "<!-- keys -->"
@@ -40,9 +40,9 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def components(verb: type) -> list[str]:
-    """The verb's components (`task`, `estimator`) whose `name.*` keys vary."""
-    return [head for head in verb.groups if head in COMPONENTS]
+def components(verb: type[Resolved]) -> list[str]:
+    """The verb's components (`task`, `estimator`), whose `name.*` keys vary."""
+    return [prefix for prefix in prefixes(verb) if prefix in COMPONENTS]
 
 
 def names(component: str) -> list[str]:

@@ -1,16 +1,20 @@
-"""A verb's configuration class, made from the keys it names, and read from `key=value`s.
+"""What every verb's configuration class is made of, and how it is read from `key=value`s.
 
-A verb (pgbench.config.verbs.VERBS) lists its keys and `verb_class` makes its frozen dataclass,
-so `--help`, validation and the accepted keys all come from that one line. A verb takes:
+A verb's class (pgbench.config.verbs) is a frozen dataclass written in source whose fields are:
 
-- knobs (`model`, `seed`, ...): fields of sections.Knobs, declared once, one key each;
-- components (`task`, `estimator`): `task=NAME` selects a registered class whose own fields
-  are the `task.*` keys, so `estimator.baseline` exists only with `estimator=reinforce`
-  (`task.*` alone in a verb's keys: the default task's keys without `task=`, as a suite);
-- sections (`trainer`, `rollout`, ...): dataclasses of sections.SECTIONS, the `trainer.*` keys.
+- top-level knobs (`model`, `seed`, ...): `model: str = top("model")` takes the default,
+  bounds and help of the knob declared once in sections.Knobs (whose type it repeats, checked
+  by tests/pgbench/config/test_sections.py);
+- components (`task`, `estimator`): `task: Task = component()`; `task=NAME` selects the
+  registered class (a Catalog of pgbench.tasks or pgbench.estimators) whose own fields are the
+  `task.*` keys, so `estimator.baseline` exists only with `estimator=reinforce`
+  (`component(chosen=False)`: the default task's `task.*` keys without `task=`, as a suite);
+- sections (`trainer`, `rollout`, ...): `trainer: TrainerConfig = section(TrainerConfig)`, one
+  dataclass of sections.SECTIONS, the `trainer.*` keys.
 
-The class keeps the split as `knobs` (its top-level keys) and `groups` (head -> the section
-class or the component's registry), which every function below reads.
+So `--help`, validation and the accepted keys all come from the class and the knobs it names.
+The names of components, every key outside them and the values of knobs and sections are
+checked without importing a component (nor torch): `check_early`.
 """
 
 from __future__ import annotations
@@ -18,101 +22,106 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import typing
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pgbench import estimators, tasks
 from pgbench.config.sections import SECTIONS, Knobs
 from pgbench.errors import ConfigError
-from pgbench.fields import (
-    Row,
-    build,
-    check_bounds,
-    describe,
-    field_keys,
-    parse_values,
-)
-from pgbench.registry import Registry
+from pgbench.estimators import CATALOG as ESTIMATORS
+from pgbench.fields import Row, build, check_bounds, describe, field_keys, parse_values
+from pgbench.registry import Catalog
+from pgbench.tasks import CATALOG as TASKS
 
-COMPONENTS: dict[str, tuple[Registry, str, str]] = {
-    "task": (tasks.REGISTRY, "fr_en", "task to train on"),
-    "estimator": (estimators.REGISTRY, "rloo", "estimator"),
+COMPONENTS: dict[str, tuple[Catalog[Any], str, str]] = {  # name -> (catalog, default, help)
+    "task": (TASKS, "fr_en", "task to train on"),
+    "estimator": (ESTIMATORS, "rloo", "estimator"),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Verb:
-    """A verb's keys, in --help's order, and what it checks beyond each key's own bounds."""
+    """What a verb's class says of itself beyond its fields."""
 
-    name: str  # the class made for it, as pgbench.config.verbs exports it (Config, SweepArgs...)
-    summary: str
-    keys: str  # its knobs, components and sections, e.g. "task estimator seed trainer rollout"
+    summary: str  # one line of `pgbench --help`
     output: str = ""  # where it writes unless output_dir is given (`<time>`, `<task>`, ...)
     checks: tuple[Callable[[Any], None], ...] = ()  # rules that involve several keys
+    name: str = ""  # the class's name (Config, SweepArgs, ...), filled in by Resolved
 
 
+def top(name: str) -> Any:
+    """The field of the top-level knob `name`: its default, bounds and help from sections.Knobs."""
+    knob = Knobs.__dataclass_fields__[name]
+    return dataclasses.field(default=knob.default, metadata=knob.metadata)
+
+
+def section(cls: type) -> Any:
+    """The field of a section (`trainer`, ...): `cls` with its defaults unless keys set them."""
+    return dataclasses.field(default_factory=cls)
+
+
+def component(*, chosen: bool = True) -> Any:
+    """The field of a component (`task`, `estimator`), built by resolve from its `name.*` keys
+    and, where `chosen`, from `name=` (else the default one)."""
+    return dataclasses.field(metadata={"chosen": chosen})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Resolved:
     """Base of every verb's configuration: checked as it is built, flattened back into keys."""
 
-    spec: Verb
-    knobs: tuple[str, ...]  # top-level keys, in --help's order (`task` where it is chosen)
-    groups: dict[str, Any]  # `trainer` -> TrainerConfig, `task` -> the task registry, ...
+    spec: ClassVar[Verb]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "spec" in vars(cls):  # a verb's class, not a base of several (verbs.Training)
+            cls.spec = dataclasses.replace(cls.spec, name=cls.__name__)
 
     def __post_init__(self) -> None:
         check_bounds(self, "")  # the knobs; components and sections are checked when built
         for check in self.spec.checks:
             check(self)
 
-    @property
-    def mlflow_experiment(self) -> str:
-        """Experiment that training runs log to: tracking.experiment, else the task name."""
-        return self.tracking.experiment or self.task.name
-
-    def estimator_names(self) -> list[str]:
-        """The names listed in `estimators=`."""
-        return [name.strip() for name in self.estimators.split(",") if name.strip()]
-
     def to_flat(self) -> dict[str, Any]:
         """Every key with its value, as `key=value` overrides would name them (--help's order)."""
-        flat = {k: getattr(self, k) for k in self.knobs}
+        flat = {k: getattr(self, k) for k in knobs(type(self))}
         flat |= {k: flat[k].name for k in COMPONENTS if k in flat}
-        for head in self.groups:
-            part = getattr(self, head)
+        for prefix in prefixes(type(self)):
+            value = getattr(self, prefix)
             flat |= {
-                f"{head}.{k}": getattr(part, f.name) for k, f in field_keys(type(part)).items()
+                f"{prefix}.{k}": getattr(value, f.name) for k, f in field_keys(type(value)).items()
             }
         return flat
 
 
-def verb_class(spec: Verb) -> type:
-    """The frozen dataclass of a verb: one field per knob, component and section it names."""
-    knobs, groups, fields, types = [], {}, [], typing.get_type_hints(Knobs)
-    for key in spec.keys.split():
-        name = key.removesuffix(".*")
-        if name in COMPONENTS:
-            groups[name] = COMPONENTS[name][0]
-            fields.append((name, Any, dataclasses.field()))  # built by resolve
-        elif name in SECTIONS:
-            groups[name] = SECTIONS[name]
-            fields.append((name, SECTIONS[name], dataclasses.field(default_factory=SECTIONS[name])))
-        else:
-            knob = Knobs.__dataclass_fields__[name]
-            meta = dict(knob.metadata)
-            if name == "output_dir":
-                meta["help"] += f" (empty = {spec.output})"
-            fields.append(
-                (name, types[name], dataclasses.field(default=knob.default, metadata=meta))
-            )
-        if name == key and name not in SECTIONS:
-            knobs.append(name)
-    namespace = {"__module__": "pgbench.config.verbs", "spec": spec}  # picklable by its name
-    namespace |= {"knobs": tuple(knobs), "groups": groups}
-    return dataclasses.make_dataclass(
-        spec.name, fields, bases=(Resolved,), namespace=namespace, frozen=True, kw_only=True
+def knobs(verb: type[Resolved]) -> tuple[str, ...]:
+    """The top-level keys of `verb`, in --help's order: its knobs and the components it chooses."""
+    return tuple(
+        f.name
+        for f in dataclasses.fields(verb)
+        if f.name not in SECTIONS and f.metadata.get("chosen", True)
     )
+
+
+def prefixes(verb: type[Resolved]) -> tuple[str, ...]:
+    """The components and sections of `verb`, components first, by the prefix of their keys
+    (`trainer` of `trainer.lr`)."""
+    names = [f.name for f in dataclasses.fields(verb)]
+    return tuple(n for n in names if n in COMPONENTS) + tuple(n for n in names if n in SECTIONS)
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`["a=1", "b.c=x"]` -> `{"a": "1", "b.c": "x"}`, rejecting malformed or repeated keys."""
+    overrides: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {arg!r} (see --help for the keys)")
+        if key in overrides:
+            raise ConfigError(f"key {key} is given twice")
+        overrides[key] = value
+    return overrides
 
 
 def output_path(config: Any, **names: Any) -> Path:
@@ -124,93 +133,157 @@ def output_path(config: Any, **names: Any) -> Path:
     return Path(re.sub(r"<(\w+)>", lambda m: str(names[m.group(1)]), config.spec.output))
 
 
-def parts(verb: type, values: Mapping[str, Any]) -> dict[str, type]:
-    """The class behind each group of `verb`: a component's, named in `values` if the verb
-    chooses it (else the default), and each section's."""
-    classes = {}
-    for head, group in verb.groups.items():
-        if isinstance(group, Registry):
-            choice = values.get(head) if head in verb.knobs else None
-            group = group.get_class(str(choice or COMPONENTS[head][1]))
-        classes[head] = group
-    return classes
+def classes(verb: type[Resolved], values: Mapping[str, Any]) -> dict[str, type[Any]]:
+    """The class behind each component and section of `verb`: a component's is the one named
+    in `values` if the verb chooses it (else the default); importing it may import torch."""
+    found: dict[str, type[Any]] = {}
+    for prefix in prefixes(verb):
+        if prefix in COMPONENTS:
+            catalog, default, _ = COMPONENTS[prefix]
+            choice = values.get(prefix) if prefix in knobs(verb) else None
+            found[prefix] = catalog.get_class(str(choice or default))
+        else:
+            found[prefix] = SECTIONS[prefix]
+    return found
 
 
-def accepts(verb: type, key: str) -> bool:
-    """Whether `key` is a knob of `verb` or lies in one of its groups (whether that group's
-    class has the field is checked when it is built)."""
-    head, dot, _ = key.partition(".")
-    return head in verb.groups if dot else key in verb.knobs
+def accepts(verb: type[Resolved], key: str) -> bool:
+    """Whether `key` is a top-level key of `verb` or lies in one of its components or sections
+    (whether that class has the field is checked when it is built)."""
+    prefix, dot, _ = key.partition(".")
+    return prefix in prefixes(verb) if dot else key in knobs(verb)
 
 
-def run_defaults(classes: Mapping[str, type]) -> dict[str, tuple[Any, str]]:
+def run_defaults(found: Mapping[str, type[Any]]) -> dict[str, tuple[Any, str]]:
     """key -> (default, the task or estimator that sets it): the run_defaults of the
-    components among `classes` (Task.run_defaults, Estimator.run_defaults; sections have none)."""
-    chosen = [cls for head, cls in classes.items() if head in COMPONENTS]
+    components among `found` (Task.run_defaults, Estimator.run_defaults)."""
+    chosen = [cls for prefix, cls in found.items() if prefix in COMPONENTS]
     return {k: (v, cls.name) for cls in chosen for k, v in cls.run_defaults.items()}
 
 
-def rows(verb: type, selected: Mapping[str, str]) -> list[Row]:
+def _own_rows(verb: type[Resolved]) -> dict[str, Row]:
+    """The rows of the top-level keys of `verb`, output_dir's with the verb's own pattern."""
+    found = {row[0]: row for row in describe(verb, "", set(knobs(verb)) - set(COMPONENTS))}
+    if "output_dir" in found:
+        key, kind, default, text = found["output_dir"]
+        found[key] = (key, kind, default, f"{text} (empty = {verb.spec.output})")
+    for name, (catalog, default, text) in COMPONENTS.items():
+        found[name] = (name, "str", repr(default), f"{text}: {', '.join(catalog.names())}")
+    return found
+
+
+def rows(verb: type[Resolved], selected: Mapping[str, str]) -> list[Row]:
     """(key, type, default, help) of every key of `verb`, the selected components' included;
     a default the task or estimator changes (their run_defaults) shows as `32 (fr_en)`."""
-    classes = parts(verb, selected)
-    own = {row[0]: row for row in describe(verb, "", set(verb.knobs) - set(COMPONENTS))}
-    own |= {
-        k: (k, "str", repr(d), f"{t}: {', '.join(r.names())}")
-        for k, (r, d, t) in COMPONENTS.items()
-    }
-    found = [own[k] for k in verb.knobs]
-    found += [row for head, cls in classes.items() for row in describe(cls, f"{head}.")]
-    changed = run_defaults(classes)
+    found = classes(verb, selected)
+    own = _own_rows(verb)
+    listed = [own[k] for k in knobs(verb)]
+    listed += [row for prefix, cls in found.items() for row in describe(cls, f"{prefix}.")]
+    changed = run_defaults(found)
     return [
         (key, kind, f"{changed[key][0]!r} ({changed[key][1]})" if key in changed else default, text)
-        for key, kind, default, text in found
+        for key, kind, default, text in listed
     ]
 
 
-def arguments(verb: type, values: Mapping[str, Any], verbs: Iterable[type]) -> dict[str, Any]:
-    """The keyword arguments of `verb(...)` from key -> value (text is parsed), each part built
-    and checked; the selected task's and estimator's run_defaults apply to the keys the verb
-    takes and `values` does not set. An unknown key, or another verb's, is a ConfigError."""
-    values, classes = dict(values), parts(verb, values)
-    for key, (value, _) in run_defaults(classes).items():
+def light_keys(verb: type[Resolved]) -> set[str]:
+    """The keys of `verb` known without importing a component: its top-level keys and the keys
+    of its sections (not `task.*` nor `estimator.*`)."""
+    found = set(knobs(verb))
+    for prefix in prefixes(verb):
+        if prefix in SECTIONS:
+            found |= {f"{prefix}.{k}" for k in field_keys(SECTIONS[prefix])}
+    return found
+
+
+def check_keys(
+    verb: type[Resolved], values: Mapping[str, Any], verbs: Iterable[type[Resolved]]
+) -> None:
+    """The ConfigError of an unknown component name, or of a key outside the components that
+    `verb` does not take; found without importing a component (nor torch)."""
+    for prefix, (catalog, _, _) in COMPONENTS.items():
+        if prefix in knobs(verb) and values.get(prefix):
+            catalog.check(str(values[prefix]))
+    valid = light_keys(verb)
+    for key in values:
+        if key.partition(".")[0] not in COMPONENTS or "." not in key:
+            if key not in valid:
+                raise _unknown(key, verb, {}, valid, verbs)
+
+
+def check_early(
+    verb: type[Resolved], values: Mapping[str, Any], verbs: Iterable[type[Resolved]]
+) -> None:
+    """What can be checked without importing a component (nor torch): the components' names,
+    every key outside them, and the values of the top-level knobs and of the sections."""
+    check_keys(verb, values, verbs)
+    build(Knobs, "", {k: v for k, v in values.items() if k in knobs(verb) and k not in COMPONENTS})
+    for prefix in prefixes(verb):
+        if prefix in SECTIONS:
+            dotted = {
+                k.partition(".")[2]: v for k, v in values.items() if k.startswith(f"{prefix}.")
+            }
+            build(SECTIONS[prefix], f"{prefix}.", dotted)
+
+
+def arguments(
+    verb: type[Resolved], values: Mapping[str, Any], verbs: Iterable[type[Resolved]]
+) -> dict[str, Any]:
+    """The keyword arguments of `verb(...)` from key -> value (text is parsed), each component
+    and section built and checked; the selected task's and estimator's run_defaults apply to
+    the keys the verb takes and `values` does not set. An unknown key, or another verb's, is a
+    ConfigError."""
+    check_keys(verb, values, verbs)
+    values, found = dict(values), classes(verb, values)
+    for key, (value, _) in run_defaults(found).items():
         if accepts(verb, key):
             values.setdefault(key, value)
-    selected = {head: cls.name for head, cls in classes.items() if head in COMPONENTS}
+    selected = {prefix: cls.name for prefix, cls in found.items() if prefix in COMPONENTS}
     valid = key_set(verb, selected)
-    groups: dict[str, dict[str, Any]] = {head: {} for head in classes}
+    dotted: dict[str, dict[str, Any]] = {prefix: {} for prefix in found}
     for key, value in values.items():
         if key not in valid:
             raise _unknown(key, verb, selected, valid, verbs)
-        head, dot, rest = key.partition(".")
+        prefix, dot, rest = key.partition(".")
         if dot:
-            groups[head][rest] = value
-    top = {k: v for k, v in values.items() if "." not in k and k not in COMPONENTS}
-    kwargs = parse_values(verb, "", top)
-    return kwargs | {head: build(cls, f"{head}.", groups[head]) for head, cls in classes.items()}
+            dotted[prefix][rest] = value
+    top_level = {k: v for k, v in values.items() if "." not in k and k not in COMPONENTS}
+    kwargs = parse_values(verb, "", top_level)
+    return kwargs | {
+        prefix: build(cls, f"{prefix}.", dotted[prefix]) for prefix, cls in found.items()
+    }
 
 
 def _unknown(
-    key: str, verb: type, selected: Mapping[str, str], valid: set[str], verbs: Iterable[type]
+    key: str,
+    verb: type[Resolved],
+    selected: Mapping[str, str],
+    valid: set[str],
+    verbs: Iterable[type[Resolved]],
 ) -> ConfigError:
     """The error for a key `verb` does not take: another estimator's, another verb's, or a typo."""
-    head, _, rest = key.partition(".")
+    prefix, _, rest = key.partition(".")
     owners = []  # the estimators that have this `estimator.*` key
-    if head == "estimator":
-        registry = estimators.REGISTRY
-        owners = [n for n in registry.names() if rest in field_keys(registry.get_class(n))]
+    if prefix == "estimator":
+        catalog = ESTIMATORS
+        owners = [n for n in catalog.names() if rest in field_keys(catalog.get_class(n))]
     if owners and "estimator" in selected:
         return ConfigError(
             f"{key} belongs to estimator={' or '.join(owners)}, not {selected['estimator']}"
         )
-    if owners or any(key in key_set(v, selected) for v in verbs):
-        used = ", ".join(sorted([*verb.knobs, *(f"{head}.*" for head in verb.groups)]))
+    if owners or any(key in _keys_of(v, prefix, selected) for v in verbs):
+        used = ", ".join(sorted([*knobs(verb), *(f"{p}.*" for p in prefixes(verb))]))
         return ConfigError(f"key {key!r} does not apply here; keys used: {used}")
     close = difflib.get_close_matches(key, sorted(valid), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown key {key!r}{hint} (pgbench <verb> --help lists all keys)")
 
 
-def key_set(verb: type, selected: Mapping[str, str]) -> set[str]:
+def _keys_of(verb: type[Resolved], prefix: str, selected: Mapping[str, str]) -> set[str]:
+    """The keys of `verb` that a key with this prefix could be (a component's need its class)."""
+    return key_set(verb, selected) if prefix in COMPONENTS else light_keys(verb)
+
+
+def key_set(verb: type[Resolved], selected: Mapping[str, str]) -> set[str]:
     """The keys of `verb` with the selected components."""
     return {row[0] for row in rows(verb, selected)}

@@ -1,8 +1,11 @@
 """Every knob of every verb, declared once: its type, default, bounds and help text.
 
-`Knobs` holds the top-level keys (`model`, `seed`, ...); each section is a dataclass of `knob`
+`Knobs` holds the top-level knobs (`model`, `seed`, ...); each section is a dataclass of `knob`
 fields that `pgbench <verb> --help` lists as `section.key`. Which verb takes which knobs and
-sections is the table pgbench.config.verbs.VERBS.
+sections is written in its class, in pgbench.config.verbs.
+
+Nothing here imports torch (the choices come from pgbench.rl.choices), so that `--help` and a
+configuration error are printed without it.
 """
 
 from __future__ import annotations
@@ -10,18 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pgbench import estimators
 from pgbench.errors import ConfigError
+from pgbench.estimators import CATALOG as ESTIMATORS
 from pgbench.fields import knob
-from pgbench.rl.correction import Correction, Level
-from pgbench.rl.losses import Aggregation, KLEstimator
-from pgbench.rl.policy_losses import PolicyForm, RatioLevel
-from pgbench.tasks.model_rewards import DEFAULT_BATCH_SIZE, DEFAULT_COMET
+from pgbench.rl.choices import Aggregation, Correction, KLEstimator, Level, PolicyForm, RatioLevel
+
+# tasks.model_rewards' defaults, restated here because that module imports torch (a test
+# checks that they agree)
+DEFAULT_COMET = "Unbabel/wmt22-comet-da"
+DEFAULT_BATCH_SIZE = 64
+Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True)
 class Knobs:
-    """The top-level keys; a verb's class copies those it takes (pgbench.config.compose)."""
+    """The top-level knobs; a verb's class takes those it names (compose.top)."""
 
     model: str = knob(
         "tiny",
@@ -32,11 +38,11 @@ class Knobs:
     output_dir: str = knob("", "output directory")  # the verb's own pattern is added to the help
     resume: str = knob("", "run directory to resume (auto = the newest same-config run)")
     cache_dir: str = knob("~/.cache/pgbench", "cache of tiny policies, smollm2, start evals")
-    device: Literal["auto", "cpu", "cuda"] = knob("auto", "torch device (auto = cuda if present)")
+    device: Device = knob("auto", "torch device (auto = cuda if present)")
     threads: int = knob(
         0, "torch threads per process (0 = OMP_NUM_THREADS, else cores // workers)", ge=0
     )
-    estimators: str = knob(",".join(estimators.REGISTRY.names()), "comma-separated estimators")
+    estimators: str = knob(",".join(ESTIMATORS.names()), "comma-separated estimators")
     seeds: int = knob(3, "seeds 0..N-1 per estimator", ge=1)
     comparison: str = knob("", "comparison id to report")
     experiment: str = knob("", "MLflow experiment to report, instead of a comparison")
@@ -138,7 +144,7 @@ class RewardConfig:
     model: str = knob(
         "", f"embed/comet model: folder or hub id (empty = all-MiniLM-L6-v2 / {DEFAULT_COMET})"
     )
-    device: Literal["auto", "cpu", "cuda"] = knob("auto", "reward models' device (auto = run's)")
+    device: Device = knob("auto", "reward models' device (auto = run's)")
     batch_size: int = knob(DEFAULT_BATCH_SIZE, "sentences per reward-model batch", ge=1)
 
 
@@ -193,6 +199,9 @@ class SuiteConfig(LaunchConfig):
     id: str = knob("", "suite id tagged on every run (empty = protocol name, or a config hash)")
     variance: bool = knob(False, "also measure each task's gradient variance for the Findings")
     proxy: str = knob("", "folder of this protocol on a cheaper policy (transfer finding)")
+    max_attempts: int = knob(
+        3, "failed attempts after which a cell is given up (not queued again)", ge=1
+    )
 
 
 @dataclass(frozen=True)

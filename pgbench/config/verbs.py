@@ -1,10 +1,11 @@
-"""Each verb's configuration: one line of VERBS names the keys it takes and what it checks.
+"""Each verb's configuration: a frozen dataclass written here, listed in VERB_ARGS.
 
 `resolve(parse_overrides(["estimator=rloo", "trainer.lr=1e-5"]))` returns a checked `Config`,
 what `pgbench run` trains with; `resolve(values, SweepArgs)` the configuration of
-`pgbench sweep`, and so on for every verb. Each class is a frozen dataclass made from its line
-(pgbench.config.compose), of the knobs and sections declared once in pgbench.config.sections,
-so `--help`, validation and the accepted keys all come from the table.
+`pgbench sweep`, and so on for every verb. A class's fields are the knobs, components and
+sections it takes (pgbench.config.compose: `top`, `component`, `section`), each declared once in
+pgbench.config.sections, so `--help`, validation and the accepted keys come from the class; its
+`spec` gives its summary, where it writes and the rules that involve several keys.
 
 Resolution is final: nothing is assigned afterwards (the task's reward models are configured
 from `reward.*` while resolving; a new run's default output_dir is a `dataclasses.replace` copy).
@@ -14,19 +15,57 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-import torch
-
-from pgbench import estimators, hardware
-from pgbench.config.compose import Resolved, Row, Verb, accepts, arguments, rows, verb_class
+from pgbench.config.compose import (
+    Resolved,
+    Row,
+    Verb,
+    accepts,
+    arguments,
+    check_early,
+    component,
+    rows,
+    section,
+    top,
+)
+from pgbench.config.compose import (
+    parse_overrides as parse_overrides,  # re-exported: read `key=value`s
+)
+from pgbench.config.sections import (
+    CheckpointConfig,
+    CompareConfig,
+    Device,
+    EngineConfig,
+    EvalConfig,
+    KLConfig,
+    LoraConfig,
+    LossConfig,
+    ReportConfig,
+    RewardConfig,
+    RolloutConfig,
+    SlurmConfig,
+    SuiteConfig,
+    SweepConfig,
+    TrackingConfig,
+    TrainerConfig,
+    VarianceConfig,
+)
 from pgbench.config.urls import check_shared
 from pgbench.errors import ConfigError
+from pgbench.estimators import CATALOG as ESTIMATORS
+from pgbench.tasks import Task
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from pgbench.estimators.base import Estimator
+else:  # its module imports torch: the class is imported when a configuration builds one
+    Estimator = Any
+
+R = TypeVar("R", bound=Resolved)
 
 
-def _check_training(config: Any) -> None:
+def _check_training(config: Config | SweepArgs) -> None:
     """Rules of a training run that involve more than one key."""
     loss = config.loss
     _check_samples(config, [config.estimator.name], " for estimator={}")
@@ -48,10 +87,12 @@ def _check_training(config: Any) -> None:
     if config.engine.backend == "vllm":
         _check_vllm(config)
     if config.trainer.precision == "bf16":
+        from pgbench import hardware  # torch: only for the runs that ask for bf16
+
         hardware.check_bf16(config.device)
 
 
-def _check_vllm(config: Any) -> None:
+def _check_vllm(config: Config | SweepArgs) -> None:
     """engine.backend=vllm needs a single-turn task, the vllm package and a CUDA device."""
     if config.task.tools() is not None:
         raise ConfigError(
@@ -62,25 +103,28 @@ def _check_vllm(config: Any) -> None:
         raise ConfigError(
             "engine.backend=vllm needs vLLM: pip install 'pgbench[vllm]' (on a CUDA machine)"
         )
+    import torch
+
     if config.device == "cpu" or not torch.cuda.is_available():
         raise ConfigError("engine.backend=vllm needs a CUDA GPU; use engine.backend=hf on CPU")
 
 
-def _check_slurm(config: Any) -> None:
+def _check_slurm(config: SweepArgs | SuiteArgs) -> None:
     """With `sweep.launcher=slurm` (or suite's): servers every node reaches, and sbatch flags
     that parse (a malformed flag fails now, not at submission)."""
-    verb = "suite" if hasattr(config, "suite") else "sweep"
-    settings = getattr(config, verb)
+    verb, settings = (
+        ("suite", config.suite) if isinstance(config, SuiteArgs) else ("sweep", config.sweep)
+    )
     if settings.launcher == "slurm":
         check_shared(verb, settings.storage, config.tracking.uri)
         config.slurm.sbatch_flags()
 
 
-def _check_samples(config: Any, names: list[str], reason: str) -> None:
+def _check_samples(config: Training | VarianceArgs, names: list[str], reason: str) -> None:
     """rollout.samples_per_prompt is enough for each estimator of `names` (registered names;
     `reason` says why, `{}` standing for the name)."""
     for name in names:
-        needed = estimators.REGISTRY.get_class(name).min_samples_per_prompt
+        needed = ESTIMATORS.get_class(name).min_samples_per_prompt
         if config.rollout.samples_per_prompt < needed:
             raise ConfigError(
                 f"rollout.samples_per_prompt must be >= {needed}{reason.format(name)} "
@@ -88,11 +132,11 @@ def _check_samples(config: Any, names: list[str], reason: str) -> None:
             )
 
 
-def _check_estimators(config: Any) -> None:
+def _check_estimators(config: CompareArgs | SuiteArgs | VarianceArgs) -> None:
     _check_samples(config, config.estimator_names(), " for estimators={}")
 
 
-def _check_variance(config: Any) -> None:
+def _check_variance(config: VarianceArgs) -> None:
     if config.rollout.staleness:
         raise ConfigError(
             "rollout.staleness does not apply to pgbench variance: it measures batches of "
@@ -101,109 +145,243 @@ def _check_variance(config: Any) -> None:
     _check_samples(config, ["rloo"], ": the reference gradient is RLOO's")
 
 
-def _check_eval(config: Any) -> None:
+def _check_eval(config: EvalArgs) -> None:
     if not config.eval.test:
         raise ConfigError(
             "eval.test=false does not apply to pgbench eval: it scores the test split"
         )
 
 
-def _check_report(config: Any) -> None:
+def _check_report(config: ReportArgs) -> None:
     if bool(config.comparison) == bool(config.experiment):
         raise ConfigError("give exactly one of comparison=<id> or experiment=<name>")
 
 
-MACHINE = "cache_dir device threads"
-TRAINING = "trainer rollout engine kl loss lora eval reward checkpoint tracking"
-VERBS: dict[str, Verb] = {
-    "run": Verb(
-        "Config",
+class Listed:
+    """What a verb over several estimators (`estimators=rloo,grpo`) adds."""
+
+    estimators: str
+
+    def estimator_names(self) -> list[str]:
+        """The names listed in `estimators=`."""
+        return [name.strip() for name in self.estimators.split(",") if name.strip()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Training(Resolved):
+    """The sections of a training run: what run, sweep, compare and suite share."""
+
+    trainer: TrainerConfig = section(TrainerConfig)
+    rollout: RolloutConfig = section(RolloutConfig)
+    engine: EngineConfig = section(EngineConfig)
+    kl: KLConfig = section(KLConfig)
+    loss: LossConfig = section(LossConfig)
+    lora: LoraConfig = section(LoraConfig)
+    eval: EvalConfig = section(EvalConfig)
+    reward: RewardConfig = section(RewardConfig)
+    checkpoint: CheckpointConfig = section(CheckpointConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(Training):
+    """`pgbench run`: what one training run trains with."""
+
+    spec = Verb(
         "train one policy with one estimator",
-        f"task estimator model seed output_dir resume {MACHINE} {TRAINING}",
         "runs/<task>-<estimator>-s<seed>-<time>",
         (_check_training,),
-    ),
-    "sweep": Verb(
-        "SweepArgs",
+    )
+    task: Task = component()
+    estimator: Estimator = component()
+    model: str = top("model")
+    seed: int = top("seed")
+    output_dir: str = top("output_dir")
+    resume: str = top("resume")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+
+    @property
+    def mlflow_experiment(self) -> str:
+        """Experiment that training runs log to: tracking.experiment, else the task name."""
+        return self.tracking.experiment or self.task.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepArgs(Training):
+    """`pgbench sweep`: one estimator tuned with Optuna."""
+
+    spec = Verb(
         "tune one estimator with Optuna (resumable, parallel)",
-        f"task estimator model seed output_dir {MACHINE} {TRAINING} sweep slurm",
         "runs/sweep-<study>",
         (_check_training, _check_slurm),
-    ),
-    "compare": Verb(
-        "CompareArgs",
-        "every estimator x every seed at one budget",
-        f"task model output_dir {MACHINE} estimators seeds {TRAINING} compare sweep",
-        "runs/<id>",
-        (_check_estimators,),
-    ),
-    "suite": Verb(
-        "SuiteArgs",
+    )
+    task: Task = component()
+    estimator: Estimator = component()
+    model: str = top("model")
+    seed: int = top("seed")
+    output_dir: str = top("output_dir")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    sweep: SweepConfig = section(SweepConfig)
+    slurm: SlurmConfig = section(SlurmConfig)
+
+    @property
+    def mlflow_experiment(self) -> str:
+        """Experiment that training runs log to: tracking.experiment, else the task name."""
+        return self.tracking.experiment or self.task.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareArgs(Listed, Training):
+    """`pgbench compare`: every estimator x every seed at one budget."""
+
+    spec = Verb("every estimator x every seed at one budget", "runs/<id>", (_check_estimators,))
+    task: Task = component()
+    model: str = top("model")
+    output_dir: str = top("output_dir")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    estimators: str = top("estimators")
+    seeds: int = top("seeds")
+    compare: CompareConfig = section(CompareConfig)
+    sweep: SweepConfig = section(SweepConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteArgs(Listed, Training):
+    """`pgbench suite`: the tasks x estimators x seeds of a protocol."""
+
+    spec = Verb(
         "tasks x estimators x seeds of a protocol, tuned first if its [tune] table says so "
         "(suite=cpu|cpu_offpolicy|gpu|file.toml)",
-        f"task.* model output_dir {MACHINE} estimators seeds {TRAINING} suite slurm variance",
         "runs/suite-<id>",
         (_check_estimators, _check_slurm),
-    ),
-    "report": Verb(
-        "ReportArgs",
-        "tables and figures of a comparison from MLflow",
-        "comparison experiment report tracking",
-        checks=(_check_report,),
-    ),
-    "variance": Verb(
-        "VarianceArgs",
+    )
+    task: Task = component(chosen=False)  # task.* keys apply to every task of the suite
+    model: str = top("model")
+    output_dir: str = top("output_dir")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    estimators: str = top("estimators")
+    seeds: int = top("seeds")
+    suite: SuiteConfig = section(SuiteConfig)
+    slurm: SlurmConfig = section(SlurmConfig)
+    variance: VarianceConfig = section(VarianceConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportArgs(Resolved):
+    """`pgbench report`: the tables and figures of a comparison."""
+
+    spec = Verb("tables and figures of a comparison from MLflow", checks=(_check_report,))
+    comparison: str = top("comparison")
+    experiment: str = top("experiment")
+    report: ReportConfig = section(ReportConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VarianceArgs(Listed, Resolved):
+    """`pgbench variance`: the gradient variance of each estimator."""
+
+    spec = Verb(
         "gradient variance of each estimator on the same rollouts",
-        f"task model seed output_dir {MACHINE} estimators trainer rollout loss lora reward "
-        "tracking variance",
         "runs/variance-<time>",
         (_check_estimators, _check_variance),
-    ),
-    "eval": Verb(
-        "EvalArgs",
-        "score a policy on a test split (chrF, BLEU, embed)",
-        f"task model seed output_dir {MACHINE} eval reward",
-        "runs/eval-<time>",
-        (_check_eval,),
-    ),
-    "build-tiny": Verb(
-        "BuildTinyArgs",
-        "build a task's tiny policy and write it with its manifest",
-        f"task output_dir {MACHINE} eval reward",
-        "tiny-<task>",
-    ),
+    )
+    task: Task = component()
+    model: str = top("model")
+    seed: int = top("seed")
+    output_dir: str = top("output_dir")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    estimators: str = top("estimators")
+    trainer: TrainerConfig = section(TrainerConfig)
+    rollout: RolloutConfig = section(RolloutConfig)
+    loss: LossConfig = section(LossConfig)
+    lora: LoraConfig = section(LoraConfig)
+    reward: RewardConfig = section(RewardConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+    variance: VarianceConfig = section(VarianceConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalArgs(Resolved):
+    """`pgbench eval`: a policy scored on a test split."""
+
+    spec = Verb(
+        "score a policy on a test split (chrF, BLEU, embed)", "runs/eval-<time>", (_check_eval,)
+    )
+    task: Task = component()
+    model: str = top("model")
+    seed: int = top("seed")
+    output_dir: str = top("output_dir")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    eval: EvalConfig = section(EvalConfig)
+    reward: RewardConfig = section(RewardConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildTinyArgs(Resolved):
+    """`pgbench build-tiny`: a task's tiny policy, built and written with its manifest."""
+
+    spec = Verb("build a task's tiny policy and write it with its manifest", "tiny-<task>")
+    task: Task = component()
+    output_dir: str = top("output_dir")
+    cache_dir: str = top("cache_dir")
+    device: Device = top("device")
+    threads: int = top("threads")
+    eval: EvalConfig = section(EvalConfig)
+    reward: RewardConfig = section(RewardConfig)
+
+
+VERB_ARGS: dict[str, type[Resolved]] = {  # the verbs, in `pgbench --help`'s order
+    "run": Config,
+    "sweep": SweepArgs,
+    "compare": CompareArgs,
+    "suite": SuiteArgs,
+    "report": ReportArgs,
+    "variance": VarianceArgs,
+    "eval": EvalArgs,
+    "build-tiny": BuildTinyArgs,
 }
-VERB_ARGS: dict[str, type] = {name: verb_class(spec) for name, spec in VERBS.items()}
-# each class under the name its Verb gives it, in the table's order
-Config, SweepArgs, CompareArgs, SuiteArgs, ReportArgs, VarianceArgs, EvalArgs, BuildTinyArgs = (
-    VERB_ARGS.values()
-)
+VERBS: dict[str, Verb] = {name: cls.spec for name, cls in VERB_ARGS.items()}
 
 
-def parse_overrides(args: list[str]) -> dict[str, str]:
-    """`["a=1", "b.c=x"]` -> `{"a": "1", "b.c": "x"}`, rejecting malformed or repeated keys."""
-    overrides: dict[str, str] = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"expected key=value, got {arg!r} (see --help for the keys)")
-        if key in overrides:
-            raise ConfigError(f"key {key} is given twice")
-        overrides[key] = value
-    return overrides
-
-
-def help_rows(verb: type = Config, task: str = "fr_en", estimator: str = "rloo") -> list[Row]:
+def help_rows(
+    verb: type[Resolved] = Config, task: str = "fr_en", estimator: str = "rloo"
+) -> list[Row]:
     """(key, type, default, help) for every key of `verb`, with this task's and estimator's."""
     return rows(verb, {"task": task, "estimator": estimator})
 
 
-def all_keys(verb: type = Config, task: str = "fr_en", estimator: str = "rloo") -> list[str]:
+def all_keys(
+    verb: type[Resolved] = Config, task: str = "fr_en", estimator: str = "rloo"
+) -> list[str]:
     """Every key `verb` accepts with this task and estimator."""
     return [row[0] for row in help_rows(verb, task, estimator)]
 
 
-def resolve(values: Mapping[str, Any], verb: type[T] = Config) -> T:
+def check(values: Mapping[str, Any], verb: type[Resolved] = Config) -> None:
+    """The ConfigError of an unknown task or estimator name, of an unknown key outside the
+    `task.*` and `estimator.*` keys, or of a bad value of a knob or section, found without
+    importing torch (resolve raises the same)."""
+    check_early(verb, values, VERB_ARGS.values())
+
+
+@overload
+def resolve(values: Mapping[str, Any]) -> Config: ...
+@overload
+def resolve(values: Mapping[str, Any], verb: type[R]) -> R: ...
+def resolve(values: Mapping[str, Any], verb: type[Resolved] = Config) -> Resolved:
     """Build and check the configuration of `verb` from key -> value (text from the command
     line, or typed values); `Config` (`pgbench run`) unless another of VERB_ARGS is given.
 

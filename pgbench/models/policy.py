@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from pgbench.config.sections import LoraConfig
 from pgbench.engine.sampling import Rollout
@@ -28,6 +29,9 @@ class Policy:
 
 def load_policy(source: str, lora: LoraConfig, device: torch.device) -> Policy:
     """Load weights and tokenizer from `source`; wrap with LoRA when `lora.r > 0`."""
+    # transformers' "Loading weights" and "Writing model shards" bars would sit beside the
+    # run's own bar; its switch turns them off for the process (the final save included)
+    hf_logging.disable_progress_bar()
     try:
         if (Path(source) / "adapter_config.json").is_file():
             from peft import AutoPeftModelForCausalLM

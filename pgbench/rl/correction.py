@@ -22,13 +22,13 @@ options, off by default there too).
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-Correction = Literal["none", "tis", "mis"]
-Level = Literal["token", "sequence"]
+from pgbench.rl.choices import Correction, Level
+
 SAFETY_BOUND = 20.0  # |log w| above this is clamped before exp (verl's bound)
 
 

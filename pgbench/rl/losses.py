@@ -6,13 +6,10 @@ the advantages. Tensors are `[N, T]`: N sequences, T completion tokens, with a 0
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-KLEstimator = Literal["k1", "k2", "k3", "k3_plus"]
-Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "prompt_mean"]
+from pgbench.rl.choices import Aggregation, KLEstimator
 
 
 def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator) -> Tensor:

@@ -33,13 +33,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-PolicyForm = Literal["ppo_clip", "cispo", "gmpo", "sapo", "clip_cov", "kl_cov"]
-RatioLevel = Literal["token", "sequence"]
+from pgbench.rl.choices import PolicyForm, RatioLevel
 
 
 @dataclass(frozen=True)

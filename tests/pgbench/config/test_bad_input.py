@@ -10,7 +10,7 @@ import pytest
 from pgbench import estimators
 from pgbench.cli import main
 from pgbench.config.verbs import resolve
-from pgbench.rl.losses import KLEstimator
+from pgbench.rl.choices import KLEstimator
 
 ESTIMATORS = ", ".join(estimators.REGISTRY.names())
 KL_CHOICES = ", ".join(typing.get_args(KLEstimator))

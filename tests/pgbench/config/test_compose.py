@@ -1,5 +1,5 @@
-"""Each verb's class made from its line of VERBS: its fields, its defaults (the task's and
-estimator's run_defaults), frozen instances and the output_dir pattern."""
+"""Each verb's class and the keys its fields name: its defaults (the task's and estimator's
+run_defaults), frozen instances and the output_dir pattern."""
 
 import dataclasses
 import re

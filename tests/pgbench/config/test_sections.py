@@ -3,8 +3,9 @@ import typing
 
 import pytest
 
+from pgbench.config import sections
 from pgbench.config.sections import SECTIONS, Knobs, SlurmConfig
-from pgbench.config.verbs import VERB_ARGS, help_rows
+from pgbench.config.verbs import VERB_ARGS, help_rows, resolve
 from pgbench.errors import ConfigError
 
 
@@ -44,3 +45,23 @@ def test_top_level_knobs_are_defined_once():
         texts = {row[3] for a in verbs for row in help_rows(a) if row[0] == name}
         if name != "output_dir":  # each verb adds where it writes by default
             assert texts == {knob.metadata["help"]}, name
+
+
+def test_reward_defaults_restated_without_torch_agree_with_their_module():
+    # sections restates them so that --help needs no torch; the module that uses them must agree
+    from pgbench.tasks import model_rewards
+
+    assert sections.DEFAULT_COMET == model_rewards.DEFAULT_COMET
+    assert sections.DEFAULT_BATCH_SIZE == model_rewards.DEFAULT_BATCH_SIZE
+
+
+def test_each_verb_class_types_its_sections_with_their_classes():
+    for verb, args in VERB_ARGS.items():
+        hints = typing.get_type_hints(args)
+        config = resolve({"comparison": "c"} if verb == "report" else {}, args)
+        for field in dataclasses.fields(args):
+            if field.name in SECTIONS:
+                assert hints[field.name] is SECTIONS[field.name], (verb, field.name)
+                assert isinstance(getattr(config, field.name), SECTIONS[field.name])
+            elif field.name not in ("task", "estimator"):
+                assert hints[field.name] == typing.get_type_hints(Knobs)[field.name]

@@ -1,21 +1,27 @@
+import dataclasses
 import typing
 
 import pytest
 
 from pgbench import estimators
+from pgbench.config.compose import Resolved, Verb, component, section, top
+from pgbench.config.sections import EvalConfig
 from pgbench.config.verbs import (
     VERB_ARGS,
+    CompareArgs,
     Config,
     EvalArgs,
     SweepArgs,
     VarianceArgs,
     all_keys,
+    check,
     help_rows,
     parse_overrides,
     resolve,
 )
 from pgbench.errors import ConfigError
-from pgbench.rl.losses import KLEstimator
+from pgbench.rl.choices import KLEstimator
+from pgbench.tasks import Task
 
 ESTIMATORS = ", ".join(estimators.REGISTRY.names())
 KL_CHOICES = ", ".join(typing.get_args(KLEstimator))
@@ -144,3 +150,37 @@ def test_each_verb_checks_its_own_estimators():
     with pytest.raises(ConfigError, match=">= 2 for estimators=grpo"):
         resolve({"estimators": "grpo", "rollout.samples_per_prompt": "1"}, VERB_ARGS["compare"])
     assert isinstance(resolve({"estimator": "grpo"}), Config)
+
+
+def test_check_finds_early_what_resolve_would_without_building_components():
+    cases = [
+        ({"task": "de_en"}, "unknown task 'de_en'"),
+        ({"trainer.lrr": "1"}, "unknown key 'trainer.lrr'; did you mean trainer.lr"),
+        ({"kl.coef": "-1"}, r"kl.coef must be >= 0.0 \(got -1.0\)"),
+        ({"seeds": "0"}, "seeds must be >= 1"),
+        ({"resume": "auto"}, "'resume' does not apply here"),
+    ]
+    for values, message in cases:
+        args = CompareArgs if "seeds" in values else SweepArgs if "resume" in values else Config
+        for find in (check, resolve):
+            with pytest.raises(ConfigError, match=message):
+                find(values, args)
+    check({"estimator.baseline": "ema", "task.limit": "-5"})  # left to the components
+
+
+def test_a_verb_is_a_class_of_knobs_components_and_sections():
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class ProbeArgs(Resolved):
+        spec = Verb("probe a task", "probe-<task>")
+        task: Task = component()
+        seed: int = top("seed")
+        eval: EvalConfig = section(EvalConfig)
+
+    assert ProbeArgs.spec.name == "ProbeArgs"
+    assert all_keys(ProbeArgs)[:3] == ["task", "seed", "task.source"]
+    assert all_keys(ProbeArgs)[-1] == "eval.test"
+    probe = resolve({"task": "arith", "seed": "3", "eval.size": "7"}, ProbeArgs)
+    assert (probe.task.name, probe.seed, probe.eval.size) == ("arith", 3, 7)
+    assert resolve(probe.to_flat(), ProbeArgs) == probe
+    with pytest.raises(ConfigError, match="'trainer.lr' does not apply here; keys used: eval"):
+        resolve({"trainer.lr": "1"}, ProbeArgs)
