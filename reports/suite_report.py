@@ -168,6 +168,15 @@ def _scaling(out: Path, runs: pd.DataFrame, curves: pd.DataFrame) -> tuple[pd.Da
     return fits, figures
 
 
+def failed_section(failed: dict[str, str]) -> list[str]:
+    """The "Failed cells" section: each cell given up after its attempts, with its last error."""
+    if not failed:
+        return []
+    one_line = {name: " ".join(error.split()).replace("|", "/") for name, error in failed.items()}
+    rows = "\n".join(f"| {name} | {error} |" for name, error in one_line.items())
+    return ["## Failed cells", f"| cell | last error |\n| --- | --- |\n{rows}"]
+
+
 def write_report(
     out: Path,
     title: str,
@@ -177,13 +186,14 @@ def write_report(
     uri: str,
     tuning: dict[str, Any] | None = None,
     proxy: Path | None = None,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the tables, findings, Markdown, HTML and figures of these runs into `out`.
 
     A tuned suite passes `tuning`: its tuning runs, selection, objective and the runs at the
     shared defaults (pgbench.runs.suite.conclude); `_tuned_sections` adds their tables and figures.
-    `proxy`: the output folder of the same protocol on a cheaper policy (reports/transfer.py).
-    """
+    `proxy`: the same protocol's output folder on a cheaper policy (reports/transfer.py);
+    `failed`: the cells given up after their last attempt, with their last error."""
     curves, quantities = per_run_frame(MlflowClient(uri), runs)
     scores = _scores(quantities, "metric")
     pair_table = stats.pairs(scores)
@@ -221,6 +231,7 @@ def write_report(
         findings.__doc__.split("\n\n", 1)[1].strip(),
         findings.markdown(found),
         "\n".join(f"![{p.stem}]({p.name})" for p in figures),
+        *failed_section(failed or {}),
     ]
     (out / "suite.md").write_text("\n\n".join(sections) + "\n")
     pages = {FINAL: board, SPEED: auc_board, "Paired comparison": pair_table, "Findings": found}

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -36,6 +37,7 @@ from pgbench.config.verbs import SweepArgs, resolve, run_values
 from pgbench.errors import ConfigError
 from pgbench.hardware import use_threads
 from pgbench.sweeps import spaces
+from pgbench.train.rundir import run_dir_busy
 from pgbench.train.tracking import MLflowTracker, check_reachable, write_json
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -89,6 +91,34 @@ def connect(url: str, heartbeat_s: int, key: str) -> optuna.storages.BaseStorage
         ) from None
 
 
+class SteadyStorage(RDBStorage):
+    """Optuna's RDB storage, whose heartbeats outlive a failed write and whose stale trials are
+    failed only when no process holds their run directory.
+
+    Optuna's heartbeat thread stops for good at the first exception of `record_heartbeat` (a
+    restarted server, a dropped connection): here a failed beat is a warning, and the next beat
+    tries again. A trial whose heartbeat is stale but whose run directory (user attr `run_dir`)
+    is still locked (pgbench.train.rundir.run_dir_lock) has a live worker, e.g. a suspended SLURM
+    job or one cut off from the database: it stays RUNNING and is not queued again.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
+            warnings.warn(
+                f"heartbeat of trial {trial_id} not recorded ({type(err).__name__}); "
+                "trying again at the next beat",
+                stacklevel=1,
+            )
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        return [
+            t for t in stale if not run_dir_busy(self.get_trial(t).user_attrs.get("run_dir", ""))
+        ]
+
+
 @functools.cache
 def _database(url: str, heartbeat_s: int) -> RDBStorage:
     """One RDBStorage per database and process: each holds a connection pool, and a caller
@@ -96,7 +126,7 @@ def _database(url: str, heartbeat_s: int) -> RDBStorage:
     and exhaust the server's connections before the old ones are garbage collected."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
+        return SteadyStorage(
             url,
             engine_kwargs={"pool_pre_ping": True},  # a restarted server's dead connections
             heartbeat_interval=heartbeat_s,

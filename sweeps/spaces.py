@@ -54,7 +54,8 @@ def load(path: str) -> Space:
 
 
 def check(space: Any, where: str) -> None:
-    """A ConfigError naming `where` unless `space` maps keys to well-formed distributions."""
+    """A ConfigError naming `where` and the key unless `space` maps keys to well-formed,
+    non-empty distributions."""
     needs = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"{where}: a search space maps config keys to distributions")
@@ -65,6 +66,32 @@ def check(space: Any, where: str) -> None:
                 f"{where}: {key} must be an object with type float|int (low, high, "
                 "optional log) or categorical (choices)"
             )
+        problem = _categorical_problem(spec) if kind == "categorical" else _range_problem(spec)
+        if problem:
+            raise ConfigError(f"{where}: {key} {problem}")
+
+
+def _categorical_problem(spec: dict[str, Any]) -> str:
+    """What is wrong with a categorical distribution, or ""."""
+    choices = spec["choices"]
+    if not isinstance(choices, list) or not choices:
+        return f"has choices {choices!r}; give a non-empty list of values"
+    return ""
+
+
+def _range_problem(spec: dict[str, Any]) -> str:
+    """What is wrong with a float or int range, or ""."""
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    number = int if spec["type"] == "int" else (int, float)
+    if any(isinstance(v, bool) or not isinstance(v, number) for v in (low, high)):
+        return f"has low={low!r}, high={high!r}; both must be {spec['type']} numbers"
+    if low > high:
+        return f"has low={low} > high={high}; low must be at most high"
+    if not isinstance(log, bool):
+        return f"has log={log!r}; log is true or false"
+    if log and low <= 0:
+        return f"has log=true with low={low}; a log scale needs low > 0"
+    return ""
 
 
 def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:

@@ -42,7 +42,14 @@ def read_pairs(path: Path | str, columns: tuple[str, str] = ("fr", "en")) -> lis
                 f"{path} line {number}: expected two non-empty tab-separated columns "
                 f"({columns[0]}, {columns[1]}), got {line[:80]!r}"
             )
-        references = tuple(r.strip() for r in cells[1].split(REFERENCE_SEPARATOR) if r.strip())
+        # padded, so a separator at either end of the cell separates too (`Hello. |||`)
+        parts = f" {cells[1]} ".split(REFERENCE_SEPARATOR)
+        references = tuple(r.strip() for r in parts if r.strip())
+        if not references:
+            raise DataError(
+                f"{path} line {number}: the {columns[1]} column holds no reference (only "
+                f"'{REFERENCE_SEPARATOR.strip()}' separators), got {line[:80]!r}"
+            )
         examples.append(Example(cells[0].strip(), references))
     if not examples:
         raise DataError(f"{path} has a header but no rows")

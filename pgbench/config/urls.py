@@ -1,9 +1,13 @@
 """URLs that reach services (`tracking.uri`, `sweep.storage`, `suite.storage`): the one place
-that hides their passwords and checks that a database answers before any work starts.
+that hides their credentials and checks that a database answers before any work starts.
 
 A URL is kept whole where it is used to connect. Wherever it is shown or saved (MLflow params
-and tags, JSON files, messages) its password is replaced, as SQLAlchemy's
-`render_as_string(hide_password=True)` does: `postgresql://alice:***@db-host/pgbench`.
+and tags, JSON files, messages) its credentials are replaced by ***:
+`postgresql://alice:***@db-host/pgbench`, `https://***@mlflow` (a token as user name),
+`...?sslpassword=***`. URLs are split, not matched by a pattern: the user info ends at the
+URL's last `@`, so a password holding `/`, `?`, `#` or `:` unencoded (SQLAlchemy accepts them)
+is hidden whole. SQLAlchemy's `render_as_string(hide_password=True)` is not used: it stops a
+password at its first `@`, hides no query parameter and reorders and re-encodes the rest.
 Credentials are better kept out of URLs altogether: libpq reads `PGPASSWORD` and
 `~/.pgpass`, MLflow reads `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +24,20 @@ from pgbench.errors import ConfigError
 
 HIDDEN = "***"
 URL_KEYS = ("tracking.uri", "sweep.storage", "suite.storage")  # the keys that hold such URLs
-# the password of `scheme://user:password@host`; the lookahead takes the authority's last @
-_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*:)([^/?#\s]+)(?=@)")
-_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd)=)([^&#\s]+)", re.IGNORECASE)
+# where a URL starts in free text (`scheme://`); it runs to the next blank or quote, since a
+# password may hold any other character unencoded (SQLAlchemy accepts `/`, `?`, `#`, `:`)
+_URL_START = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://")
+_URL_END = frozenset(" \t\r\n\"'<>`")
+# query parameters, and libpq's `key=value` words, whose value is a credential
+SECRET_NAMES = (
+    "password", "passwd", "pwd", "sslpassword", "token", "access_token", "auth_token", "secret",
+    "client_secret", "api_key", "apikey", "sig", "signature",
+)  # fmt: skip
+_SECRET_WORD = re.compile(  # libpq's `password=secret` or `password = 'a b'` in a message
+    rf"(?<![\w.])((?:{'|'.join(SECRET_NAMES)})\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"]+)",
+    re.IGNORECASE,
+)
+_WEB = ("http", "https", "ws", "wss", "ftp")  # where a user name alone is a token
 # where the database drivers SQLAlchemy names come from
 DRIVER_PACKAGES = {
     "psycopg": "psycopg[binary]",
@@ -33,9 +49,68 @@ DRIVER_PACKAGES = {
 _REFUSALS = ("password", "authentication", "does not exist", "pg_hba", "access denied")
 
 
+def split_url(url: str) -> tuple[str, str | None, str]:
+    """`scheme://userinfo@rest` -> (scheme, userinfo or None, rest).
+
+    The user info ends at the LAST `@` of the URL: a password may hold `/`, `?`, `#`, `:` and
+    `@` unencoded (SQLAlchemy accepts all but `@`), so no character before it can end it. A URL
+    whose rest starts with `/` has no user info (`sqlite:////data/a@b.db`)."""
+    scheme, _, rest = url.partition("://")
+    at = rest.rfind("@")
+    if at < 0 or rest.startswith("/"):
+        return scheme, None, rest
+    return scheme, rest[:at], rest[at + 1 :]
+
+
+def _hidden_params(params: str) -> str:
+    """`a=1&password=x` -> `a=1&password=***` (names compared decoded and case-insensitively)."""
+    items = []
+    for item in params.split("&"):
+        name, eq, value = item.partition("=")
+        secret = eq and value and urllib.parse.unquote_plus(name).lower() in SECRET_NAMES
+        items.append(f"{name}={HIDDEN}" if secret else item)
+    return "&".join(items)
+
+
+def redact_url(url: str) -> str:
+    """One URL with its credentials hidden: the password of its user info (`user:***@`), a web
+    URL's token (`https://***@host`), and password-like query and fragment parameters."""
+    scheme, userinfo, rest = split_url(url)
+    if userinfo is not None:
+        user, colon, password = userinfo.partition(":")
+        if colon and password:
+            userinfo = f"{user}:{HIDDEN}"
+        elif not colon and user and scheme.lower() in _WEB:
+            userinfo = HIDDEN
+        rest = f"{userinfo}@{rest}"
+    head, question, query = rest.partition("?")
+    query, hash_, fragment = query.partition("#") if question else ("", "", "")
+    if not question:
+        head, hash_, fragment = head.partition("#")
+    shown = head + question + _hidden_params(query) + hash_ + _hidden_params(fragment)
+    return f"{scheme}://{shown}"
+
+
 def redact(text: str) -> str:
-    """`text` with the password of every URL in it replaced by ***."""
-    return _QUERY_PASSWORD.sub(rf"\1{HIDDEN}", _PASSWORD.sub(rf"\1{HIDDEN}", text))
+    """`text` (a URL, a message, a traceback) with every credential in it replaced by ***: each
+    URL's as `redact_url` hides them (a URL runs from `scheme://` to the next blank or quote),
+    and libpq's `password=...` words outside URLs. A text that is one URL (a config value)
+    is taken whole: its password may hold quotes too."""
+    if _URL_START.match(text) and not any(char.isspace() for char in text):
+        return redact_url(text)
+    shown, pos = [], 0
+    while found := _URL_START.search(text, pos):
+        end = next((i for i in range(found.end(), len(text)) if text[i] in _URL_END), len(text))
+        shown += [_SECRET_WORD.sub(rf"\1{HIDDEN}", text[pos : found.start()])]
+        shown += [redact_url(text[found.start() : end])]
+        pos = end
+    return "".join([*shown, _SECRET_WORD.sub(rf"\1{HIDDEN}", text[pos:])])
+
+
+def without_userinfo(url: str) -> str:
+    """`url` without its `user:password@` (to ask a server's /health without credentials)."""
+    scheme, _, rest = split_url(url)
+    return f"{scheme}://{rest}"
 
 
 def redact_values(value: Any) -> Any:
@@ -107,7 +182,7 @@ def restore(key: str, saved: str, given: str | None, where: str) -> str:
         return given
     if HIDDEN not in saved:
         return saved
-    bare = saved.replace(f":{HIDDEN}@", "@", 1)  # user:***@host -> user@host
+    bare = _without_hidden_userinfo(saved)  # user:***@host -> user@host, ***@host -> host
     if HIDDEN in bare or not env_credentials(bare):
         raise ConfigError(
             f"{key} in {where} had a password, which pgbench never saves: give it again "
@@ -115,6 +190,13 @@ def restore(key: str, saved: str, given: str | None, where: str) -> str:
             "database, MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD for an MLflow server"
         )
     return bare
+
+
+def _without_hidden_userinfo(url: str) -> str:
+    scheme, userinfo, rest = split_url(url)
+    if userinfo in (None, HIDDEN):
+        return f"{scheme}://{rest}"
+    return f"{scheme}://{userinfo.removesuffix(':' + HIDDEN)}@{rest}"
 
 
 def _where(url: Any) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from pgbench.errors import ConfigError, DataError
+from pgbench.models.cache import SIZES, fsync_tree, private_tmp
 from pgbench.tasks import Task
 
 SHIPPED = Path(__file__).parents[1] / "policies"
@@ -122,18 +123,28 @@ def check_free(out: Path) -> None:
 
 def write_policy(source: Path, out: Path, facts: dict[str, Any]) -> dict[str, Any]:
     """Copy the built policy `source` to `out` with its manifest: the build's record, `facts`
-    (the measured metrics, the cache key) and the sha256 of every file."""
+    (the measured metrics, the cache key) and the sha256 of every file.
+
+    Written into a private temporary folder, synced, then renamed onto `out` (missing or
+    empty) in one step: a concurrent writer of `out` makes this one fail, never a mix.
+    """
     check_free(out)
-    tmp = out.with_name(f"{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    for path in tmp.iterdir():  # readable by every user of an installed package
-        path.chmod(0o644)
-    manifest = {"torch": torch.__version__} | read_manifest(tmp) | facts
-    manifest["files"] = file_hashes(tmp)
-    manifest["sha256"] = manifest["files"]["model.safetensors"]
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    tmp = private_tmp(out)
+    try:
+        shutil.copytree(source, tmp)
+        for path in tmp.iterdir():  # readable by every user of an installed package
+            path.chmod(0o644)
+        manifest = {"torch": torch.__version__} | read_manifest(tmp) | facts
+        manifest.pop(SIZES, None)  # the cache's completeness record; `files` supersedes it
+        manifest["files"] = file_hashes(tmp)
+        manifest["sha256"] = manifest["files"]["model.safetensors"]
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        fsync_tree(tmp)
+        try:
+            tmp.rename(out)  # POSIX: replaces an empty folder, fails on a non-empty one
+        except OSError:
+            check_free(out)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return manifest

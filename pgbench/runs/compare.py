@@ -57,6 +57,8 @@ def best_params(config: CompareArgs, estimator: str) -> dict[str, Any]:
 
 def plan(config: CompareArgs) -> tuple[str, list[Config]]:
     """The comparison id and every run's config, all checked before any training."""
+    if not config.eval.test:  # the comparison is of test scores: refuse before any training
+        raise ConfigError("eval.test=false: compare ranks runs by their test metric; remove it")
     comparison = config.compare.id or f"cmp-{datetime.now():%Y%m%d-%H%M%S}"
     folder = output_path(config, id=comparison)
     if folder.exists() and any(folder.iterdir()):

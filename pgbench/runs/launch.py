@@ -10,6 +10,9 @@ A job killed mid-cell stops sending heartbeats: its trial is failed and the cell
 (Optuna's RetryHeartbeatStaleTrialCallback); the next worker resumes it from its checkpoint in
 the same MLflow run (the run directories lie under `output_dir`, which every node must share).
 
+A cell that failed `suite.max_attempts` times (pgbench/runs/queue.py) is not queued again, so
+workers and `suite.wait=true` stop retrying it; the report names it with its last error.
+
 Re-running the command queues only cells without a finished, waiting or running trial and
 submits only what tops the suite's queued or running jobs (squeue, by job name) up to
 `suite.workers`, never more than cells wait. With `suite.wait=true` it then waits until no cell
@@ -28,15 +31,8 @@ import optuna
 from optuna.trial import TrialState
 
 from pgbench.runs.protocol import Plan
-from pgbench.runs.suite import (
-    conclude,
-    first_phase,
-    open_storage,
-    open_suite,
-    promote,
-    queue_cells,
-    work,
-)
+from pgbench.runs.queue import queue_cells
+from pgbench.runs.suite import conclude, first_phase, open_storage, open_suite, promote, work
 from pgbench.train.slurm import executor, fail_stale, live_jobs, mlflow_link, submit
 
 

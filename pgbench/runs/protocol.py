@@ -9,13 +9,16 @@ command line. A protocol's `[variant.NAME]` tables are extra columns; its `[tune
 Cells: `<task>-<column>-s<seed>` runs a column at the shared defaults;
 `<task>-<column>-t<p>-s<seed>` runs it at tuning point p, on a tuning seed (tuning phase) or
 on a test seed (test phase, the selected point only). A point whose config is the defaults'
-is the defaults cell.
+is the defaults cell. A suite id and a variant name are folder names: one path component of
+[A-Za-z0-9_.-] without '..'; a variant name holds no -t<N> or -s<N> part and is not `variance`,
+so that it names no other cell.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,8 @@ SUITE_TABLE = {"tasks", "estimators", "seeds", "id", "variance"}
 TABLES = {"suite", "overrides", "task", "variant", "tune"}
 NOT_PASSED = ("output_dir", "resume")  # the suite's own keys, not its cells'
 VARIANCE = "variance"  # the column name of a task's `pgbench variance` cell
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a suite id or variant name: one path component
+GENERATED = re.compile(r"(^|-)[ts][0-9]+(-|$)")  # the -t<point> and -s<seed> parts of cell names
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Plan:
     wait: bool = False  # slurm: wait for the jobs and write the report
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     proxy: str = ""  # suite.proxy: a proxy suite's output folder, for the transfer finding
+    max_attempts: int = 3  # suite.max_attempts: failed attempts after which a cell is given up
 
     def all_cells(self) -> list[Cell]:
         """Every cell the suite may run, each once."""
@@ -126,12 +132,37 @@ def read_protocol(path: Path) -> Protocol:
     for key in ("suite.tasks", "estimators"):
         if isinstance(suite.get(key), list):
             suite[key] = ",".join(suite[key])
-    variants = data.get("variant", {})
-    for name, keys in variants.items():
-        if "estimator" not in keys:
-            raise ConfigError(f'{path}: [variant.{name}] needs estimator = "<estimator>"')
+    variants = _variants(data.get("variant", {}), path)
     tune = read_tune(data["tune"], str(path)) if "tune" in data else None
     return Protocol(suite | data.get("overrides", {}), data.get("task", {}), variants, tune)
+
+
+def check_name(name: str, what: str) -> None:
+    """A suite id or variant name becomes a folder name: one safe path component."""
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"{what}={name!r} is not a valid name; use letters, digits, '_', '-' and '.' "
+            "(no '..', no '/')"
+        )
+
+
+def _variants(tables: Any, path: Path) -> dict[str, dict]:
+    """The protocol's [variant.NAME] tables, each checked: a safe name that no generated cell
+    name can take, and a table with its estimator."""
+    if not isinstance(tables, dict) or not all(isinstance(k, dict) for k in tables.values()):
+        raise ConfigError(
+            f'{path}: write each variant as a table, [variant.NAME] with estimator = "<estimator>"'
+        )
+    for name, keys in tables.items():
+        check_name(name, f"{path}: [variant.NAME] name")
+        if GENERATED.search(name) or name == VARIANCE:
+            raise ConfigError(
+                f"{path}: [variant.{name}] would collide with generated cell names "
+                f"(-t<N>, -s<N>, {VARIANCE}); rename it"
+            )
+        if "estimator" not in keys:
+            raise ConfigError(f'{path}: [variant.{name}] needs estimator = "<estimator>"')
+    return tables
 
 
 def _checked(values: dict[str, Any], where: str, verb: type = Config) -> Any:
@@ -171,6 +202,11 @@ class _Planner:
         run = {"task": task, **keys, "seed": seed, "output_dir": str(self.out / cell.name)}
         _checked(self.from_file | run, f"{self.where} (cell {cell.name})")  # names the file
         resolved = _checked(self.base | run, f"cell {cell.name}")
+        if not kind.get("tuning") and not resolved.eval.test:
+            raise ConfigError(
+                "eval.test=false: a suite ranks its runs by their test metric; remove the key "
+                "(tuning runs skip the test split by themselves)"
+            )
         return Cell(task, column, seed, resolved.to_flat(), **kind)
 
     def tuned(
@@ -231,6 +267,7 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
     config = _checked(protocol.common | cli, "", SuiteArgs)
     names = _task_names(config, protocol, where)
     suite_id = config.suite.id or (path.stem if path else _digest(protocol.common | cli))
+    check_name(suite_id, "suite.id")
     out = output_path(config, id=suite_id)
     cells, candidates, points = _plan_cells(config, protocol, names, out, where, cli)
     storage = config.suite.storage or str((out / "suite.journal").resolve())
@@ -250,6 +287,7 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
         config.suite.wait,
         config.slurm,
         config.suite.proxy,
+        config.suite.max_attempts,
     )
 
 
@@ -278,8 +316,9 @@ def _task_names(config: SuiteArgs, protocol: Protocol, where: str) -> list[str]:
 def _digest(values: dict[str, Any]) -> str:
     """The id of an unnamed suite: a hash of its keys. It does not change with a password (the
     saved configs never hold one), nor with where the cells run (suite.launcher, suite.wait,
-    suite.proxy, slurm.*): a re-run may wait for them."""
-    where_run = ("suite.launcher", "suite.wait", "suite.proxy")
+    suite.proxy, slurm.*) or how often a failing one is tried (suite.max_attempts): a re-run
+    may wait for them, or retry them."""
+    where_run = ("suite.launcher", "suite.wait", "suite.proxy", "suite.max_attempts")
     what = {k: v for k, v in values.items() if k not in where_run and not k.startswith("slurm.")}
     shown = redact_values(what)
     return hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -15,7 +15,8 @@ split and tuning seeds only) is queued on the test seeds; an unfinished column i
 
 Resume: the same command (same suite id) continues. A cell whose run directory has
 summary.json is never trained again; one with only run.json resumes from its last checkpoint,
-in the same MLflow run. Trials a killed suite left RUNNING in a local journal are re-queued.
+in the same MLflow run. One writer per run, at most `max_attempts` failed attempts per cell,
+and one command per journal: pgbench/runs/queue.py.
 
 Outputs: runs.csv (tuned columns at their selected point) and the report of
 reports/suite_report.py, artifacts of the MLflow run `suite-<id>`; cell runs are tagged
@@ -31,7 +32,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
@@ -41,14 +41,21 @@ from pgbench.config.verbs import resolve
 from pgbench.hardware import use_threads
 from pgbench.reports.tables import area_under_curve
 from pgbench.runs.protocol import VARIANCE, Cell, Plan, cell_config, plan_suite
-from pgbench.runs.tuning import SELECTION, select
-from pgbench.train.tracking import SPOOL, MLflowTracker, check_reachable, metric_history, write_json
+from pgbench.runs.queue import exhausted, queue_cells, queued, suite_lock, taken
+from pgbench.runs.suite_tables import notes, phases, run_rows, selected, tuned, variance
+from pgbench.train.rundir import RunDirBusyError, run_dir_lock
+from pgbench.train.tracking import (
+    SPOOL,
+    MLflowTracker,
+    check_reachable,
+    metric_history,
+    sync_pending,
+    write_json,
+)
 
-__all__ = ["plan_suite", "run_suite", "run_cell", "open_storage"]
+__all__ = ["plan_suite", "run_suite", "run_cell", "open_storage", "queue_cells"]
 
 PARENT_ATTR = "mlflow_parent_run_id"
-RUNS = ["task", "estimator", "seed", "metric", "value", "run_id"]
-TUNING = ["task", "estimator", "point", "seed", "objective", "run_id", "tokens", "wall_clock_s"]
 
 
 def open_storage(plan: Plan) -> optuna.storages.BaseStorage:
@@ -60,11 +67,17 @@ def open_storage(plan: Plan) -> optuna.storages.BaseStorage:
 
 def run_cell(plan: Plan, cell: Cell) -> dict[str, Any]:
     """Train one cell, resume it if it was killed mid-run, or read it if it finished; a
-    variance cell measures (`pgbench variance`) and returns {estimator: total_variance}."""
+    variance cell measures (`pgbench variance`) and returns {estimator: total_variance}. The
+    cell's run-directory lock is held throughout: RunDirBusyError if another process holds it."""
+    run_dir = Path(cell.values["output_dir"])
+    with run_dir_lock(run_dir):
+        return _run_cell(plan, cell, run_dir)
+
+
+def _run_cell(plan: Plan, cell: Cell, run_dir: Path) -> dict[str, Any]:
     from pgbench.runs.variance import run_variance
     from pgbench.train.trainer import train
 
-    run_dir = Path(cell.values["output_dir"])
     if cell.estimator == VARIANCE:
         table, _ = run_variance(cell_config(cell))
         return dict(zip(table.estimator, table.total_variance, strict=True))
@@ -100,20 +113,6 @@ def run_cell(plan: Plan, cell: Cell) -> dict[str, Any]:
     return train(config, tracker)
 
 
-def _queued(study: optuna.Study, number: int) -> bool:
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    return "fixed_params" in trial.system_attrs
-
-
-def _taken(study: optuna.Study, number: int, name: str) -> bool:
-    """Another trial runs or ran this cell (two machines may queue a test phase at once)."""
-    live = (TrialState.COMPLETE, TrialState.RUNNING)
-    return any(
-        t.user_attrs.get("cell") == name and t.number != number
-        for t in study.get_trials(deepcopy=False, states=live)
-    )
-
-
 def valid_auc(uri: str, run_id: str, metric: str) -> float:
     """The area under a run's valid curve per step (reports.tables.area_under_curve)."""
     points = metric_history(uri, run_id, metric)
@@ -127,6 +126,8 @@ def _record(plan: Plan, cell: Cell, trial: optuna.Trial, summary: dict[str, Any]
     """Store a finished run's numbers in its trial; returns the trial's value (the test
     metric, or for a tuning run the valid-split objective)."""
     metric = tasks.REGISTRY.get_class(cell.task).metric
+    # the valid curve is read from MLflow: a tail buffered during an outage goes up first
+    sync_pending(Path(summary["output_dir"]), plan.tracking_uri)
     final = summary["eval_valid"].get(metric, float("nan"))
     attrs = {
         "run_id": summary["run_id"],
@@ -142,6 +143,23 @@ def _record(plan: Plan, cell: Cell, trial: optuna.Trial, summary: dict[str, Any]
     return attrs[plan.tune.objective] if cell.tuning else summary["eval_after"][metric]
 
 
+def attempt(plan: Plan, cell: Cell, trial: optuna.Trial, worker: int | str) -> dict[str, Any]:
+    """Run the cell as one attempt of the trial: its worker and run directory recorded, its
+    error kept as user attr `error` (pgbench.runs.queue counts failed attempts)."""
+    trial.set_user_attr("worker", str(worker))
+    trial.set_user_attr("run_dir", cell.values["output_dir"])
+    try:
+        return run_cell(plan, cell)
+    except RunDirBusyError as err:  # the process that holds it trains the cell: no attempt
+        raise optuna.TrialPruned(str(err)) from None
+    except KeyboardInterrupt:
+        trial.set_user_attr("interrupted", True)
+        raise
+    except Exception as err:
+        trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
+        raise
+
+
 def work(plan: Plan, worker: int | str) -> None:
     """One worker: train queued cells until the queue is empty; `worker` (a number here, a
     SLURM job id there) is recorded in each of its trials as user attr `worker`."""
@@ -151,15 +169,14 @@ def work(plan: Plan, worker: int | str) -> None:
     by_name = {cell.name: cell for cell in plan.all_cells()}
 
     def objective(trial: optuna.Trial) -> float:
-        if not _queued(study, trial.number):  # another worker took the last cell
+        if not queued(study, trial.number):  # another worker took the last cell
             raise optuna.TrialPruned("no queued cell")
         trial.suggest_int("cell", 0, len(plan.cells) - 1)  # the queued index, as a param
         cell = by_name[trial.user_attrs["cell"]]  # the name, robust to a protocol's new cells
-        if _taken(study, trial.number, cell.name):
+        if taken(study, trial.number, cell.name):
             raise optuna.TrialPruned(f"{cell.name} is run by another trial")
-        trial.set_user_attr("worker", str(worker))
         print(f"suite {plan.id}: worker {worker} ({threads} threads) runs {cell.name}")
-        summary = run_cell(plan, cell)
+        summary = attempt(plan, cell, trial, worker)
         if cell.estimator == VARIANCE:
             trial.set_user_attr(VARIANCE, summary)
             return 0.0
@@ -178,54 +195,8 @@ def work(plan: Plan, worker: int | str) -> None:
         )
 
 
-def queue_cells(plan: Plan, study: optuna.Study, cells: list[Cell] | None = None) -> int:
-    """Queue every cell of `cells` (default: the plan's) without a finished or live trial;
-    returns how many wait to run."""
-    if plan.storage.endswith(".journal"):  # one machine: RUNNING trials are a killed suite's
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(trial.number, state=TrialState.FAIL)
-    live = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
-    taken = {t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False, states=live)}
-    chosen = {c.name for c in (plan.cells if cells is None else cells)}
-    for index, cell in enumerate(plan.cells):
-        if cell.name in chosen and cell.name not in taken:
-            study.enqueue_trial({"cell": index}, user_attrs={"cell": cell.name})
-    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-
-
 def _finished(study: optuna.Study) -> dict[str, FrozenTrial]:
     return {t.user_attrs["cell"]: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
-
-
-def tuning_frame(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
-    """Every finished training run as rows task, estimator, point, seed, split, value: its
-    valid objective, and for a test-phase run its test metric (which selection ignores)."""
-    rows = []
-    for cell in plan.all_cells():
-        trial = finished.get(cell.name)
-        if trial is None or cell.estimator == VARIANCE:
-            continue
-        key = {"task": cell.task, "estimator": cell.estimator, "point": cell.point}
-        key |= {"seed": cell.seed}
-        objective = trial.user_attrs.get(plan.tune.objective)  # absent: a run of an untuned suite
-        if objective is not None:
-            rows.append(key | {"split": "valid", "value": objective})
-        if not cell.tuning:
-            rows.append(key | {"split": "test", "value": trial.value})
-    return pd.DataFrame(rows, columns=["task", "estimator", "point", "seed", "split", "value"])
-
-
-def selected(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
-    """The selected point of every tuned column whose tuning runs have all finished."""
-    if plan.tune is None:
-        return pd.DataFrame(columns=SELECTION)
-    tuning = [c for c in plan.cells if c.tuning]
-    unfinished = {(c.task, c.estimator) for c in tuning if c.name not in finished}
-    complete = {(c.task, c.estimator) for c in tuning} - unfinished
-    table = tuning_frame(plan, finished)
-    pairs = zip(table.task, table.estimator, strict=True)
-    table = table[np.array([pair in complete for pair in pairs], dtype=bool)]
-    return select(table, plan.tune.seeds)
 
 
 def promote(plan: Plan, study: optuna.Study) -> Plan:
@@ -288,125 +259,90 @@ def open_suite(plan: Plan) -> tuple[optuna.Study, MLflowTracker]:
 
 
 def run_suite(plan: Plan) -> dict[str, Any]:
-    """Run (or continue) every cell with the workers, phase by phase, then write the tables."""
-    study, parent = open_suite(plan)
-    plan = promote(plan, study)  # resumed: tunings finished before
-    tuning = [c for c in plan.cells if c.tuning]
-    queue = first_phase(plan, study)
-    while True:
-        queued = queue_cells(plan, study, queue)
-        print(
-            f"suite {plan.id}: {len(plan.cells)} cells ({len(tuning)} tuning), {queued} to run "
-            f"now, {plan.workers} workers"
-        )
-        _run_workers(plan)
-        more = promote(plan, study)
-        if queue is None and len(more.cells) == len(plan.cells):
-            break
-        plan, queue = more, None  # the test phase of the columns just tuned, then the rest
-    return conclude(plan, parent)
-
-
-def _run_rows(cells: list[Cell], finished: dict[str, FrozenTrial]) -> pd.DataFrame:
-    rows = []
-    for cell in cells:
-        trial = finished[cell.name]
-        metric = tasks.REGISTRY.get_class(cell.task).metric
-        run_id = trial.user_attrs["run_id"]
-        rows.append([cell.task, cell.estimator, cell.seed, metric, trial.value, run_id])
-    return pd.DataFrame(rows, columns=RUNS)
-
-
-def _tuning_rows(plan: Plan, finished: dict[str, FrozenTrial]) -> pd.DataFrame:
-    """The finished tuning runs (TUNING columns) with the tuned keys' values."""
-    rows = []
-    for cell in plan.cells:
-        if cell.tuning and cell.name in finished:
-            trial = finished[cell.name]
-            attrs = [trial.user_attrs[k] for k in ("run_id", "tokens", "wall_clock_s")]
-            tuned = plan.points[(cell.task, cell.estimator, cell.point)]
-            rows.append(
-                [cell.task, cell.estimator, cell.point, cell.seed, trial.value, *attrs, tuned]
+    """Run (or continue) every cell with the workers, phase by phase, then write the tables;
+    on a journal, while holding the suite's lock (pgbench.runs.queue.suite_lock)."""
+    with suite_lock(plan):
+        study, parent = open_suite(plan)
+        plan = promote(plan, study)  # resumed: tunings finished before
+        tuning = [c for c in plan.cells if c.tuning]
+        queue = first_phase(plan, study)
+        while True:
+            waiting = queue_cells(plan, study, queue)
+            print(
+                f"suite {plan.id}: {len(plan.cells)} cells ({len(tuning)} tuning), {waiting} to "
+                f"run now, {plan.workers} workers"
             )
-    frame = pd.DataFrame(rows, columns=[*TUNING, "keys"])
-    keys = pd.json_normalize(frame.pop("keys").tolist()) if len(frame) else pd.DataFrame()
-    return pd.concat([frame, keys], axis=1)
-
-
-def _phases(plan: Plan, chosen: pd.DataFrame) -> tuple[list[Cell], list[Cell], list[str]]:
-    """(the leaderboard's cells, the shared-defaults cells of tuned tasks, unfinished tunings):
-    a tuned column is ranked at its selected point (`chosen`), any other at the defaults; the
-    tuned columns are ranked at the defaults too unless the protocol says `defaults = false`."""
-    board = [
-        c
-        for row in chosen.itertuples()
-        for c in plan.candidates[(row.task, row.estimator, row.point)]
-    ]
-    tuned = {(c.task, c.estimator) for c in plan.cells if c.tuning}
-    defaults = [c for c in plan.cells if c.point is None and c.estimator != VARIANCE]
-    board += [c for c in defaults if (c.task, c.estimator) not in tuned]
-    waiting = sorted(
-        f"{t}-{e}" for t, e in tuned - set(zip(chosen.task, chosen.estimator, strict=True))
-    )
-    if plan.tune is None or not plan.tune.defaults:  # a selected point may be the defaults'
-        return board, [], waiting
-    return board, [c for c in defaults if (c.task, c.estimator) in tuned], waiting
+            _run_workers(plan)
+            more = promote(plan, study)
+            if queue is None and len(more.cells) == len(plan.cells):
+                break
+            plan, queue = more, None  # the test phase of the columns just tuned, then the rest
+        return conclude(plan, parent)
 
 
 def conclude(plan: Plan, parent: MLflowTracker) -> dict[str, Any]:
     """runs.csv and the report (reports/suite_report.py) from the study's finished trials."""
-    from pgbench.reports.suite_report import write_report
-
     study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
-    finished = _finished(study)
-    missing = [c.name for c in plan.cells if c.name not in finished]
-    variance = {
-        c.task: finished[c.name].user_attrs[VARIANCE]
-        for c in plan.cells
-        if c.estimator == VARIANCE and c.name in finished
-    }
+    finished, failed = _finished(study), exhausted(plan, study)
     chosen = selected(plan, finished)
-    board, defaults, waiting = _phases(plan, chosen)
-    missing += [c.name for c in board if c.name not in finished and c.name not in missing]
-    runs = _run_rows([c for c in board if c.name in finished], finished)
+    board, defaults, waiting = phases(plan, chosen)
+    names = dict.fromkeys(c.name for c in [*plan.cells, *board])
+    missing = [name for name in names if name not in finished and name not in failed]
+    runs = run_rows([c for c in board if c.name in finished], finished)
     runs.to_csv(plan.out / "runs.csv", index=False)
-    # the same starting policy per task: its test score, logged by every test-phase run
-    start = {c.task: finished[c.name].user_attrs["start"] for c in board if c.name in finished}
+    for name, error in failed.items():
+        print(f"suite {plan.id}: {name} failed {plan.max_attempts} attempts; last error: {error}")
+    done = len([c for c in plan.cells if c.name in finished])
     title = (
-        f"# Suite {plan.id}\n\n{len(plan.cells) - len(missing)} of {len(plan.cells)} queued cells "
-        f"finished: {len(runs)} ranked training runs and {len(variance)} gradient-variance cells."
-    )
-    if waiting:
-        title += f" Not tested, their tuning unfinished: {', '.join(waiting)}."
-    if missing:
-        title += f" Missing (rerun the command to retry): {', '.join(missing)}."
-    tuned = None
-    if plan.tune is not None:
-        shared = _run_rows([c for c in defaults if c.name in finished], finished)
-        tuned = {
-            "tuning": _tuning_rows(plan, finished),
-            "selection": chosen,
-            "defaults": shared,
-            "objective": plan.tune.objective,
-        }
-    report = {"leaderboard": None}
-    if len(runs):
-        proxy = Path(plan.proxy) if plan.proxy else None
-        report = write_report(
-            plan.out, title, runs, start, variance, plan.tracking_uri, tuned, proxy
-        )
-    else:
-        (plan.out / "suite.md").write_text(title + "\n")
+        f"# Suite {plan.id}\n\n{done} of {len(plan.cells)} queued cells finished: {len(runs)} "
+        f"ranked training runs and {len(variance(plan, finished))} gradient-variance cells."
+    ) + notes(plan, missing, failed, waiting)
+    leaderboard = _report(plan, title, runs, finished, failed, chosen, board, defaults)
     for path in sorted(plan.out.iterdir()):
         if path.suffix in (".csv", ".md", ".html", ".png"):
             parent.log_artifact(path)
     parent.log_metrics({"suite/finished_runs": len(runs), "suite/missing_runs": len(missing)}, 0)
-    parent.finish("FINISHED" if not (missing or waiting) else "FAILED")
+    parent.finish("FINISHED" if not (missing or waiting or failed) else "FAILED")
     return {
         "id": plan.id,
         "out": str(plan.out),
         "runs": len(runs),
         "missing": missing + [f"{w} (test phase)" for w in waiting],
-        "leaderboard": report["leaderboard"],
+        "failed": failed,
+        "leaderboard": leaderboard,
         "parent_run_id": parent.run_id,
     }
+
+
+def _report(
+    plan: Plan,
+    title: str,
+    runs: pd.DataFrame,
+    finished: dict[str, FrozenTrial],
+    failed: dict[str, str],
+    chosen: pd.DataFrame,
+    board: list[Cell],
+    defaults: list[Cell],
+) -> pd.DataFrame | None:
+    """Write the report (suite.md alone without a finished run); returns its leaderboard."""
+    from pgbench.reports.suite_report import failed_section, write_report
+
+    if not len(runs):
+        (plan.out / "suite.md").write_text("\n\n".join([title, *failed_section(failed)]) + "\n")
+        return None
+    # the same starting policy per task: its test score, logged by every test-phase run
+    start = {c.task: finished[c.name].user_attrs["start"] for c in board if c.name in finished}
+    tables = tuned(plan, finished, chosen, defaults)
+    proxy = Path(plan.proxy) if plan.proxy else None
+    report = write_report(
+        plan.out,
+        title,
+        runs,
+        start,
+        variance(plan, finished),
+        plan.tracking_uri,
+        tables,
+        proxy,
+        failed,
+    )
+    return report["leaderboard"]

@@ -39,10 +39,11 @@ from pgbench.estimators import Estimator
 from pgbench.hardware import pick_device
 from pgbench.models.policy import Policy, load_policy
 from pgbench.models.resolve import resolve_model
+from pgbench.train.optimise import accumulate_gradients
 from pgbench.train.parts import new_value_head
 from pgbench.train.pipeline import step_seed
 from pgbench.train.rollout import collect_rollout
-from pgbench.train.update import accumulate_gradients, prepare
+from pgbench.train.update import prepare
 
 COLUMNS = [
     "estimator",

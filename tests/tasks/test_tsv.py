@@ -1,4 +1,5 @@
 import gzip
+import re
 
 import pytest
 
@@ -20,6 +21,15 @@ def test_pairs_are_read_with_their_references(tmp_path):
     assert read_pairs(other, ("de", "en")) == [Example("Hallo.", ("Hello.",))]
     with pytest.raises(DataError, match=r"line 1: header is 'de\\ten'; expected 'fr\\ten'"):
         read_pairs(other)
+
+
+@pytest.mark.parametrize("row", ["bonjour\t ||| ", "bonjour\t|||", "bonjour\t |||  ||| "])
+def test_a_row_with_only_separators_is_refused_naming_its_line(tmp_path, row):
+    path = tmp_path / "pairs.tsv"
+    path.write_text(f"fr\ten\nMerci.\tThanks.\n{row}\n", encoding="utf-8")
+    message = f"{path} line 3: the en column holds no reference (only '|||' separators)"
+    with pytest.raises(DataError, match=f"^{re.escape(message)}, got {re.escape(repr(row))}$"):
+        read_pairs(path)
 
 
 def test_splits_are_disjoint_sized_and_fixed_by_the_seed():

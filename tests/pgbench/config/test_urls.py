@@ -38,10 +38,40 @@ SECRET = "s3cretPW"
         ("postgresql://alice@db-host/pgbench", "postgresql://alice@db-host/pgbench"),
         ("sqlite:////tmp/a@b/mlflow.db", "sqlite:////tmp/a@b/mlflow.db"),  # @ in a path
         ("runs/sweep/optuna.journal", "runs/sweep/optuna.journal"),
+        # SQLAlchemy takes a password up to its `@`: `/`, `?`, `#` and `:` unencoded included
+        ("postgresql://alice:s3cr/et@db/pg", "postgresql://alice:***@db/pg"),
+        ("postgresql://alice:a#b?c:d/e@db:5432/pg?x=1", "postgresql://alice:***@db:5432/pg?x=1"),
+        ("mysql://bob:p@ss@db/x", "mysql://bob:***@db/x"),  # an @ too: the last @ ends it
+        ('postgresql://alice:it\'s<"q">@db/pg', "postgresql://alice:***@db/pg"),  # a value
+        ("https://ghp_TOKEN@mlflow.example/", "https://***@mlflow.example/"),  # a bare token
+        (
+            "postgresql://alice@db/pg?SSLPassword=s3cretPW&application_name=x&token=t",
+            "postgresql://alice@db/pg?SSLPassword=***&application_name=x&token=***",
+        ),
+        ("https://h/#access_token=s3cretPW", "https://h/#access_token=***"),
     ],
 )
 def test_redact_hides_the_password_only(url, shown):
     assert redact(url) == shown
+
+
+@pytest.mark.parametrize("password", ["s3cr/et", "a#b", "x?y=1", "c:d", "at@sign", "/#?:@"])
+def test_no_password_survives_redaction_in_any_form(password):
+    from urllib.parse import quote
+
+    from sqlalchemy import make_url
+
+    for url in (
+        f"postgresql://alice:{password}@db-host:5432/pgbench?sslmode=require",
+        f"postgresql+psycopg://alice:{quote(password, safe='')}@db-host/pgbench",
+        f"https://bob:{password}@mlflow:5000/api",
+        f"postgresql://alice@db-host/pgbench?password={quote(password, safe='')}",
+    ):
+        message = f"error: cannot reach '{url}' (retrying {url}) password={password}"
+        for shown in (redact(url), redact(message), str(redact_values({"k": [url]}))):
+            assert password not in shown and quote(password, safe="") not in shown
+        parsed = make_url(redact(url)) if url.startswith("postgresql") else None
+        assert parsed is None or parsed.password in (None, "***")
 
 
 def test_redact_finds_urls_inside_messages_and_nested_values():
@@ -89,6 +119,9 @@ def test_restore_takes_the_url_again_or_the_environments_credentials(monkeypatch
         restore("tracking.uri", "http://bob:***@mlflow:5000", None, "run.json")
         == "http://bob@mlflow:5000"
     )
+    assert restore("tracking.uri", "https://***@mlflow", None, "run.json") == "https://mlflow"
+    given = "https://s3cret/PW@mlflow"  # a token given again, `/` and all
+    assert restore("tracking.uri", "https://***@mlflow", given, "run.json") == given
 
 
 def test_an_unreachable_or_driverless_database_is_one_true_line():
@@ -211,3 +244,37 @@ def test_a_saved_config_without_its_password_resumes_with_the_url_given_again(
     summary = json.loads((tmp_path / "crashed" / "summary.json").read_text())
     run = MlflowClient(tracking).get_run(summary["run_id"])
     assert summary["steps"] == 3 and run.info.status == "FINISHED"
+
+
+TRICKY = "pa/ss#wo?rd:x"  # unencoded: SQLAlchemy and libpq accept it as it is
+
+
+def test_a_password_with_url_characters_reaches_no_file_mlflow_or_message(
+    run_overrides, postgres_server, tmp_path, monkeypatch, capfd
+):
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(postgres_server.url(), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("DROP ROLE IF EXISTS tricky"))
+        connection.execute(text(f"CREATE ROLE tricky LOGIN SUPERUSER PASSWORD '{TRICKY}'"))
+    engine.dispose()
+    monkeypatch.chdir(tmp_path)
+    tracking = f"postgresql://tricky:{TRICKY}@127.0.0.1:{postgres_server.port}/mlflow"
+    values = run_overrides | {"tracking.uri": tracking, "trainer.steps": "1", "eval.every": "0"}
+    values |= {"checkpoint.every": "0", "eval.size": "4"}
+    assert main(["run", *_args(values)]) == 0
+    run_dir = Path(values["output_dir"])
+    shown = f"postgresql://tricky:***@127.0.0.1:{postgres_server.port}/mlflow"
+    assert json.loads((run_dir / "config.json").read_text())["tracking.uri"] == shown
+    assert json.loads((run_dir / "run.json").read_text())["tracking_uri"] == shown
+    secrets_ = (TRICKY, "pa/ss", "wo?rd")
+    files = [p.read_bytes().decode(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    logged = _mlflow_text(MlflowClient(tracking), run_id, tmp_path / "downloads")
+    unreachable = tracking.replace(f":{postgres_server.port}/", ":1/")
+    assert main(["run", *_args(values | {"tracking.uri": unreachable})]) == 2  # a message
+    out, err = capfd.readouterr()
+    assert "tracking.uri=postgresql://tricky:***@127.0.0.1:1/mlflow" in err
+    for text_ in (*files, logged, out + err):
+        assert not any(secret in text_ for secret in secrets_)

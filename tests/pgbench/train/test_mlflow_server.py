@@ -61,7 +61,7 @@ def test_a_server_stopped_mid_run_loses_and_duplicates_nothing(served, mlflow_se
     run_dir = served["output_dir"]
     spooled = [json.loads(line) for line in open(f"{run_dir}/{SPOOL}")]
     assert [r["step"] for r in spooled if r["kind"] == "metrics" and "train/loss" in r["metrics"]]
-    assert spooled[-1] == {"kind": "finish", "status": "FINISHED"}
+    assert spooled[-1]["kind"] == "finish" and spooled[-1]["status"] == "FINISHED"
 
     mlflow_server.start()
     assert main(["sync", run_dir]) == 0

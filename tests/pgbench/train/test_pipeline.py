@@ -10,8 +10,9 @@ from pgbench.config.verbs import resolve
 from pgbench.engine.scoring import token_logprobs, token_logprobs_chunked
 from pgbench.models.policy import load_policy
 from pgbench.parallel import current
+from pgbench.train.optimise import accumulate_gradients
 from pgbench.train.pipeline import RolloutQueue
-from pgbench.train.update import accumulate_gradients, prepare
+from pgbench.train.update import prepare
 from tests.pgbench.train.test_update import multi_turn_rollout
 
 CPU = torch.device("cpu")

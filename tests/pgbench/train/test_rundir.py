@@ -1,10 +1,21 @@
-"""Run directories (pgbench.train.rundir): resume=auto, and saved configs read back."""
+"""Run directories (pgbench.train.rundir): resume=auto, saved configs read back, one writer."""
 
 import json
+import subprocess
+import sys
+
+import pytest
 
 from pgbench.cli import main
 from pgbench.config.verbs import resolve
-from pgbench.train.rundir import saved_run_values
+from pgbench.train.rundir import (
+    LOCK,
+    RunDirBusyError,
+    check_run_dir_free,
+    run_dir_busy,
+    run_dir_lock,
+    saved_run_values,
+)
 from pgbench.train.trainer import train
 
 
@@ -50,3 +61,38 @@ def test_a_saved_config_drops_only_the_keys_of_other_verbs():
     old = resolve({}).to_flat() | {"estimators": "rloo", "seeds": 3, "sweep.n_trials": 20}
     assert saved_run_values(old) == resolve({}).to_flat()
     assert "trainer.lrr" in saved_run_values(old | {"trainer.lrr": 1})
+
+
+HOLD = """
+import sys
+from filelock import FileLock
+with FileLock(sys.argv[1]):  # as run_dir_lock does, without importing pgbench (fast)
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_a_run_directory_has_one_writer_until_its_process_ends(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir / LOCK)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout.readline() == "held\n"
+        assert run_dir_busy(run_dir)
+        with pytest.raises(RunDirBusyError, match=f"^output_dir={run_dir} is being trained by"):
+            with run_dir_lock(run_dir):
+                pass
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)
+    assert not run_dir_busy(run_dir)  # released with its process
+    with run_dir_lock(run_dir), run_dir_lock(run_dir):  # re-entrant within one process
+        assert run_dir_busy(run_dir)
+    # the lock file alone does not make the directory "taken" for a new run
+    assert [p.name for p in run_dir.iterdir()] == [LOCK]
+    check_run_dir_free(resolve({"output_dir": str(run_dir)}))

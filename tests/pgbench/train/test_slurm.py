@@ -1,3 +1,5 @@
+import os
+import stat
 from types import SimpleNamespace
 
 import pytest
@@ -42,3 +44,32 @@ def test_the_mlflow_link_hides_passwords():
         "http://bob:***@mlflow:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
         " (its child runs)"
     )
+
+
+def _worker(storage: str) -> None:
+    """A job's function: its argument holds a URL with a password, as a suite's plan does."""
+
+
+def test_the_jobs_pickles_are_private_to_their_owner(tmp_path, monkeypatch):
+    # a stand-in sbatch on PATH: submitit writes the pickles and script, then reads the job id
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'Submitted batch job 4242'\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    loose = os.umask(0o002)  # a group-shared project disk
+    try:
+        folder = tmp_path / "out" / "slurm"
+        executor = slurm.executor(SlurmConfig(), "suite.launcher", "pgbench-suite-x", folder)
+        args = [("postgresql://alice:s3cret@db/pg",), ("postgresql://alice:s3cret@db/pg",)]
+        jobs = slurm.submit(executor, _worker, args, "suite x")
+        assert os.umask(0o002) == 0o002  # restored after the submission
+    finally:
+        os.umask(loose)
+    assert [job.job_id for job in jobs] == ["4242_0", "4242_1"]
+    pickles = sorted(p.name for p in folder.glob("*_submitted.pkl"))
+    assert pickles == ["4242_0_submitted.pkl", "4242_1_submitted.pkl"]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    written = [p for p in folder.rglob("*") if not p.is_symlink()]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written if p.is_file()} == {0o600}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written if p.is_dir()} <= {0o700}

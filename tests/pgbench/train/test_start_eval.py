@@ -1,6 +1,7 @@
 """The starting policy's evaluation is cached: reused where everything it depends on matches,
 never where anything differs."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -59,6 +60,33 @@ def test_anything_that_changes_the_evaluation_changes_the_key(micro_policy, micr
     assert key != start_eval.start_key(changed, micro_task, examples, SETTINGS)
     hub = Policy(policy.model, policy.tokenizer, "org/some-model", False)
     assert start_eval.start_key(hub, micro_task, examples, SETTINGS) == ""
+
+
+def test_the_reward_models_files_and_the_scoring_versions_enter_the_key(
+    micro_policy, micro_task, tmp_path, monkeypatch
+):
+    policy = load_policy(str(micro_policy), LoraConfig(), torch.device("cpu"))
+    examples = micro_task.splits().test[:4]
+    embedder = tmp_path / "embedder"
+    embedder.mkdir()
+    weights = embedder / "model.safetensors"
+    weights.write_bytes(b"a" * 10)
+    os.utime(weights, ns=(0, 1_000))
+    settings = SETTINGS | {"reward": {"model": str(embedder), "device": "auto"}}
+    assert start_eval.reward_model_files(settings) == {"model": [["model.safetensors", 10, 1_000]]}
+    key = start_eval.start_key(policy, micro_task, examples, settings)
+    assert key == start_eval.start_key(policy, micro_task, examples, dict(settings))
+    weights.write_bytes(b"b" * 10)  # retrained in place: same path, same size, a new time
+    retrained = start_eval.start_key(policy, micro_task, examples, settings)
+    assert retrained != key
+    real = start_eval.metadata.version
+
+    def newer_sacrebleu(name: str) -> str:
+        return "99.0" if name == "sacrebleu" else real(name)
+
+    monkeypatch.setattr(start_eval.metadata, "version", newer_sacrebleu)
+    assert start_eval.library_versions()["sacrebleu"] == "99.0"
+    assert start_eval.start_key(policy, micro_task, examples, settings) not in (key, retrained)
 
 
 def test_a_stale_entry_is_not_used(micro_policy, micro_task, tmp_path, monkeypatch):

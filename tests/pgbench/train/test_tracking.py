@@ -1,11 +1,22 @@
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pgbench.errors import DataError
-from pgbench.train.tracking import SPOOL, MLflowTracker, NullTracker, sync
+from pgbench.cli import main
+from pgbench.config.verbs import resolve
+from pgbench.errors import ConfigError, DataError
+from pgbench.train.tracking import SPOOL, MLflowTracker, NullTracker, sync, sync_pending
+from pgbench.train.trainer import train
+
+
+@pytest.fixture(autouse=True)
+def _empty_store(mlflow_store, tmp_path) -> None:
+    """Each test's tmp_path/mlflow.db: a copy of the session's empty store (no migrations)."""
+    shutil.copyfile(mlflow_store, tmp_path / "mlflow.db")
 
 
 def _tracker(tmp_path, spool=True) -> tuple[MLflowTracker, str]:
@@ -125,3 +136,149 @@ def test_a_resumed_run_keeps_its_first_params(tmp_path):
     params = MlflowClient(uri).get_run(first.run_id).data.params
     assert params == {"git_commit": "aaa", "task": "arith", "model_path": "/x"}
     assert not resumed.offline and not (tmp_path / "spool.jsonl").exists()
+
+
+def _offline(tracker: MLflowTracker, monkeypatch) -> None:
+    """MLflow goes away: a real HTTP client on a closed local port, no retries."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    tracker.client = MlflowClient("http://127.0.0.1:9")
+
+
+def test_a_torn_last_line_is_skipped_and_said_and_spoils_no_later_record(tmp_path, capsys):
+    tracker, uri = _tracker(tmp_path)
+    tracker.offline = True
+    tracker.log_metrics({"train/loss": 1.0}, 1)
+    spool = tmp_path / "run" / SPOOL
+    with spool.open("a") as handle:  # the run is SIGKILLed (or the disk fills) mid-write
+        handle.write('{"kind": "metrics", "step": 2, "ti')
+    tracker.log_metrics({"train/loss": 0.5}, 3)  # the resumed run appends: a line of its own
+    tracker.log_artifact(tmp_path / "rotated")  # a folder deleted before the sync
+    assert sync(tmp_path / "run") == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if "pgbench" in line]
+    assert "skipped 1 torn line(s)" in err[0] and "uploading the other 3" in err[0]
+    assert err[1].endswith("rotated: no longer on disk") and len(err) == 2
+    assert _steps(uri, tracker.run_id, "train/loss") == [(1, 1.0), (3, 0.5)]
+
+
+def test_a_resumed_run_uploads_its_spool_first_and_a_later_sync_sets_no_stale_status(
+    tmp_path, monkeypatch, capsys
+):
+    tracker, uri = _tracker(tmp_path)
+    tracker.log_metrics({"train/loss": 1.0}, 1)
+    _offline(tracker, monkeypatch)
+    tracker.log_metrics({"train/loss": 0.5}, 2)
+    tracker.finish("KILLED")  # Ctrl-C while MLflow is down: spooled
+    spool = tmp_path / "run" / SPOOL
+    spooled = spool.read_text()
+    resumed = MLflowTracker(uri, "exp", run_id=tracker.run_id, spool=spool, once_per_step=True)
+    assert "uploaded 2 records buffered" in capsys.readouterr().err and not spool.exists()
+    client = MlflowClient(uri)
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"
+    resumed.log_metrics({"train/loss": 0.4}, 2)  # replayed from the checkpoint: kept once
+    resumed.log_metrics({"train/loss": 0.25}, 3)
+    live = client.get_run(tracker.run_id)
+    spool.write_text(spooled)  # e.g. a copy the resume never saw: the KILLED is older
+    assert sync(tmp_path / "run") == 2
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"  # the live run survives
+    assert "skipped its buffered KILLED status" in capsys.readouterr().err
+    resumed.finish()
+    spool.write_text(spooled)
+    assert sync(tmp_path / "run") == 2
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.info.end_time >= live.info.start_time
+    assert _steps(uri, tracker.run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 0.25)]
+
+
+def test_records_appended_while_a_sync_uploads_are_kept_for_the_next(tmp_path, monkeypatch):
+    from pgbench.train import tracking
+
+    tracker, uri = _tracker(tmp_path)
+    tracker.offline = True  # the run goes on buffering while `pgbench sync` runs beside it
+    tracker.log_metrics({"train/loss": 1.0}, 1)
+    tracker.log_metrics({"train/loss": 0.5}, 2)
+    real = tracking.replay
+
+    def replay_while_the_run_appends(client, run_id, record):
+        if record["step"] in (1, 3):  # the spool is renamed and its upload began: one more
+            tracker.log_metrics({"train/loss": record["step"] / 10}, record["step"] + 2)
+        real(client, run_id, record)
+
+    monkeypatch.setattr(tracking, "replay", replay_while_the_run_appends)
+    # steps 1-2 taken; step 3 came in meanwhile: the new spool is taken next, and step 5, come
+    # in during that upload, waits in a third spool for the next sync
+    assert sync(tmp_path / "run") == 3
+    assert _steps(uri, tracker.run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 0.1)]
+    monkeypatch.setattr(tracking, "replay", real)
+    assert sync(tmp_path / "run") == 1
+    assert _steps(uri, tracker.run_id, "train/loss")[-1] == (5, 0.3)
+    synced = (tmp_path / "run" / "tracking_buffer.synced.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in synced] == [1, 2, 3, 5]
+    assert sync(tmp_path / "run") == 0
+
+
+def test_a_sync_that_fails_midway_is_taken_again_first(tmp_path, monkeypatch):
+    from pgbench.train import tracking
+
+    tracker, uri = _tracker(tmp_path)
+    tracker.offline = True
+    tracker.log_metrics({"train/loss": 1.0}, 1)
+    tracker.log_metrics({"train/loss": 0.5}, 2)
+    real = tracking.replay
+
+    def fail_on_step_2(client, run_id, record):
+        if record.get("step") == 2:
+            raise ConnectionError("MLflow went away again")
+        real(client, run_id, record)
+
+    monkeypatch.setattr(tracking, "replay", fail_on_step_2)
+    with pytest.raises(ConnectionError):
+        sync(tmp_path / "run")
+    tracker.log_metrics({"train/loss": 0.25}, 3)  # a new spool beside the half-synced one
+    monkeypatch.setattr(tracking, "replay", real)
+    assert sync(tmp_path / "run") == 3
+    assert _steps(uri, tracker.run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 0.25)]
+
+
+def test_sync_pending_uploads_before_a_read_and_says_when_it_cannot(tmp_path):
+    tracker, uri = _tracker(tmp_path)
+    run_dir = tmp_path / "run"
+    assert sync_pending(run_dir) == 0 and sync_pending(tmp_path / "no-run") == 0
+    tracker.offline = True
+    tracker.log_metrics({"eval/chrf": 40.0}, 4)  # the valid curve's tail, still buffered
+    tracker.finish()
+    assert sync_pending(run_dir, uri) == 2
+    assert _steps(uri, tracker.run_id, "eval/chrf") == [(4, 40.0)]
+    tracker.log_metrics({"eval/chrf": 41.0}, 5)
+    (run_dir / "run.json").write_text(
+        json.dumps({"run_id": tracker.run_id, "tracking_uri": "http://127.0.0.1:9"})
+    )
+    with pytest.raises(ConfigError, match="is unreachable"):
+        sync_pending(run_dir)
+
+
+def test_a_kill_during_an_outage_is_not_replayed_over_the_resumed_finish(
+    run_overrides, monkeypatch, capsys
+):
+    # MLflow goes away after step 1 and Ctrl-C at step 2 spools KILLED; the run is resumed
+    # once MLflow is back and finishes online: it stays FINISHED, with every step once
+    values = run_overrides | {"trainer.steps": "3", "eval.every": "0", "checkpoint.every": "1"}
+    uri, run_dir = values["tracking.uri"], Path(values["output_dir"])
+    tracker = MLflowTracker(uri, "pgbench", run_name="run", spool=run_dir / SPOOL)
+
+    def outage_then_ctrl_c(step: int, metrics: dict[str, float]) -> None:
+        if step == 1:
+            _offline(tracker, monkeypatch)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(resolve(values), tracker, on_step_end=outage_then_ctrl_c)
+    spooled = [json.loads(line) for line in (run_dir / SPOOL).read_text().splitlines()]
+    assert spooled[-1]["kind"] == "finish" and spooled[-1]["status"] == "KILLED"
+    assert main(["run", f"resume={run_dir}"]) == 0  # uploads the spool first, then goes on
+    assert "records buffered in" in capsys.readouterr().err
+    assert main(["sync", str(run_dir)]) == 0 and "nothing to sync" in capsys.readouterr().out
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert [step for step, _ in _steps(uri, tracker.run_id, "train/loss")] == [1, 2, 3]

@@ -9,7 +9,8 @@ from pgbench.config.sections import LoraConfig
 from pgbench.config.verbs import resolve
 from pgbench.engine.sampling import Rollout, encode_prompts
 from pgbench.models.policy import Reference, load_policy
-from pgbench.train.update import accumulate_gradients, prepare
+from pgbench.train.optimise import accumulate_gradients
+from pgbench.train.update import prepare
 
 
 def multi_turn_rollout(policy, task) -> Rollout:
