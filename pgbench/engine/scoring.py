@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
 
-from pgbench.engine.sampling import Rollout, cache_keyword
+from pgbench.engine.kv_cache import cache_keyword
+from pgbench.engine.sampling import Rollout
 
 
 class TokenScores(NamedTuple):

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from pgbench.parallel import Processes
 from pgbench.train.update import Prepared
+
+# computed on each process's share of the rollout; several processes log their mean
+PER_PROCESS_METRICS = (
+    "train/advantage_mean",
+    "train/advantage_std",
+    "train/clip_fraction",
+    "train/approx_kl",
+    "train/kl",
+    "train/entropy",
+    "train/completion_len",
+    "train/peak_memory_mb",
+    "train/abs_log_rho",
+    "train/correction_kept",
+)
 
 
 def step_metrics(
@@ -38,3 +53,9 @@ def step_metrics(
         "train/correction_kept": prepared.mask.sum().item() / max(int(policy_mask.sum()), 1),
         "train/grad_norm": mean["grad_norm"],
     }
+
+
+def per_process_means(metrics: dict[str, float], processes: Processes) -> dict[str, float]:
+    """With several processes, each metric computed on one process's share is the mean of
+    theirs (alone, the identity)."""
+    return metrics | {key: processes.mean(metrics[key]) for key in PER_PROCESS_METRICS}

@@ -37,7 +37,8 @@ from pgbench.config.verbs import resolve
 from pgbench.engine.sampling import sample
 from pgbench.models.policy import load_policy
 from pgbench.train.trainer import Trainer
-from pgbench.train.update import accumulate_gradients, prepare
+from pgbench.train.optimise import accumulate_gradients
+from pgbench.train.update import prepare
 
 overrides = dict(arg.split("=", 1) for arg in sys.argv[2:])
 processes = parallel.current("cpu")
