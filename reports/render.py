@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from pgbench import estimators  # noqa: E402
 from pgbench.reports import stats  # noqa: E402
@@ -252,6 +253,43 @@ def profile_figure(profile: pd.DataFrame, path: Path) -> Path:
     )
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def _verdict_panel(ax: Axes, rows: pd.DataFrame, palette: Mapping[str, str]) -> None:
+    """One task's verdicts as the upper triangle of a matrix: row a, column b, effect a - b."""
+    names = list(dict.fromkeys([*rows.a, *rows.b]))  # best first, as the table orders pairs
+    index = {name: i for i, name in enumerate(names)}
+    codes = np.full((len(names), len(names)), np.nan)
+    size = 7 if len(names) <= 12 else 5
+    for row in rows.itertuples():
+        i, j = index[row.a], index[row.b]
+        codes[i, j] = list(palette).index(row.verdict)
+        effect = "-" if math.isnan(row.effect) else f"{round(row.effect, 2) + 0.0:.2f}"  # no -0.00
+        ax.text(j, i, effect, ha="center", va="center", fontsize=size)
+    cmap = matplotlib.colors.ListedColormap(list(palette.values()))
+    ax.imshow(codes, cmap=cmap, vmin=-0.5, vmax=len(palette) - 0.5)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=size + 1)
+    ax.set_yticks(range(len(names)), names, fontsize=size + 1)
+
+
+def verdict_figure(table: pd.DataFrame, path: Path, palette: Mapping[str, str]) -> Path:
+    """Verdict matrix per task (reports/verdicts.py): a cell per pair, row a and column b
+    (columns best first), coloured by its verdict (`palette`: verdict -> colour, four
+    entries) and labelled with the mean paired difference a - b."""
+    tasks = sorted(table.task.unique())
+    widths = [len({*table.a[table.task == t], *table.b[table.task == t]}) for t in tasks]
+    side = 2.0 + 0.42 * max(widths)
+    fig, axes = plt.subplots(
+        1, len(tasks), figsize=(side * len(tasks), side + 0.6), dpi=120, squeeze=False
+    )
+    for task, ax in zip(tasks, axes[0], strict=True):
+        rows = table[table.task == task]
+        _verdict_panel(ax, rows, palette)
+        ax.set_title(f"{task} (margin {_cell(rows.margin.iloc[0], 2)})", fontsize=10)
+    key = [Patch(color=colour, label=label) for label, colour in palette.items()]
+    axes[0, -1].legend(handles=key, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Verdicts per pair (row a vs column b; cell: mean difference a - b)")
     return _save(fig, path)
 
 

@@ -16,10 +16,22 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from pgbench import tasks
-from pgbench.reports import collect, findings, render, scaling, stats, tables, transfer, tuned
+from pgbench.reports import (
+    collect,
+    findings,
+    render,
+    scaling,
+    stats,
+    tables,
+    transfer,
+    tuned,
+    verdicts,
+)
 
 TAUS = np.linspace(0.0, 1.0, 21)  # normalised-score thresholds of the performance profile
 FINAL = "Leaderboard (final held-out metric)"
+# the HTML pages of the verdicts (verdicts.write's tables): page title, table
+VERDICT_PAGES = {"decision rate per task": "rates", "gain over the start": "gains", "": "verdicts"}
 SPEED = "Leaderboard (area under the valid curve per step: learning speed)"
 
 
@@ -187,20 +199,23 @@ def write_report(
     tuning: dict[str, Any] | None = None,
     proxy: Path | None = None,
     failed: dict[str, str] | None = None,
+    margins: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write the tables, findings, Markdown, HTML and figures of these runs into `out`.
 
     A tuned suite passes `tuning`: its tuning runs, selection, objective and the runs at the
     shared defaults (pgbench.runs.suite.conclude); `_tuned_sections` adds their tables and figures.
     `proxy`: the same protocol's output folder on a cheaper policy (reports/transfer.py);
-    `failed`: the cells given up after their last attempt, with their last error."""
+    `failed`: the cells given up after their last attempt, with their last error;
+    `margins`: each task's equivalence margin (verdicts.margins; None: the defaults)."""
     curves, quantities = per_run_frame(MlflowClient(uri), runs)
     scores = _scores(quantities, "metric")
     pair_table = stats.pairs(scores)
     board = stats.leaderboard(scores, start=start, pair_table=pair_table)
-    auc = _scores(quantities, "auc")
-    auc_pairs = stats.pairs(auc)
-    auc_board = stats.leaderboard(auc, pair_table=auc_pairs)
+    if margins is None:
+        margins = verdicts.margins(list(scores.task.unique()))
+    judged = verdicts.write(out, scores, start, margins)  # verdicts.csv, verdicts.png
+    auc_board, auc_pairs = _speed(quantities)
     transfer_section, transfer_rows = _transfer_sections(out, runs, pair_table, proxy)
     found = findings.findings(quantities, variance, extra=transfer_rows)
     fits, fit_figures = _scaling(out, runs, curves)
@@ -214,6 +229,7 @@ def write_report(
     for name, table in (tables | {"pairs": pair_table, "findings": found}).items():
         table.to_csv(out / f"{name}.csv", index=False)
     figures = _figures(out, board, pair_table, scores, start, curves) + extra_figures + fit_figures
+    figures += judged["figures"]
     sections = [
         title,
         f"## {FINAL}",
@@ -222,18 +238,41 @@ def write_report(
         *transfer_section,
         f"## {SPEED}",
         render.leaderboard_markdown(auc_board),
+        *_analyses(fits, pair_table, judged["sections"], found),
+        "\n".join(f"![{p.stem}]({p.name})" for p in figures),
+        *failed_section(failed or {}),
+    ]
+    (out / "suite.md").write_text("\n\n".join(sections) + "\n")
+    pages = {FINAL: board, SPEED: auc_board, "Paired comparison": pair_table}
+    pages |= {f"Verdicts: {name}".rstrip(": "): judged[k] for name, k in VERDICT_PAGES.items()}
+    (out / "suite.html").write_text(render.html_page(title, pages | {"Findings": found}, figures))
+    tables = {
+        "pairs": pair_table,
+        "verdicts": judged["verdicts"],
+        "decision_rates": judged["rates"],
+    }
+    return tables | {"leaderboard": board, "findings": found, "figures": figures}
+
+
+def _speed(quantities: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The leaderboard and the pairs of the area under each run's valid curve."""
+    auc = _scores(quantities, "auc")
+    auc_pairs = stats.pairs(auc)
+    return stats.leaderboard(auc, pair_table=auc_pairs), auc_pairs
+
+
+def _analyses(
+    fits: pd.DataFrame, pair_table: pd.DataFrame, verdict_sections: list[str], found: pd.DataFrame
+) -> list[str]:
+    """The Markdown of the scaling fits, the paired comparison, the verdicts and the findings."""
+    return [
         "## Scaling curves (valid metric against generated tokens)",
         scaling.__doc__.split("\n\n", 1)[1].strip(),
         scaling.markdown(fits),
         "## Paired comparison",
         render.pairs_markdown(pair_table),
+        *verdict_sections,
         "## Findings",
         findings.__doc__.split("\n\n", 1)[1].strip(),
         findings.markdown(found),
-        "\n".join(f"![{p.stem}]({p.name})" for p in figures),
-        *failed_section(failed or {}),
     ]
-    (out / "suite.md").write_text("\n\n".join(sections) + "\n")
-    pages = {FINAL: board, SPEED: auc_board, "Paired comparison": pair_table, "Findings": found}
-    (out / "suite.html").write_text(render.html_page(title, pages, figures))
-    return {"leaderboard": board, "pairs": pair_table, "findings": found, "figures": figures}

@@ -199,6 +199,11 @@ class SuiteConfig(LaunchConfig):
     id: str = knob("", "suite id tagged on every run (empty = protocol name, or a config hash)")
     variance: bool = knob(False, "also measure each task's gradient variance for the Findings")
     proxy: str = knob("", "folder of this protocol on a cheaper policy (transfer finding)")
+    margin: str = knob(
+        "",
+        "equivalence margins, task:margin,... (e.g. fr_en:0.5,arith:1); overrides the "
+        "protocol's [stats] margin.<task> (defaults: fr_en 1.0 chrF, arith 2.0 points)",
+    )
     max_attempts: int = knob(
         3, "failed attempts after which a cell is given up (not queued again)", ge=1
     )

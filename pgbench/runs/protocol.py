@@ -29,13 +29,14 @@ from pgbench.config.sections import SlurmConfig
 from pgbench.config.urls import redact_values
 from pgbench.config.verbs import Config, SuiteArgs, VarianceArgs, resolve
 from pgbench.errors import ConfigError
+from pgbench.reports import verdicts
 from pgbench.runs.tuning import Tune, read_tune
 
 PROTOCOLS = Path(__file__).parents[1] / "protocols"
 ALIASES = {"suite": "suite.protocol", "tasks": "suite.tasks"}  # short CLI keys
 # keys of a protocol's [suite] table
 SUITE_TABLE = {"tasks", "estimators", "seeds", "id", "variance"}
-TABLES = {"suite", "overrides", "task", "variant", "tune"}
+TABLES = {"suite", "overrides", "task", "variant", "tune", "stats"}
 NOT_PASSED = ("output_dir", "resume")  # the suite's own keys, not its cells'
 VARIANCE = "variance"  # the column name of a task's `pgbench variance` cell
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a suite id or variant name: one path component
@@ -80,6 +81,7 @@ class Plan:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     proxy: str = ""  # suite.proxy: a proxy suite's output folder, for the transfer finding
     max_attempts: int = 3  # suite.max_attempts: failed attempts after which a cell is given up
+    margins: dict[str, float] = field(default_factory=dict)  # task -> equivalence margin
 
     def all_cells(self) -> list[Cell]:
         """Every cell the suite may run, each once."""
@@ -97,6 +99,7 @@ class Protocol:
     per_task: dict[str, dict]
     variants: dict[str, dict]
     tune: Tune | None = None
+    margins: dict[str, float] = field(default_factory=dict)  # [stats] margin.<task> = x
 
 
 def protocol_path(name: str) -> Path:
@@ -123,8 +126,11 @@ def read_protocol(path: Path) -> Protocol:
         wrong = ", ".join([f"[{t}]" for t in extra] + [f"suite.{k}" for k in bad])
         raise ConfigError(
             f"{path}: unknown {wrong}; valid: [suite] {sorted(SUITE_TABLE)}, "
-            "[overrides], [task.NAME], [variant.NAME], [tune]"
+            "[overrides], [task.NAME], [variant.NAME], [tune], [stats]"
         )
+    stats = data.get("stats", {})
+    if set(stats) - {"margin"} or not isinstance(stats.get("margin", {}), dict):
+        raise ConfigError(f"{path}: [stats] takes margin.<task> = <number> only (got {stats})")
     suite = {
         k if k in ("estimators", "seeds") else f"suite.{k}": v
         for k, v in data.get("suite", {}).items()
@@ -134,7 +140,8 @@ def read_protocol(path: Path) -> Protocol:
             suite[key] = ",".join(suite[key])
     variants = _variants(data.get("variant", {}), path)
     tune = read_tune(data["tune"], str(path)) if "tune" in data else None
-    return Protocol(suite | data.get("overrides", {}), data.get("task", {}), variants, tune)
+    common = suite | data.get("overrides", {})
+    return Protocol(common, data.get("task", {}), variants, tune, stats.get("margin", {}))
 
 
 def check_name(name: str, what: str) -> None:
@@ -271,6 +278,9 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
     out = output_path(config, id=suite_id)
     cells, candidates, points = _plan_cells(config, protocol, names, out, where, cli)
     storage = config.suite.storage or str((out / "suite.journal").resolve())
+    margins = verdicts.margins(
+        names, protocol.margins | verdicts.parse_margins(config.suite.margin)
+    )
     return Plan(
         suite_id,
         out,
@@ -288,6 +298,7 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
         config.slurm,
         config.suite.proxy,
         config.suite.max_attempts,
+        margins,
     )
 
 
@@ -316,9 +327,10 @@ def _task_names(config: SuiteArgs, protocol: Protocol, where: str) -> list[str]:
 def _digest(values: dict[str, Any]) -> str:
     """The id of an unnamed suite: a hash of its keys. It does not change with a password (the
     saved configs never hold one), nor with where the cells run (suite.launcher, suite.wait,
-    suite.proxy, slurm.*) or how often a failing one is tried (suite.max_attempts): a re-run
-    may wait for them, or retry them."""
+    suite.proxy, slurm.*), how often a failing one is tried (suite.max_attempts) or how the
+    report judges them (suite.margin): a re-run may wait for them, retry or re-judge them."""
     where_run = ("suite.launcher", "suite.wait", "suite.proxy", "suite.max_attempts")
+    where_run += ("suite.margin",)
     what = {k: v for k, v in values.items() if k not in where_run and not k.startswith("slurm.")}
     shown = redact_values(what)
     return hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -344,5 +344,6 @@ def _report(
         tables,
         proxy,
         failed,
+        plan.margins,
     )
     return report["leaderboard"]

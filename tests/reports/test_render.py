@@ -124,6 +124,39 @@ def test_pairs_panel_draws_differences_and_marks_significance(ax):
     assert labels == ["dr_grpo - rloo", "dr_grpo - grpo", "grpo - rloo"]
 
 
+# hand-made verdicts of one task, columns best first: x, y, z
+VERDICT_ROWS = pd.DataFrame(
+    {
+        "task": ["t1"] * 3,
+        "a": ["x", "x", "y"],
+        "b": ["y", "z", "z"],
+        "verdict": ["equivalent", "A better", "undecided"],
+        "effect": [0.2, 3.456, -1e-15],
+        "margin": [1.0] * 3,
+    }
+)
+PALETTE = {
+    "A better": "#00ff00",
+    "B better": "#ff0000",
+    "equivalent": "#0000ff",
+    "undecided": "#888888",
+}
+
+
+def test_verdict_panel_colours_each_pair_by_its_verdict(ax):
+    render._verdict_panel(ax, VERDICT_ROWS, PALETTE)
+    (image,) = ax.images
+    codes = image.get_array()
+    # row a, column b, upper triangle: palette index of each verdict; the rest masked (NaN)
+    assert codes[0, 1] == 2 and codes[0, 2] == 0 and codes[1, 2] == 3
+    assert np.isnan(np.asarray(codes, dtype=float)[[0, 1, 2, 1, 2], [0, 0, 0, 1, 1]]).all()
+    rgba = image.cmap(image.norm(codes[0, 2]))
+    assert matplotlib.colors.to_hex(rgba) == "#00ff00"
+    texts = {(t.get_position(), t.get_text()) for t in ax.texts}
+    assert texts == {((1, 0), "0.20"), ((2, 0), "3.46"), ((2, 1), "0.00")}  # x = column b
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["x", "y", "z"]
+
+
 def test_figures_of_stats_tables_are_written(tmp_path):
     board = stats.leaderboard(SCORES, n_resamples=RESAMPLES)
     pair_table = stats.pairs(SCORES, n_resamples=RESAMPLES)
@@ -136,6 +169,7 @@ def test_figures_of_stats_tables_are_written(tmp_path):
         render.pairs_figure(pair_table, tmp_path / "pairs.png"),
         render.pairs_figure(PAIRS, tmp_path / "hand_pairs.png"),
         render.profile_figure(profile, tmp_path / "profile.png"),
+        render.verdict_figure(VERDICT_ROWS, tmp_path / "verdicts.png", PALETTE),
     ]:
         assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 1000, path
     assert not plt.get_fignums()  # every figure closed

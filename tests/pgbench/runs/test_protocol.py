@@ -188,3 +188,27 @@ def test_eval_test_false_is_refused_before_any_cell_trains(tmp_path):
     values = {"tasks": "fr_en", "estimators": "rloo", "output_dir": str(tmp_path / "o")}
     with pytest.raises(ConfigError, match=r"^eval.test=false: a suite ranks its runs by their"):
         plan_suite(values | {"eval.test": "false"})
+
+
+def test_margins_come_from_stats_then_suite_margin_and_stay_out_of_the_suite_id(tmp_path):
+    protocol = tmp_path / "mine.toml"
+    protocol.write_text(
+        '[suite]\ntasks = ["fr_en", "arith"]\nestimators = ["rloo"]\n[stats]\nmargin.arith = 1.5\n'
+    )
+    values = {"suite": str(protocol), "output_dir": str(tmp_path / "o")}
+    assert plan_suite(values).margins == {"fr_en": 1.0, "arith": 1.5}  # fr_en: the default
+    inline = {"tasks": "fr_en", "estimators": "rloo", "output_dir": str(tmp_path / "o")}
+    judged = plan_suite(inline | {"suite.margin": "fr_en:0.5"})
+    assert judged.margins == {"fr_en": 0.5}
+    assert judged.id == plan_suite(inline).id  # the margin judges the runs, it does not make them
+    bad = [
+        ({"suite.margin": "poet:1"}, r"^margin.poet names no task of this suite \(fr_en\)$"),
+        ({"suite.margin": "fr_en:-1"}, r"^margin.fr_en = -1.0 must be a number above 0$"),
+        ({"suite.margin": "fr_en=1"}, r"^suite.margin item 'fr_en=1' must be task:number"),
+    ]
+    for override, error in bad:
+        with pytest.raises(ConfigError, match=error):
+            plan_suite(inline | override)
+    protocol.write_text('[suite]\ntasks = ["fr_en"]\nestimators = ["rloo"]\n[stats]\nalpha = 0.1\n')
+    with pytest.raises(ConfigError, match=r"\[stats\] takes margin.<task> = <number> only"):
+        plan_suite(values)

@@ -50,6 +50,16 @@ def test_inline_suite_writes_tables_and_resumes_without_rerunning(run_overrides,
     assert set(board[board.task == "fr_en"].estimator) == {"reinforce", "rloo"}
     assert list(pd.read_csv(out / "pairs.csv").columns) == PAIRS
     assert "## Leaderboard" in (out / "suite.md").read_text()
+    # one verdict for the one pair, judged against fr_en's default margin; 2 seeds decide little
+    judged = pd.read_csv(out / "verdicts.csv")
+    assert list(judged.columns) == [
+        *("task", "a", "b", "verdict", "effect", "ci_low", "ci_high", "margin", "n_seeds"),
+        *("p_diff", "p_equiv"),
+    ]
+    assert len(judged) == 1 and judged.margin[0] == 1.0 and judged.n_seeds[0] == 2
+    assert judged.verdict[0] in ("A better", "B better", "equivalent", "undecided")
+    assert (out / "verdicts.png").is_file()
+    assert "## Verdicts" in (out / "suite.md").read_text()
     tagged = suite_runs(values["tracking.uri"], "t1")
     assert len(tagged) == 4
     assert {r.info.run_id for r in tagged} == set(runs.run_id)
