@@ -4,12 +4,12 @@ the package imports the modules, so that each registers itself)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from pgbench.registry import Registry
-from pgbench.rl.losses import shape_rewards, uniform_groups
+
+if TYPE_CHECKING:  # annotations only: `--help` imports this module without torch
+    from torch import Tensor
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Batch:
         """The batch of task rewards [P, K] and a per-token KL penalty [N, T] (zeros when
         kl.placement=loss), folded together once by the core's `shape_rewards`; `baseline`
         [P] (estimators with `needs_greedy`) is passed through unshaped."""
+        from pgbench.rl.losses import shape_rewards, uniform_groups  # torch: not for --help
+
         sequence, tokens = shape_rewards(rewards, kl_penalty, mask)
         return cls(sequence, tokens, mask, values, baseline, uniform_groups(rewards))
 

@@ -30,13 +30,13 @@ kl.coef=0 gives its gradient. The paper's beta_th data filter is not implemented
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from pgbench.estimators.base import Advantages, Batch, Estimator, register
 from pgbench.fields import knob
-from pgbench.rl.losses import uniform_groups
+
+if TYPE_CHECKING:  # annotations only: `--help` imports this module without torch
+    from torch import Tensor
 
 
 @register("gpg")
@@ -51,6 +51,8 @@ class GPG(Estimator):
     ) -> Tensor:
         """rewards [P, K] -> advantages [P, K]; each row sums to zero. `uniform` [P] marks the
         prompts without signal (default: those whose K `rewards` are equal)."""
+        from pgbench.rl.losses import uniform_groups  # torch: imported when used, not for --help
+
         equal = uniform_groups(rewards)  # [P]
         uniform = equal if uniform is None else uniform
         centred = rewards - rewards.mean(dim=1, keepdim=True)  # [P, K]

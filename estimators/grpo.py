@@ -15,12 +15,13 @@ kl.estimator=k3 loss.aggregation=seq_mean_token_mean reproduces it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Literal
 
 from pgbench.estimators.base import Estimator, register
 from pgbench.fields import knob
+
+if TYPE_CHECKING:  # annotations only: `--help` imports this module without torch
+    from torch import Tensor
 
 
 @register("grpo")

@@ -17,14 +17,13 @@ Deviations: the value head shares the policy's body and optimiser (one loss, sum
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from pgbench.estimators.base import Advantages, Batch, Estimator, register
 from pgbench.fields import knob
-from pgbench.rl.losses import whiten
+
+if TYPE_CHECKING:  # annotations only: `--help` imports this module without torch
+    from torch import Tensor
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
@@ -33,14 +32,14 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     Masked positions are skipped: the next state of a policy token is the next policy token,
     so a tool result between two turns is part of the environment's transition.
     """
-    advantages = torch.zeros_like(rewards)
+    advantages = rewards.new_zeros(rewards.shape)
     running = rewards.new_zeros(rewards.shape[0])  # A of the next policy token (0 after the last)
     next_value = rewards.new_zeros(rewards.shape[0])  # V of the next policy token (0 after it)
     for t in reversed(range(rewards.shape[1])):
         valid = mask[:, t].bool()
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = torch.where(valid, delta + gamma * lam * running, running)
-        next_value = torch.where(valid, values[:, t], next_value)
+        running = (delta + gamma * lam * running).where(valid, running)
+        next_value = values[:, t].where(valid, next_value)
         advantages[:, t] = running
     return advantages * mask
 
@@ -59,6 +58,8 @@ class PPO(Estimator):
     def token_advantages(self, batch: Batch, state: dict[str, Any]) -> Advantages:
         if batch.values is None:
             raise ValueError("PPO needs the value head's estimates (batch.values)")
+        from pgbench.rl.losses import whiten  # torch: imported when used, not for --help
+
         values = batch.values * batch.mask
         advantages = gae(batch.token_rewards, values, batch.mask, self.gamma, self.lam)
         returns = (advantages + values) * batch.mask
@@ -67,4 +68,4 @@ class PPO(Estimator):
     def value_loss(self, values: Tensor, old_values: Tensor, returns: Tensor) -> Tensor:
         """Per-token clipped value loss [N, T]."""
         clipped = old_values + (values - old_values).clamp(-self.value_clip, self.value_clip)
-        return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+        return 0.5 * ((values - returns) ** 2).maximum((clipped - returns) ** 2)

@@ -13,12 +13,13 @@ samples it is subtracted from (the gradient stays unbiased).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Literal
 
 from pgbench.estimators.base import Estimator, register
 from pgbench.fields import knob
+
+if TYPE_CHECKING:  # annotations only: `--help` imports this module without torch
+    from torch import Tensor
 
 
 @register("reinforce")

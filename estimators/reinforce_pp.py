@@ -16,7 +16,6 @@ from typing import Any
 
 from pgbench.estimators.base import Advantages, Batch, Estimator, register
 from pgbench.fields import knob
-from pgbench.rl.losses import whiten
 
 
 @register("reinforce_pp")
@@ -25,5 +24,7 @@ class ReinforcePP(Estimator):
     eps: float = knob(1e-8, "added to the variance when whitening", gt=0.0)
 
     def token_advantages(self, batch: Batch, state: dict[str, Any]) -> Advantages:
+        from pgbench.rl.losses import whiten  # torch: imported when used, not for --help
+
         returns = batch.token_rewards.flip(1).cumsum(1).flip(1)  # G_t = sum_{s >= t} r_s  [N, T]
         return Advantages(whiten(returns, batch.mask, self.eps))

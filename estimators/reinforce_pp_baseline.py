@@ -27,7 +27,6 @@ from typing import Any
 
 from pgbench.estimators.base import Advantages, Batch, Estimator, register
 from pgbench.fields import knob
-from pgbench.rl.losses import whiten
 
 
 @register("reinforce_pp_baseline")
@@ -38,6 +37,8 @@ class ReinforcePPBaseline(Estimator):
     min_samples_per_prompt = 2  # the group mean of one sample is the sample itself
 
     def token_advantages(self, batch: Batch, state: dict[str, Any]) -> Advantages:
+        from pgbench.rl.losses import whiten  # torch: imported when used, not for --help
+
         centred = batch.rewards - batch.rewards.mean(dim=1, keepdim=True)  # [P, K]
         per_token = centred.reshape(-1, 1).expand_as(batch.mask)  # [N, T]
         return Advantages(whiten(per_token, batch.mask, self.eps))

@@ -20,11 +20,12 @@ kl.placement=loss).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from pgbench.estimators.base import Advantages, Batch, Estimator, register
+
+if TYPE_CHECKING:  # annotations only: `--help` imports this module without torch
+    from torch import Tensor
 
 
 @register("remax")

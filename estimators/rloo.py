@@ -10,11 +10,12 @@ Deviations: none; KL and loss aggregation are pgbench's shared knobs (`kl.*`, `l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from pgbench.estimators.base import Estimator, register
+
+if TYPE_CHECKING:  # annotations only: `--help` imports this module without torch
+    from torch import Tensor
 
 
 @register("rloo")

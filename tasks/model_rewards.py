@@ -25,10 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pgbench.errors import ConfigError
-from pgbench.hardware import pick_device
 
 DEFAULT_COMET = "Unbabel/wmt22-comet-da"
 DEFAULT_BATCH_SIZE = 64
@@ -48,6 +45,8 @@ def _one_line(err: Exception) -> str:
 
 def torch_device(name: str) -> str:
     """A torch device name for `auto`, `cpu` or `cuda` (auto = cuda when available)."""
+    from pgbench.hardware import pick_device  # torch: only once a model scores
+
     return str(pick_device(name))
 
 
@@ -140,6 +139,8 @@ class ModelRewards:
 
     def embed(self, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
         """Per hypothesis, the max over its references of the embedding cosine, in [-1, 1]."""
+        import torch  # the command line reads this module's defaults without torch
+
         texts = list(hypotheses) + [ref for refs in references for ref in refs]
         vectors = self.embedder().encode(
             texts,

@@ -2,9 +2,13 @@
 a throwaway PostgreSQL server for the distributed sweep and suite tests, a real MLflow
 tracking server on it, and a single-node SLURM cluster on localhost."""
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on 2 cores: one thread each (before torch)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import getpass
 import glob
-import os
 import secrets
 import shutil
 import signal
@@ -371,3 +375,11 @@ def slurm_cluster():
         else:
             os.environ["SLURM_CONF"] = saved
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n 2 --dist loadgroup`), the tests of the one SLURM cluster run on
+    one worker: munged and slurmd are one per machine."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))

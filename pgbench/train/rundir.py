@@ -3,6 +3,7 @@ lock that keeps one writer per run, and the greedy completions kept in `samples.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -72,7 +73,9 @@ def check_run_dir_free(config: Config) -> None:
 @contextmanager
 def run_dir_lock(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir`'s lock (an flock on <run_dir>/.lock, released when the process dies) while
-    a run trains there; RunDirBusyError if another process holds it. Re-entrant in a process."""
+    a run trains there; RunDirBusyError if another process holds it. Re-entrant in a process.
+    Folders it made are removed again if the run wrote nothing there (it failed on bad input)."""
+    made = [path for path in (run_dir, *run_dir.parents) if not path.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(run_dir / LOCK, is_singleton=True)
     try:
@@ -86,6 +89,11 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+        if made and lock.lock_counter == 0 and [p.name for p in run_dir.iterdir()] == [LOCK]:
+            (run_dir / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a folder another process wrote to stays
+                for path in made:
+                    path.rmdir()
 
 
 def run_dir_busy(run_dir: str | Path) -> bool:

@@ -96,3 +96,13 @@ def test_a_run_directory_has_one_writer_until_its_process_ends(tmp_path):
     # the lock file alone does not make the directory "taken" for a new run
     assert [p.name for p in run_dir.iterdir()] == [LOCK]
     check_run_dir_free(resolve({"output_dir": str(run_dir)}))
+
+
+def test_a_lock_on_a_new_folder_leaves_nothing_when_the_run_wrote_nothing(tmp_path):
+    failed, written = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    with pytest.raises(RuntimeError), run_dir_lock(failed):
+        raise RuntimeError("bad data, found before any file is written")
+    assert not (tmp_path / "runs").exists()  # the folders it made are gone again
+    with run_dir_lock(written):
+        (written / "run.json").write_text("{}")
+    assert sorted(p.name for p in written.iterdir()) == [LOCK, "run.json"]
