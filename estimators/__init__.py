@@ -40,6 +40,7 @@ CATALOG: Catalog[Estimator] = Catalog(
         "remax": "pgbench.estimators.remax:ReMax",
         "rloo": "pgbench.estimators.rloo:RLOO",
     },
+    base="pgbench.estimators.base:Estimator",
 )
 BASE = ("REGISTRY", "Advantages", "Batch", "Estimator", "get", "register")
 

@@ -71,6 +71,8 @@ def verb_help(name: str, overrides: dict[str, str]) -> str:
     lines.append(
         "\nTask and estimator keys depend on the selection: "
         "`pgbench run estimator=reinforce --help` shows estimator.baseline."
+        "\ntask= and estimator= also take your own class, pkg.module:Class, or the name an "
+        "installed plug-in declares (docs/plugins.md)."
     )
     return "\n".join(lines)
 

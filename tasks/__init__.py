@@ -21,9 +21,11 @@ CATALOG: Catalog[Task] = Catalog(
     "task",
     {
         "arith": "pgbench.tasks.arith:Arith",
+        "dataset": "pgbench.tasks.dataset:DatasetTask",
         "fr_en": "pgbench.tasks.fr_en:FrEn",
         "poet": "pgbench.tasks.poet:Poet",
     },
+    base="pgbench.tasks.base:Task",
 )
 
 

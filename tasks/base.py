@@ -60,6 +60,11 @@ class Task:
     def reward(self, completions: list[str], examples: list[Example]) -> list[float]:
         raise NotImplementedError
 
+    def reward_metrics(self) -> dict[str, float]:
+        """What the last `reward` call adds to the step's metrics (a dataset task: each reward
+        function's mean and the share of None rewards); none by default."""
+        return {}
+
     def configure_reward(self, model: str, device: str, batch_size: int) -> None:
         """Take the run's `reward.*` settings (called by config.resolve; device `auto` = cuda
         when available). Tasks without model-based rewards ignore them."""

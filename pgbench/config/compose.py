@@ -6,8 +6,9 @@ A verb's class (pgbench.config.verbs) is a frozen dataclass written in source wh
   bounds and help of the knob declared once in sections.Knobs (whose type it repeats, checked
   by tests/pgbench/config/test_sections.py);
 - components (`task`, `estimator`): `task: Task = component()`; `task=NAME` selects the
-  registered class (a Catalog of pgbench.tasks or pgbench.estimators) whose own fields are the
-  `task.*` keys, so `estimator.baseline` exists only with `estimator=reinforce`
+  registered class (a Catalog of pgbench.tasks or pgbench.estimators; or a plug-in's, by entry
+  point or `pkg.module:Class`: pgbench.registry) whose own fields are the `task.*` keys, so
+  `estimator.baseline` exists only with `estimator=reinforce`
   (`component(chosen=False)`: the default task's `task.*` keys without `task=`, as a suite);
 - sections (`trainer`, `rollout`, ...): `trainer: TrainerConfig = section(TrainerConfig)`, one
   dataclass of sections.SECTIONS, the `trainer.*` keys.
@@ -86,7 +87,8 @@ class Resolved:
     def to_flat(self) -> dict[str, Any]:
         """Every key with its value, as `key=value` overrides would name them (--help's order)."""
         flat = {k: getattr(self, k) for k in knobs(type(self))}
-        flat |= {k: flat[k].name for k in COMPONENTS if k in flat}
+        # a task or estimator from outside pgbench by its import string or entry point
+        flat |= {k: COMPONENTS[k][0].saved(type(flat[k])) for k in COMPONENTS if k in flat}
         for prefix in prefixes(type(self)):
             value = getattr(self, prefix)
             flat |= {
@@ -135,13 +137,17 @@ def output_path(config: Any, **names: Any) -> Path:
 
 def classes(verb: type[Resolved], values: Mapping[str, Any]) -> dict[str, type[Any]]:
     """The class behind each component and section of `verb`: a component's is the one named
-    in `values` if the verb chooses it (else the default); importing it may import torch."""
+    (or given) in `values` if the verb chooses it (else the default); importing it may import
+    torch."""
     found: dict[str, type[Any]] = {}
     for prefix in prefixes(verb):
         if prefix in COMPONENTS:
             catalog, default, _ = COMPONENTS[prefix]
             choice = values.get(prefix) if prefix in knobs(verb) else None
-            found[prefix] = catalog.get_class(str(choice or default))
+            if isinstance(choice, type):  # a class already found (arguments)
+                found[prefix] = choice
+            else:
+                found[prefix] = catalog.get_class(str(choice or default))
         else:
             found[prefix] = SECTIONS[prefix]
     return found
@@ -168,11 +174,12 @@ def _own_rows(verb: type[Resolved]) -> dict[str, Row]:
         key, kind, default, text = found["output_dir"]
         found[key] = (key, kind, default, f"{text} (empty = {verb.spec.output})")
     for name, (catalog, default, text) in COMPONENTS.items():
-        found[name] = (name, "str", repr(default), f"{text}: {', '.join(catalog.names())}")
+        names = ", ".join(catalog.names() + catalog.plugins())
+        found[name] = (name, "str", repr(default), f"{text}: {names}, or pkg.module:Class")
     return found
 
 
-def rows(verb: type[Resolved], selected: Mapping[str, str]) -> list[Row]:
+def rows(verb: type[Resolved], selected: Mapping[str, Any]) -> list[Row]:
     """(key, type, default, help) of every key of `verb`, the selected components' included;
     a default the task or estimator changes (their run_defaults) shows as `32 (fr_en)`."""
     found = classes(verb, selected)
@@ -238,7 +245,7 @@ def arguments(
     for key, (value, _) in run_defaults(found).items():
         if accepts(verb, key):
             values.setdefault(key, value)
-    selected = {prefix: cls.name for prefix, cls in found.items() if prefix in COMPONENTS}
+    selected = {prefix: cls for prefix, cls in found.items() if prefix in COMPONENTS}
     valid = key_set(verb, selected)
     dotted: dict[str, dict[str, Any]] = {prefix: {} for prefix in found}
     for key, value in values.items():
@@ -257,7 +264,7 @@ def arguments(
 def _unknown(
     key: str,
     verb: type[Resolved],
-    selected: Mapping[str, str],
+    selected: Mapping[str, Any],
     valid: set[str],
     verbs: Iterable[type[Resolved]],
 ) -> ConfigError:
@@ -269,7 +276,7 @@ def _unknown(
         owners = [n for n in catalog.names() if rest in field_keys(catalog.get_class(n))]
     if owners and "estimator" in selected:
         return ConfigError(
-            f"{key} belongs to estimator={' or '.join(owners)}, not {selected['estimator']}"
+            f"{key} belongs to estimator={' or '.join(owners)}, not {selected['estimator'].name}"
         )
     if owners or any(key in _keys_of(v, prefix, selected) for v in verbs):
         used = ", ".join(sorted([*knobs(verb), *(f"{p}.*" for p in prefixes(verb))]))
@@ -279,11 +286,11 @@ def _unknown(
     return ConfigError(f"unknown key {key!r}{hint} (pgbench <verb> --help lists all keys)")
 
 
-def _keys_of(verb: type[Resolved], prefix: str, selected: Mapping[str, str]) -> set[str]:
+def _keys_of(verb: type[Resolved], prefix: str, selected: Mapping[str, Any]) -> set[str]:
     """The keys of `verb` that a key with this prefix could be (a component's need its class)."""
     return key_set(verb, selected) if prefix in COMPONENTS else light_keys(verb)
 
 
-def key_set(verb: type[Resolved], selected: Mapping[str, str]) -> set[str]:
-    """The keys of `verb` with the selected components."""
+def key_set(verb: type[Resolved], selected: Mapping[str, Any]) -> set[str]:
+    """The keys of `verb` with the selected components (names, or classes)."""
     return {row[0] for row in rows(verb, selected)}

@@ -68,7 +68,7 @@ R = TypeVar("R", bound=Resolved)
 def _check_training(config: Config | SweepArgs) -> None:
     """Rules of a training run that involve more than one key."""
     loss = config.loss
-    _check_samples(config, [config.estimator.name], " for estimator={}")
+    _check_samples(config, [type(config.estimator)], " for estimator={}")
     if 0 < loss.dual_clip <= 1:
         raise ConfigError(
             f"loss.dual_clip must be 0 (off) or a constant c > 1 (got {loss.dual_clip})"
@@ -120,14 +120,15 @@ def _check_slurm(config: SweepArgs | SuiteArgs) -> None:
         config.slurm.sbatch_flags()
 
 
-def _check_samples(config: Training | VarianceArgs, names: list[str], reason: str) -> None:
-    """rollout.samples_per_prompt is enough for each estimator of `names` (registered names;
-    `reason` says why, `{}` standing for the name)."""
+def _check_samples(config: Training | VarianceArgs, names: list[Any], reason: str) -> None:
+    """rollout.samples_per_prompt is enough for each estimator of `names` (names as
+    `estimator=` takes them, or classes; `reason` says why, `{}` standing for the name)."""
     for name in names:
-        needed = ESTIMATORS.get_class(name).min_samples_per_prompt
+        cls: Any = name if isinstance(name, type) else ESTIMATORS.get_class(name)
+        needed = cls.min_samples_per_prompt
         if config.rollout.samples_per_prompt < needed:
             raise ConfigError(
-                f"rollout.samples_per_prompt must be >= {needed}{reason.format(name)} "
+                f"rollout.samples_per_prompt must be >= {needed}{reason.format(cls.name)} "
                 f"(got {config.rollout.samples_per_prompt})"
             )
 

@@ -29,8 +29,10 @@ from pgbench.config.sections import SlurmConfig
 from pgbench.config.urls import redact_values
 from pgbench.config.verbs import Config, SuiteArgs, VarianceArgs, resolve
 from pgbench.errors import ConfigError
+from pgbench.estimators import CATALOG as ESTIMATORS
 from pgbench.reports import verdicts
 from pgbench.runs.tuning import Tune, read_tune
+from pgbench.tasks import CATALOG as TASKS
 
 PROTOCOLS = Path(__file__).parents[1] / "protocols"
 ALIASES = {"suite": "suite.protocol", "tasks": "suite.tasks"}  # short CLI keys
@@ -241,7 +243,8 @@ class _Planner:
 
 
 def _columns(config: SuiteArgs, variants: dict[str, dict], task: str) -> dict[str, dict]:
-    columns = {name: {"estimator": name} for name in config.estimator_names()}
+    # a column from outside pgbench (pkg.module:Class) is labelled with its path-safe name
+    columns = {ESTIMATORS.run_name(n): {"estimator": n} for n in config.estimator_names()}
     for name, keys in variants.items():
         if task in keys.get("tasks", [task]):
             columns[name] = {k: v for k, v in keys.items() if k != "tasks"}
@@ -321,7 +324,7 @@ def _task_names(config: SuiteArgs, protocol: Protocol, where: str) -> list[str]:
     for name in ("runs.csv", "pairs.csv") if config.suite.proxy else ():
         if not (proxy / name).is_file():
             raise ConfigError(f"suite.proxy={proxy}: no {name} there; run the proxy suite first")
-    return names
+    return [TASKS.run_name(name) for name in names]  # path-safe: cells' folders
 
 
 def _digest(values: dict[str, Any]) -> str:

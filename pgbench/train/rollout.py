@@ -11,7 +11,7 @@ reward: `baseline` [P]. Its time is part of `seconds["generate"]`; its policy to
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ class Collected:
     seconds: dict[str, float]  # "generate" (greedy decode included) and "reward"
     baseline: torch.Tensor | None = None  # [P] task reward of each prompt's greedy completion
     baseline_tokens: int = 0  # policy tokens of the greedy completions (0 without them)
+    reward_metrics: dict[str, float] = field(default_factory=dict)  # task.reward_metrics()
 
 
 def decode(
@@ -89,8 +90,9 @@ def collect_rollout(
     with hardware.timed(seconds, "reward", device):
         repeated = [example for example in examples for _ in range(samples)]
         scores = config.task.reward(rollout.texts, repeated)
+        extra = config.task.reward_metrics()  # before the greedy baseline's reward call
         rewards = torch.tensor(scores, device=device).view(-1, samples)  # [P, K]
         if best is None:
-            return Collected(rollout, rewards, seconds)
+            return Collected(rollout, rewards, seconds, reward_metrics=extra)
         baseline = torch.tensor(config.task.reward(best.texts, examples), device=device)  # [P]
-    return Collected(rollout, rewards, seconds, baseline, best.tokens)
+    return Collected(rollout, rewards, seconds, baseline, best.tokens, extra)

@@ -18,6 +18,7 @@ from pgbench.engine.evaluate import evaluate
 from pgbench.hardware import cpu_capability
 from pgbench.models.policy import Policy
 from pgbench.models.shipped import file_hashes
+from pgbench.registry import plugin_fingerprint
 from pgbench.tasks import Example, Task
 
 CODE = [Path(pgbench.__file__).parent, Path(pgbench.tasks.__file__).parent]  # what scores
@@ -74,12 +75,15 @@ def start_key(policy: Policy, task: Task, examples: list[Example], settings: dic
     is not a local folder (then nothing is cached): the sha256 of every file of the policy
     (weights, tokenizer, config), LoRA, the task's fields and examples, the evaluation and
     reward settings, the files of a local reward model (sizes and times), pgbench's code, the
-    versions of the scoring libraries (SCORING), the CPU capability, threads and device."""
+    source of a task from outside pgbench (plugin_fingerprint) and whatever such a task adds
+    (its `fingerprint()`: a reward function's source, a data file), the versions of the
+    scoring libraries (SCORING), the CPU capability, threads and device."""
     folder = Path(policy.source)
     if not folder.is_dir():
         return ""
     device = next(policy.model.parameters()).device
     task_fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+    own = task.fingerprint() if hasattr(task, "fingerprint") else ""  # a task's own inputs
     facts = {
         "files": file_hashes(folder),
         "lora": policy.lora,
@@ -87,6 +91,7 @@ def start_key(policy: Policy, task: Task, examples: list[Example], settings: dic
         "examples": [[e.source, e.references] for e in examples],
         "settings": settings,
         "reward_models": reward_model_files(settings),
+        "plugin": [plugin_fingerprint(type(task)), own],
         "versions": library_versions(),
         "hardware": [cpu_capability(), torch.get_num_threads(), str(device)],
     }

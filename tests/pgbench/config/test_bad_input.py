@@ -26,7 +26,7 @@ TSV = {
 CASES = [
     (["run", "trainer.lrr=1"], "did you mean trainer.lr"),
     (["run", "estimator=ppo2"], f"registered: {ESTIMATORS}"),
-    (["run", "task=de_en"], "unknown task 'de_en'; registered: arith, fr_en, poet"),
+    (["run", "task=de_en"], "unknown task 'de_en'; registered: arith, dataset, fr_en, poet"),
     (["run", "trainer.steps=abc"], "trainer.steps='abc' is not a valid int"),
     (["run", "trainer.steps=1.5"], "trainer.steps='1.5' is not a valid int"),
     (["run", "trainer.lr=-1"], "trainer.lr must be > 0.0"),
@@ -73,6 +73,19 @@ CASES = [
     (["run", "rollout.staleness=-1"], "rollout.staleness must be >= 0"),
     (["run", "loss.rollout_correction_high=1"], "loss.rollout_correction_high must be > 1"),
     (["variance", "rollout.staleness=2"], "does not apply to pgbench variance"),
+    # components from outside pgbench (import strings): each bad one named in one line
+    (
+        ["run", "estimator=no_such_plugin.est:Median"],
+        "estimator=no_such_plugin.est:Median: module 'no_such_plugin.est' does not import "
+        "(ModuleNotFoundError: No module named 'no_such_plugin')",
+    ),
+    (["run", "estimator=json:Nope"], "estimator=json:Nope: module 'json' has no 'Nope'"),
+    (
+        ["run", "task=json:JSONDecoder"],
+        "task=json:JSONDecoder: json.decoder.JSONDecoder does not derive from "
+        "pgbench.tasks.base.Task",
+    ),
+    (["suite", "tasks=fr_en", "estimators=rloo,json:dumps"], "names a function, not a class"),
 ]
 FILE_CASES = [
     ("rows.tsv", "line 3: expected two non-empty tab-separated columns"),

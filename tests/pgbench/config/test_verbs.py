@@ -89,7 +89,7 @@ def test_ppo_differs_only_in_its_keys_and_its_stated_two_by_two():
             ["estimator=ppo2"],
             f"unknown estimator 'ppo2'; registered: {ESTIMATORS}",
         ),
-        (["task=de_en"], "unknown task 'de_en'; registered: arith, fr_en, poet"),
+        (["task=de_en"], "unknown task 'de_en'; registered: arith, dataset, fr_en, poet"),
         (["trainer.lr=0"], "trainer.lr must be > 0.0"),
         (["trainer.lr=fast"], "trainer.lr='fast' is not a valid float"),
         (["trainer.steps=0"], "trainer.steps must be >= 1"),
