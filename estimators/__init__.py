@@ -12,7 +12,6 @@ import every estimator module on first use, and each module registers itself.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from pgbench.registry import Catalog
@@ -48,10 +47,4 @@ BASE = ("REGISTRY", "Advantages", "Batch", "Estimator", "get", "register")
 def __getattr__(name: str) -> Any:
     """`REGISTRY`, `get` and the base classes, every estimator module imported (and so
     registered) first; an estimator module by its name."""
-    if name in BASE:
-        for module in CATALOG.modules():
-            importlib.import_module(module)
-        return getattr(importlib.import_module(f"{__name__}.base"), name)
-    if f"{__name__}.{name}" in CATALOG.modules():
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return CATALOG.package_attribute(__name__, name, BASE)

@@ -206,6 +206,18 @@ class Catalog(Generic[T]):
         """The modules that define the registered classes."""
         return sorted({path.partition(":")[0] for path in self.paths.values()})
 
+    def package_attribute(self, package: str, name: str, base: tuple[str, ...]) -> Any:
+        """A component package's lazy attribute (its module `__getattr__`): one of `base`
+        (REGISTRY, get, the base classes) from `<package>.base`, every registered module
+        imported first so that each has registered itself; or a module of the package."""
+        if name in base:
+            for module in self.modules():
+                importlib.import_module(module)
+            return getattr(importlib.import_module(f"{package}.base"), name)
+        if f"{package}.{name}" in self.modules():
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
     def get_class(self, name: str) -> type[T]:
         """The class `name` stands for (its module imported now), or a ConfigError."""
         if name in self.paths:

@@ -8,7 +8,6 @@ registers itself.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from pgbench.registry import Catalog
@@ -32,10 +31,4 @@ CATALOG: Catalog[Task] = Catalog(
 def __getattr__(name: str) -> Any:
     """`REGISTRY` and `get`, every task module imported (and so registered) first; a task
     module by its name."""
-    if name in ("REGISTRY", "get"):
-        for module in CATALOG.modules():
-            importlib.import_module(module)
-        return getattr(importlib.import_module(f"{__name__}.base"), name)
-    if f"{__name__}.{name}" in CATALOG.modules():
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return CATALOG.package_attribute(__name__, name, ("REGISTRY", "get"))
