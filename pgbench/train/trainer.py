@@ -203,21 +203,24 @@ class Trainer:
         step_s = self._advance(tokens, started)
         seconds = collected.seconds | prepared.seconds
         state.consecutive_skips = 0
-        metrics = (
-            step_metrics(prepared, updates, rewards)
-            | collected.reward_metrics
-            | {
-                "train/lr": lr,
-                "train/tokens": state.tokens,
-                "train/step_time_s": step_s,
-                # every process's tokens over this one's sampling time
-                "train/rollout_tokens_per_s": tokens / max(sync_s + seconds["generate"], 1e-9),
-                "train/wall_clock_s": state.wall_clock_s,
-                "train/peak_memory_mb": peak_memory_mb(self.device),
-                "train/skipped_steps": state.skipped_steps,
-                "train/staleness": lag,
-            }
-        )
+        metrics = step_metrics(prepared, updates, rewards) | {
+            "train/lr": lr,
+            "train/tokens": state.tokens,
+            "train/step_time_s": step_s,
+            # every process's tokens over this one's sampling time
+            "train/rollout_tokens_per_s": tokens / max(sync_s + seconds["generate"], 1e-9),
+            "train/wall_clock_s": state.wall_clock_s,
+            "train/peak_memory_mb": peak_memory_mb(self.device),
+            "train/skipped_steps": state.skipped_steps,
+            "train/staleness": lag,
+        }
+        return self._with_phases(metrics | collected.reward_metrics, seconds, sync_s)
+
+    def _with_phases(
+        self, metrics: dict[str, float], seconds: dict[str, float], sync_s: float
+    ) -> dict[str, float]:
+        """A step's metrics with its phase times and weight syncs; several processes log the
+        mean of their per-process metrics."""
         metrics |= {f"timing/{phase}_s": phase_s for phase, phase_s in seconds.items()}
         if self.vllm is not None:
             metrics["train/weight_sync_s"] = sync_s
