@@ -7,6 +7,7 @@ import os
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on 2 cores: one thread each (before torch)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import contextlib
 import getpass
 import glob
 import secrets
@@ -19,7 +20,7 @@ import tempfile
 import time
 import urllib.request
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,38 @@ from pgbench import tasks
 from pgbench.models.tiny import MICRO, tiny_policy_dir
 
 MICRO_TASK = {"limit": "2000", "valid_size": "40", "test_size": "40"}
+
+
+HOLD = """
+import sys
+from filelock import FileLock
+with FileLock(sys.argv[1]):  # as run_dir_lock takes it, without importing pgbench (fast)
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+@contextlib.contextmanager
+def held_by_another_process(lock_file: Path) -> Iterator[None]:
+    """The file lock `lock_file` held by another process while the block runs."""
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(lock_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout.readline() == "held\n"
+        yield
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)
+
+
+@pytest.fixture
+def other_process_lock() -> Callable[[Path], contextlib.AbstractContextManager]:
+    """`with other_process_lock(path):` another process holds the file lock `path`."""
+    return held_by_another_process
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,10 @@
 """A suite's queue (pgbench.runs.queue): live cells never re-queued, bounded attempts, and the
 suite's lock on a journal. No training: trials are popped and told as a worker would."""
 
+import contextlib
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,15 +36,13 @@ def start(plan, study):
     return trial
 
 
-def test_a_running_cell_is_requeued_only_once_its_run_directory_is_free(tmp_path):
-    plan, study = two_cells(tmp_path)
-    assert queue_cells(plan, study) == 2
-    start(plan, study)  # cell 0 runs
-    run_dir = Path(plan.cells[0].values["output_dir"])
+@contextlib.contextmanager
+def held_elsewhere(lock: Callable[[], AbstractContextManager]) -> Iterator[None]:
+    """`lock()` held by another thread (a lock owner of its own) while the block runs."""
     held, done = threading.Event(), threading.Event()
 
-    def hold() -> None:  # its worker (a lock owner of its own) trains cell 0
-        with run_dir_lock(run_dir):
+    def hold() -> None:
+        with lock():
             held.set()
             done.wait(10)
 
@@ -49,11 +50,20 @@ def test_a_running_cell_is_requeued_only_once_its_run_directory_is_free(tmp_path
     holder.start()
     held.wait(10)
     try:
-        assert queue_cells(plan, study) == 1  # cell 1 waits; cell 0 is live, not queued again
-        assert study.trials[0].state == TrialState.RUNNING
+        yield
     finally:
         done.set()
         holder.join()
+
+
+def test_a_running_cell_is_requeued_only_once_its_run_directory_is_free(tmp_path):
+    plan, study = two_cells(tmp_path)
+    assert queue_cells(plan, study) == 2
+    start(plan, study)  # cell 0 runs
+    run_dir = Path(plan.cells[0].values["output_dir"])
+    with held_elsewhere(lambda: run_dir_lock(run_dir)):  # its worker trains cell 0
+        assert queue_cells(plan, study) == 1  # cell 1 waits; cell 0 is live, not queued again
+        assert study.trials[0].state == TrialState.RUNNING
     assert queue_cells(plan, study) == 2  # its worker is gone: failed, queued again
     assert study.trials[0].state == TrialState.FAIL
 
@@ -80,21 +90,8 @@ def test_a_worker_prunes_a_cell_whose_run_directory_another_process_holds(tmp_pa
     plan = replace(plan, cells=plan.cells[:1])
     queue_cells(plan, study)
     run_dir = Path(plan.cells[0].values["output_dir"])
-    held, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with run_dir_lock(run_dir):
-            held.set()
-            done.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(10)
-    try:
+    with held_elsewhere(lambda: run_dir_lock(run_dir)):
         work(plan, 0)  # raises nothing, trains nothing
-    finally:
-        done.set()
-        holder.join()
     (trial,) = study.get_trials()
     assert trial.state == TrialState.PRUNED and not attempts(study)
     # the worker wrote nothing there, so the folder the holder's lock made is gone with it
@@ -103,22 +100,9 @@ def test_a_worker_prunes_a_cell_whose_run_directory_another_process_holds(tmp_pa
 
 def test_a_second_holder_of_a_journal_suite_is_refused_in_one_line(tmp_path):
     plan, _ = two_cells(tmp_path)
-    held, done = threading.Event(), threading.Event()
-
-    def first_command() -> None:
-        with suite_lock(plan):
-            held.set()
-            done.wait(10)
-
-    first = threading.Thread(target=first_command)
-    first.start()
-    held.wait(10)
-    try:
+    with held_elsewhere(lambda: suite_lock(plan)):  # the first command
         with pytest.raises(ConfigError, match=f"^suite {plan.id} is already running: another"):
             with suite_lock(plan):
                 pass
-    finally:
-        done.set()
-        first.join()
     with suite_lock(plan):  # free again once the first command ends
         assert (plan.out / "suite.lock").is_file()

@@ -16,13 +16,6 @@ from pgbench.train.trainer import train
 
 TIMINGS = {"train/step_time_s", "train/rollout_tokens_per_s", "train/wall_clock_s"}
 TIMINGS |= {"train/peak_memory_mb"}
-HOLD = """
-import sys
-from filelock import FileLock
-with FileLock(sys.argv[1]):  # another process holding a run's lock, as run_dir_lock takes it
-    print("held", flush=True)
-    sys.stdin.read()  # until the test closes our stdin
-"""
 
 
 def _histories(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -89,7 +82,9 @@ def test_sigkilled_run_resumes_with_every_step_logged_once(run_overrides, tmp_pa
     assert len(rows) == len(set(rows))
 
 
-def test_steps_after_the_last_checkpoint_are_not_logged_again(run_overrides, tmp_path, capsys):
+def test_steps_after_the_last_checkpoint_are_not_logged_again(
+    run_overrides, tmp_path, capsys, other_process_lock
+):
     overrides = run_overrides | {"trainer.steps": "5", "checkpoint.every": "2", "eval.every": "0"}
 
     def crash_after_step_3(step: int, metrics: dict[str, float]) -> None:
@@ -106,19 +101,9 @@ def test_steps_after_the_last_checkpoint_are_not_logged_again(run_overrides, tmp
     assert [m.step for m in history(run_id, "train/loss")] == [1, 2, 3]
     saved = json.loads((run_dir / "config.json").read_text())
     # while another process holds the run's lock, a resume is refused and logs nothing
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(run_dir / ".lock")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with other_process_lock(run_dir / ".lock"):
         assert main(["run", f"resume={run_dir}"]) == 2
         assert "is being trained by another process" in capsys.readouterr().err
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
     assert [m.step for m in history(run_id, "train/loss")] == [1, 2, 3]
     train(resolve(saved | {"resume": str(run_dir)}))
     assert sorted(m.step for m in history(run_id, "train/loss")) == [1, 2, 3, 4, 5]

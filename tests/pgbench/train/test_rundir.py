@@ -1,8 +1,6 @@
 """Run directories (pgbench.train.rundir): resume=auto, saved configs read back, one writer."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -63,33 +61,14 @@ def test_a_saved_config_drops_only_the_keys_of_other_verbs():
     assert "trainer.lrr" in saved_run_values(old | {"trainer.lrr": 1})
 
 
-HOLD = """
-import sys
-from filelock import FileLock
-with FileLock(sys.argv[1]):  # as run_dir_lock does, without importing pgbench (fast)
-    print("held", flush=True)
-    sys.stdin.read()  # until the test closes our stdin
-"""
-
-
-def test_a_run_directory_has_one_writer_until_its_process_ends(tmp_path):
+def test_a_run_directory_has_one_writer_until_its_process_ends(tmp_path, other_process_lock):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    other = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(run_dir / LOCK)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert other.stdout.readline() == "held\n"
+    with other_process_lock(run_dir / LOCK):
         assert run_dir_busy(run_dir)
         with pytest.raises(RunDirBusyError, match=f"^output_dir={run_dir} is being trained by"):
             with run_dir_lock(run_dir):
                 pass
-    finally:
-        other.stdin.close()
-        other.wait(timeout=30)
     assert not run_dir_busy(run_dir)  # released with its process
     with run_dir_lock(run_dir), run_dir_lock(run_dir):  # re-entrant within one process
         assert run_dir_busy(run_dir)
