@@ -21,6 +21,7 @@ from pgbench.reports import (
     findings,
     render,
     scaling,
+    sequential,
     stats,
     tables,
     transfer,
@@ -200,6 +201,7 @@ def write_report(
     proxy: Path | None = None,
     failed: dict[str, str] | None = None,
     margins: dict[str, float] | None = None,
+    design: sequential.Design | None = None,
 ) -> dict[str, Any]:
     """Write the tables, findings, Markdown, HTML and figures of these runs into `out`.
 
@@ -207,14 +209,15 @@ def write_report(
     shared defaults (pgbench.runs.suite.conclude); `_tuned_sections` adds their tables and figures.
     `proxy`: the same protocol's output folder on a cheaper policy (reports/transfer.py);
     `failed`: the cells given up after their last attempt, with their last error;
-    `margins`: each task's equivalence margin (verdicts.margins; None: the defaults)."""
+    `margins`: each task's equivalence margin (verdicts.margins; None: the defaults);
+    `design`: an adaptive suite's looks (reports/sequential.py), judged as it decided."""
     curves, quantities = per_run_frame(MlflowClient(uri), runs)
     scores = _scores(quantities, "metric")
     pair_table = stats.pairs(scores)
     board = stats.leaderboard(scores, start=start, pair_table=pair_table)
     if margins is None:
         margins = verdicts.margins(list(scores.task.unique()))
-    judged = verdicts.write(out, scores, start, margins)  # verdicts.csv, verdicts.png
+    judged, adaptive = _verdicts(out, scores, start, margins, design)
     auc_board, auc_pairs = _speed(quantities)
     transfer_section, transfer_rows = _transfer_sections(out, runs, pair_table, proxy)
     found = findings.findings(quantities, variance, extra=transfer_rows)
@@ -238,7 +241,7 @@ def write_report(
         *transfer_section,
         f"## {SPEED}",
         render.leaderboard_markdown(auc_board),
-        *_analyses(fits, pair_table, judged["sections"], found),
+        *_analyses(fits, pair_table, judged["sections"] + adaptive, found),
         "\n".join(f"![{p.stem}]({p.name})" for p in figures),
         *failed_section(failed or {}),
     ]
@@ -252,6 +255,22 @@ def write_report(
         "decision_rates": judged["rates"],
     }
     return tables | {"leaderboard": board, "findings": found, "figures": figures}
+
+
+def _verdicts(
+    out: Path,
+    scores: pd.DataFrame,
+    start: dict[str, float],
+    margins: dict[str, float],
+    design: sequential.Design | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """verdicts.csv and verdicts.png (verdicts.write), judged in one look or, for an adaptive
+    suite, look by look (sequential.py; seeds.csv and its section too)."""
+    if design is None:
+        return verdicts.write(out, scores, start, margins), []
+    table = sequential.verdict_table(scores, margins, design)
+    judged = verdicts.write(out, scores, start, margins, table=table, rule=sequential.rule(design))
+    return judged, sequential.write(out, scores, table, design)
 
 
 def _speed(quantities: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -19,8 +19,8 @@ precedence over equivalence), "equivalent" where its adjusted equivalence p is, 
 the rule and the margins.
 
 `verdict_table(scores, margins, alpha)` takes the tidy scores of `stats.pairs`. It is valid
-for one look at the data: an adaptive-seed loop that calls it after each batch of seeds must
-pass each look's share of the error (an alpha-spending design), not 0.05 every time.
+for one look at the data; an adaptive suite, which looks after each batch of seeds, judges
+its pairs with reports/sequential.py instead.
 """
 
 from __future__ import annotations
@@ -237,15 +237,22 @@ def decision_rates(table: pd.DataFrame, flags: Mapping[str, bool | None]) -> pd.
     return pd.DataFrame(rows, columns=RATES)
 
 
-def markdown(table: pd.DataFrame, rates: pd.DataFrame, gain_table: pd.DataFrame) -> list[str]:
-    """The report's "Verdicts" section: decision rates, gains over the start, decided pairs."""
+ONE_LOOK = (
+    "the p-values of both tests of every pair are adjusted together (Holm's step-down with "
+    "Shaffer's count), so the chance of any wrong verdict in this report is at most 5%"
+)
+
+
+def markdown(
+    table: pd.DataFrame, rates: pd.DataFrame, gain_table: pd.DataFrame, rule: str = ONE_LOOK
+) -> list[str]:
+    """The report's "Verdicts" section: decision rates, gains over the start, decided pairs;
+    `rule` says how the error rate is kept (one look: ONE_LOOK)."""
     lines = [
         "## Verdicts",
         'Each pair is "A better" or "B better" (paired t-test), "equivalent" (paired TOST: '
-        'the difference lies within ±margin) or "undecided"; the p-values of both tests of '
-        "every pair are adjusted together (Holm's step-down with Shaffer's count), so the "
-        "chance of any wrong verdict in this report is at most 5% (docs/statistics.md). All "
-        "pairs: `verdicts.csv`.",
+        f'the difference lies within ±margin) or "undecided"; {rule} (docs/statistics.md). '
+        "All pairs: `verdicts.csv`.",
         "Decision rate per task (pairs decided out of all pairs):",
         render.frame_markdown(rates),
         "Gain of each column over the starting policy (mean - start, 95% t-interval):",
@@ -271,11 +278,15 @@ def write(
     start: Mapping[str, float],
     margin: Mapping[str, float],
     alpha: float = 0.05,
+    table: pd.DataFrame | None = None,
+    rule: str = ONE_LOOK,
 ) -> dict[str, Any]:
     """Write verdicts.csv and the verdict matrix verdicts.png (none without a pair) into
     `out`; returns the tables (verdicts, rates, gains), the figures' paths and the Markdown
-    section (`markdown`)."""
-    table = verdict_table(scores, margin, alpha)
+    section (`markdown`). `table`: verdicts reached otherwise (an adaptive suite's,
+    reports/sequential.py, with its `rule`), instead of `verdict_table`'s one look."""
+    if table is None:
+        table = verdict_table(scores, margin, alpha)
     gain_table = gains(scores, start)
     rates = decision_rates(table, vacuous(gain_table))
     table.to_csv(out / "verdicts.csv", index=False)
@@ -287,5 +298,5 @@ def write(
         "rates": rates,
         "gains": gain_table,
         "figures": figures,
-        "sections": markdown(table, rates, gain_table),
+        "sections": markdown(table, rates, gain_table, rule),
     }

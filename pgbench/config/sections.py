@@ -207,6 +207,13 @@ class SuiteConfig(LaunchConfig):
     max_attempts: int = knob(
         3, "failed attempts after which a cell is given up (not queued again)", ge=1
     )
+    seeds_max: int = knob(
+        0,
+        "adaptive seeds: add seeds to columns with an undecided pair, up to this many "
+        "(0 = a fixed `seeds`; protocol: [seeds] initial, max, batch)",
+        ge=0,
+    )
+    seeds_batch: int = knob(5, "adaptive seeds: seeds added per look", ge=1)
 
 
 @dataclass(frozen=True)

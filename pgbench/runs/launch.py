@@ -4,7 +4,8 @@ The command queues the suite's cells in its Optuna study on the shared `suite.st
 (PostgreSQL), submits `suite.workers` array jobs (`executor.map_array`), prints their ids, the
 log folder and where the runs appear in MLflow, and returns. Each job runs `slurm_worker`: the
 suite worker of pgbench/suite.py (`work`), which pops cells until none waits, then queues the
-test phase of every column whose tuning has finished, and goes on until nothing waits.
+test phase of every column whose tuning has finished and, with adaptive seeds, the next seeds
+of the columns with an undecided pair (`advance`), and goes on until nothing waits.
 
 A job killed mid-cell stops sending heartbeats: its trial is failed and the cell queued again
 (Optuna's RetryHeartbeatStaleTrialCallback); the next worker resumes it from its checkpoint in
@@ -32,7 +33,7 @@ from optuna.trial import TrialState
 
 from pgbench.runs.protocol import Plan
 from pgbench.runs.queue import queue_cells
-from pgbench.runs.suite import conclude, first_phase, open_storage, open_suite, promote, work
+from pgbench.runs.suite import advance, conclude, first_phase, open_storage, open_suite, work
 from pgbench.train.slurm import executor, fail_stale, live_jobs, mlflow_link, submit
 
 
@@ -44,7 +45,7 @@ def slurm_worker(plan: Plan) -> None:
     study = optuna.load_study(study_name=f"suite-{plan.id}", storage=open_storage(plan))
     while True:
         work(plan, label)
-        plan = promote(plan, study)
+        plan = advance(plan, study)
         if not queue_cells(plan, study):
             return
 
@@ -63,7 +64,7 @@ def requeue(plan: Plan, study: optuna.Study) -> tuple[Plan, int, int]:
     """Queue the cells of dead jobs, of finished tunings' test phases and any not yet queued;
     returns the plan and how many cells wait and run."""
     fail_stale(study)
-    plan = promote(plan, study)
+    plan = advance(plan, study)
     waiting = queue_cells(plan, study, first_phase(plan, study))
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     return plan, waiting, running

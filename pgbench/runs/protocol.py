@@ -30,7 +30,7 @@ from pgbench.config.urls import redact_values
 from pgbench.config.verbs import Config, SuiteArgs, VarianceArgs, resolve
 from pgbench.errors import ConfigError
 from pgbench.estimators import CATALOG as ESTIMATORS
-from pgbench.reports import verdicts
+from pgbench.reports import sequential, verdicts
 from pgbench.runs.tuning import Tune, read_tune
 from pgbench.tasks import CATALOG as TASKS
 
@@ -38,7 +38,9 @@ PROTOCOLS = Path(__file__).parents[1] / "protocols"
 ALIASES = {"suite": "suite.protocol", "tasks": "suite.tasks"}  # short CLI keys
 # keys of a protocol's [suite] table
 SUITE_TABLE = {"tasks", "estimators", "seeds", "id", "variance"}
-TABLES = {"suite", "overrides", "task", "variant", "tune", "stats"}
+TABLES = {"suite", "overrides", "task", "variant", "tune", "stats", "seeds"}
+# a protocol's [seeds] table (adaptive seeds, reports/sequential.py) as the suite's keys
+SEEDS_TABLE = {"initial": "seeds", "max": "suite.seeds_max", "batch": "suite.seeds_batch"}
 NOT_PASSED = ("output_dir", "resume")  # the suite's own keys, not its cells'
 VARIANCE = "variance"  # the column name of a task's `pgbench variance` cell
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a suite id or variant name: one path component
@@ -84,11 +86,14 @@ class Plan:
     proxy: str = ""  # suite.proxy: a proxy suite's output folder, for the transfer finding
     max_attempts: int = 3  # suite.max_attempts: failed attempts after which a cell is given up
     margins: dict[str, float] = field(default_factory=dict)  # task -> equivalence margin
+    design: sequential.Design | None = None  # adaptive seeds: the looks; None: fixed seeds
+    # adaptive seeds: (task, column at the defaults) -> its cells past the first look's seeds
+    reserve: dict[tuple[str, str], list[Cell]] = field(default_factory=dict)
 
     def all_cells(self) -> list[Cell]:
         """Every cell the suite may run, each once."""
         cells = {c.name: c for c in self.cells}
-        for group in self.candidates.values():
+        for group in [*self.candidates.values(), *self.reserve.values()]:
             cells.update({c.name: c for c in group})
         return list(cells.values())
 
@@ -128,7 +133,7 @@ def read_protocol(path: Path) -> Protocol:
         wrong = ", ".join([f"[{t}]" for t in extra] + [f"suite.{k}" for k in bad])
         raise ConfigError(
             f"{path}: unknown {wrong}; valid: [suite] {sorted(SUITE_TABLE)}, "
-            "[overrides], [task.NAME], [variant.NAME], [tune], [stats]"
+            "[overrides], [task.NAME], [variant.NAME], [tune], [stats], [seeds]"
         )
     stats = data.get("stats", {})
     if set(stats) - {"margin"} or not isinstance(stats.get("margin", {}), dict):
@@ -142,8 +147,17 @@ def read_protocol(path: Path) -> Protocol:
             suite[key] = ",".join(suite[key])
     variants = _variants(data.get("variant", {}), path)
     tune = read_tune(data["tune"], str(path)) if "tune" in data else None
-    common = suite | data.get("overrides", {})
+    common = suite | _seeds(data.get("seeds", {}), path) | data.get("overrides", {})
     return Protocol(common, data.get("task", {}), variants, tune, stats.get("margin", {}))
+
+
+def _seeds(table: Any, path: Path) -> dict[str, Any]:
+    """A protocol's [seeds] table (initial, max, batch) as the suite's keys."""
+    if not isinstance(table, dict) or set(table) - set(SEEDS_TABLE):
+        raise ConfigError(
+            f"{path}: [seeds] takes initial, max and batch (adaptive seeds), got {table}"
+        )
+    return {SEEDS_TABLE[key]: value for key, value in table.items()}
 
 
 def check_name(name: str, what: str) -> None:
@@ -279,7 +293,7 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
     suite_id = config.suite.id or (path.stem if path else _digest(protocol.common | cli))
     check_name(suite_id, "suite.id")
     out = output_path(config, id=suite_id)
-    cells, candidates, points = _plan_cells(config, protocol, names, out, where, cli)
+    cells, candidates, points, reserve = _plan_cells(config, protocol, names, out, where, cli)
     storage = config.suite.storage or str((out / "suite.journal").resolve())
     margins = verdicts.margins(
         names, protocol.margins | verdicts.parse_margins(config.suite.margin)
@@ -302,6 +316,19 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
         config.suite.proxy,
         config.suite.max_attempts,
         margins,
+        _design(config, protocol, names),
+        reserve,
+    )
+
+
+def _design(config: SuiteArgs, protocol: Protocol, names: list[str]) -> sequential.Design | None:
+    """Adaptive seeds (suite.seeds_max > 0): the looks, judging every pair of every task."""
+    if not config.suite.seeds_max:
+        return None
+    columns = [len(_columns(config, protocol.variants, task)) for task in names]
+    pairs = sum(k * (k - 1) // 2 for k in columns)
+    return sequential.Design.of(
+        config.seeds, config.suite.seeds_max, config.suite.seeds_batch, pairs
     )
 
 
@@ -319,7 +346,7 @@ def _task_names(config: SuiteArgs, protocol: Protocol, where: str) -> list[str]:
     if unknown:
         raise ConfigError(f"{where}: {unknown[0]} is not among the suite's tasks {names}")
     if tune:
-        tune.check_seeds(config.seeds)
+        tune.check_seeds(max(config.seeds, config.suite.seeds_max))
     proxy = Path(config.suite.proxy)
     for name in ("runs.csv", "pairs.csv") if config.suite.proxy else ():
         if not (proxy / name).is_file():
@@ -330,10 +357,11 @@ def _task_names(config: SuiteArgs, protocol: Protocol, where: str) -> list[str]:
 def _digest(values: dict[str, Any]) -> str:
     """The id of an unnamed suite: a hash of its keys. It does not change with a password (the
     saved configs never hold one), nor with where the cells run (suite.launcher, suite.wait,
-    suite.proxy, slurm.*), how often a failing one is tried (suite.max_attempts) or how the
-    report judges them (suite.margin): a re-run may wait for them, retry or re-judge them."""
+    suite.proxy, slurm.*), how often a failing one is tried (suite.max_attempts), how the
+    report judges them (suite.margin) or up to how many seeds (suite.seeds_max, seeds_batch):
+    a re-run may wait for them, retry them, re-judge them or add seeds."""
     where_run = ("suite.launcher", "suite.wait", "suite.proxy", "suite.max_attempts")
-    where_run += ("suite.margin",)
+    where_run += ("suite.margin", "suite.seeds_max", "suite.seeds_batch")
     what = {k: v for k, v in values.items() if k not in where_run and not k.startswith("slurm.")}
     shown = redact_values(what)
     return hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -341,11 +369,13 @@ def _digest(values: dict[str, Any]) -> str:
 
 def _plan_cells(
     config: SuiteArgs, protocol: Protocol, names: list[str], out: Path, where: str, cli: dict
-) -> tuple[list[Cell], dict, dict]:
+) -> tuple[list[Cell], dict, dict, dict]:
     """Every cell of every task (tuning cells, test candidates, default cells), the tuned
-    columns' candidates and each tuning point's values."""
+    columns' candidates, each tuning point's values and, with adaptive seeds, the untuned
+    columns' cells past the first look (`Plan.reserve`)."""
     common, tune = protocol.common, protocol.tune
-    cells, candidates, points = [], {}, {}
+    cells, candidates, points, reserve = [], {}, {}, {}
+    seeds = max(config.seeds, config.suite.seeds_max)  # adaptive: up to the max
     for task in names:
         extra = {
             f"task.{k}" if "." not in k else k: v
@@ -359,17 +389,19 @@ def _plan_cells(
         tuned = tune is not None and tune.tunes(task)
         columns = _columns(config, protocol.variants, task)
         defaults = {
-            label: [planner.cell(task, label, keys, s) for s in range(config.seeds)]
+            label: [planner.cell(task, label, keys, s) for s in range(seeds)]
             for label, keys in columns.items()
         }
         if tuned:
             for label, keys in columns.items():
                 tuning, tests, values = planner.tuned(
-                    task, label, keys, tune, config.seeds, defaults[label]
+                    task, label, keys, tune, seeds, defaults[label]
                 )
                 cells += tuning
                 candidates |= tests
                 points |= {(task, label, p): v for p, v in values.items()}
         if not tuned or tune.defaults:  # seed-major: every column's first seeds finish first
             cells += [defaults[label][s] for s in range(config.seeds) for label in columns]
-    return cells, candidates, points
+        if not tuned:
+            reserve |= {(task, label): defaults[label][config.seeds :] for label in columns}
+    return cells, candidates, points, reserve

@@ -39,10 +39,19 @@ from optuna.trial import FrozenTrial, TrialState
 from pgbench import tasks
 from pgbench.config.verbs import resolve
 from pgbench.hardware import use_threads
+from pgbench.reports import sequential
 from pgbench.reports.tables import area_under_curve
 from pgbench.runs.protocol import VARIANCE, Cell, Plan, cell_config, plan_suite
 from pgbench.runs.queue import exhausted, queue_cells, queued, suite_lock, taken
-from pgbench.runs.suite_tables import notes, phases, run_rows, selected, tuned, variance
+from pgbench.runs.suite_tables import (
+    board_columns,
+    notes,
+    phases,
+    run_rows,
+    selected,
+    tuned,
+    variance,
+)
 from pgbench.train.rundir import RunDirBusyError, run_dir_lock
 from pgbench.train.tracking import (
     SPOOL,
@@ -200,14 +209,42 @@ def _finished(study: optuna.Study) -> dict[str, FrozenTrial]:
 
 
 def promote(plan: Plan, study: optuna.Study) -> Plan:
-    """The plan with the test phase of every column whose tuning has finished."""
+    """The plan with the test phase of every column whose tuning has finished (with adaptive
+    seeds, its first look's seeds)."""
     known = {c.name for c in plan.cells}
+    first = plan.design.looks[0] if plan.design else None
     new = []
     for row in selected(plan, _finished(study)).itertuples():
         group = plan.candidates[(row.task, row.estimator, row.point)]
-        new += [c for c in group if c.name not in known]
+        new += [c for c in group if c.name not in known and (first is None or c.seed < first)]
     tuning = sum(c.tuning for c in plan.cells)  # the test phase next, before the rest
     return replace(plan, cells=plan.cells[:tuning] + new + plan.cells[tuning:]) if new else plan
+
+
+def extend(plan: Plan, study: optuna.Study) -> Plan:
+    """Adaptive seeds: the plan with the next look's seeds of every column that still has an
+    undecided pair, once every seed of its last look has finished (reports/sequential.py).
+    It depends on the finished runs alone, so a resumed suite extends as the first one did."""
+    if plan.design is None:
+        return plan
+    finished = _finished(study)
+    columns = board_columns(plan, selected(plan, finished))
+    runs = [c for cells in columns.values() for c in cells if c.name in finished]
+    scores = pd.DataFrame(
+        [(c.task, c.estimator, c.seed, finished[c.name].value) for c in runs],
+        columns=["task", "estimator", "seed", "value"],
+    )
+    table = sequential.verdict_table(scores, plan.margins, plan.design)
+    need = sequential.targets(table, plan.design, list(columns))
+    known = {c.name for c in plan.cells}
+    new = [c for k, cells in columns.items() for c in cells if c.seed < need[k]]
+    new = sorted((c for c in new if c.name not in known), key=lambda c: c.seed)
+    return replace(plan, cells=plan.cells + new) if new else plan
+
+
+def advance(plan: Plan, study: optuna.Study) -> Plan:
+    """The plan with every cell that became ready: tested tunings, added seeds."""
+    return extend(promote(plan, study), study)
 
 
 def _run_workers(plan: Plan) -> None:
@@ -263,7 +300,7 @@ def run_suite(plan: Plan) -> dict[str, Any]:
     on a journal, while holding the suite's lock (pgbench.runs.queue.suite_lock)."""
     with suite_lock(plan):
         study, parent = open_suite(plan)
-        plan = promote(plan, study)  # resumed: tunings finished before
+        plan = advance(plan, study)  # resumed: tunings and looks finished before
         tuning = [c for c in plan.cells if c.tuning]
         queue = first_phase(plan, study)
         while True:
@@ -273,7 +310,7 @@ def run_suite(plan: Plan) -> dict[str, Any]:
                 f"run now, {plan.workers} workers"
             )
             _run_workers(plan)
-            more = promote(plan, study)
+            more = advance(plan, study)
             if queue is None and len(more.cells) == len(plan.cells):
                 break
             plan, queue = more, None  # the test phase of the columns just tuned, then the rest
@@ -345,5 +382,6 @@ def _report(
         proxy,
         failed,
         plan.margins,
+        plan.design,
     )
     return report["leaderboard"]

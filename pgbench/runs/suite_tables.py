@@ -78,10 +78,12 @@ def phases(plan: Plan, chosen: pd.DataFrame) -> tuple[list[Cell], list[Cell], li
     """(the leaderboard's cells, the shared-defaults cells of tuned tasks, unfinished tunings):
     a tuned column is ranked at its selected point (`chosen`), any other at the defaults; the
     tuned columns are ranked at the defaults too unless the protocol says `defaults = false`."""
+    queued = {c.name for c in plan.cells}  # adaptive seeds: only the looks reached
     board = [
         c
         for row in chosen.itertuples()
         for c in plan.candidates[(row.task, row.estimator, row.point)]
+        if c.name in queued
     ]
     tuned = {(c.task, c.estimator) for c in plan.cells if c.tuning}
     defaults = [c for c in plan.cells if c.point is None and c.estimator != VARIANCE]
@@ -92,6 +94,23 @@ def phases(plan: Plan, chosen: pd.DataFrame) -> tuple[list[Cell], list[Cell], li
     if plan.tune is None or not plan.tune.defaults:  # a selected point may be the defaults'
         return board, [], waiting
     return board, [c for c in defaults if (c.task, c.estimator) in tuned], waiting
+
+
+def board_columns(plan: Plan, chosen: pd.DataFrame) -> dict[tuple[str, str], list[Cell]]:
+    """Every test cell each (task, column) of the leaderboard may run, up to the most seeds:
+    a tuned column's at its selected point (`chosen`), any other's at the defaults."""
+    columns: dict[tuple[str, str], list[Cell]] = {}
+    for row in chosen.itertuples():
+        columns[(row.task, row.estimator)] = plan.candidates[(row.task, row.estimator, row.point)]
+    tuned = {(c.task, c.estimator) for c in plan.cells if c.tuning}
+    for cell in plan.cells:
+        key = (cell.task, cell.estimator)
+        if cell.point is None and cell.estimator != VARIANCE and key not in tuned:
+            columns.setdefault(key, []).append(cell)
+    for key, cells in plan.reserve.items():
+        known = {c.name for c in columns.get(key, [])}
+        columns.setdefault(key, []).extend(c for c in cells if c.name not in known)
+    return columns
 
 
 def notes(plan: Plan, missing: list[str], failed: dict[str, str], waiting: list[str]) -> str:
