@@ -29,9 +29,13 @@ if TYPE_CHECKING:
 CATALOG: Catalog[Estimator] = Catalog(
     "estimator",
     {
+        "gdpo": "pgbench.estimators.gdpo:GDPO",
         "gpg": "pgbench.estimators.gpg:GPG",
         "grpo": "pgbench.estimators.grpo:GRPO",
+        "grpo_passk": "pgbench.estimators.grpo_passk:GRPOPassK",
+        "maxrl": "pgbench.estimators.maxrl:MaxRL",
         "opo": "pgbench.estimators.opo:OPO",
+        "otb": "pgbench.estimators.otb:OTB",
         "ppo": "pgbench.estimators.ppo:PPO",
         "reinforce": "pgbench.estimators.reinforce:Reinforce",
         "reinforce_pp": "pgbench.estimators.reinforce_pp:ReinforcePP",

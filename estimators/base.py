@@ -22,6 +22,12 @@ class Batch:
     values: Tensor | None = None  # [N, T] value-head estimates (estimators with a value head)
     baseline: Tensor | None = None  # [P] task reward of each prompt's greedy completion
     uniform: Tensor | None = None  # [P] prompts whose K rewards (before KL) are all equal
+    # [C, P, K] the task's reward components and their weights [C] (a task with several
+    # rewards); `rewards` is their weighted sum plus the KL and overlong penalties (gdpo)
+    components: Tensor | None = None
+    component_weights: Tensor | None = None
+    logprobs: Tensor | None = None  # [N, T] rollout-time log pi of each token (needs_sq_probs)
+    sq_probs: Tensor | None = None  # [N, T] sum_v pi(v)^2 where each token was drawn (same)
 
     @classmethod
     def shaped(
@@ -31,14 +37,33 @@ class Batch:
         kl_penalty: Tensor,
         values: Tensor | None = None,
         baseline: Tensor | None = None,
+        *,
+        components: Tensor | None = None,
+        component_weights: Tensor | None = None,
+        logprobs: Tensor | None = None,
+        sq_probs: Tensor | None = None,
     ) -> Batch:
         """The batch of task rewards [P, K] and a per-token KL penalty [N, T] (zeros when
         kl.placement=loss), folded together once by the core's `shape_rewards`; `baseline`
-        [P] (estimators with `needs_greedy`) is passed through unshaped."""
+        [P] (estimators with `needs_greedy`), the task's reward `components` [C, P, K] with
+        their `component_weights` [C], and the scoring pass's `logprobs` and `sq_probs`
+        [N, T] (estimators with `needs_sq_probs`) are passed through unshaped."""
         from pgbench.rl.losses import shape_rewards, uniform_groups  # torch: not for --help
 
         sequence, tokens = shape_rewards(rewards, kl_penalty, mask)
-        return cls(sequence, tokens, mask, values, baseline, uniform_groups(rewards))
+        uniform = uniform_groups(rewards)
+        return cls(
+            sequence,
+            tokens,
+            mask,
+            values,
+            baseline,
+            uniform,
+            components,
+            component_weights,
+            logprobs,
+            sq_probs,
+        )
 
 
 class Advantages(NamedTuple):
@@ -55,6 +80,7 @@ class Estimator:
     min_samples_per_prompt: ClassVar[int] = 1  # smallest K the formula is defined for
     uses_value_head: ClassVar[bool] = False  # True: the core adds vf_coef * value_loss
     needs_greedy: ClassVar[bool] = False  # True: the rollout adds Batch.baseline (greedy)
+    needs_sq_probs: ClassVar[bool] = False  # True: scoring adds Batch.logprobs and .sq_probs
     vf_coef: float = 0.0  # weight of the value loss (estimators with a value head)
 
     def advantages(self, rewards: Tensor, state: dict[str, Any] | None = None) -> Tensor:

@@ -65,6 +65,12 @@ class Task:
         function's mean and the share of None rewards); none by default."""
         return {}
 
+    def reward_components(self) -> tuple[list[list[float]], list[float]] | None:
+        """The last `reward` call's terms, for estimators that weigh them apart (gdpo): each
+        term's scores [C][N] (as summed) and weights [C], the reward being their weighted
+        sum; None where the reward has one term (the default)."""
+        return None
+
     def configure_reward(self, model: str, device: str, batch_size: int) -> None:
         """Take the run's `reward.*` settings (called by config.resolve; device `auto` = cuda
         when available). Tasks without model-based rewards ignore them."""

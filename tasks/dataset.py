@@ -208,15 +208,23 @@ class DatasetTask(Task):
         totals = [0.0] * len(completions)
         nones = 0
         self.last_reward_metrics: dict[str, float] = {}
+        parts = []
         for reward in self.rewards:
             scores = self._scores(reward, completions, examples)
             nones += scores.count(None)
             filled = fill_none(scores, groups)
+            parts.append(filled)
             totals = [t + reward.weight * s for t, s in zip(totals, filled, strict=True)]
             self.last_reward_metrics[f"train/reward/{reward.name}"] = mean_known(scores)
+        weights = [reward.weight for reward in self.rewards]
+        self.last_components = (parts, weights) if len(parts) > 1 else None
         count = len(completions) * len(self.rewards)
         self.last_reward_metrics["train/reward_none_fraction"] = nones / max(count, 1)
         return totals
+
+    def reward_components(self) -> tuple[list[list[float]], list[float]] | None:
+        """Each function's rewards (None filled) and weight in the last `reward` call."""
+        return getattr(self, "last_components", None)
 
     def reward_metrics(self) -> dict[str, float]:
         """Each function's mean reward and the None fraction of the last `reward` call."""

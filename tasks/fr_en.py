@@ -187,10 +187,18 @@ class FrEn(Task):
         """The weighted sum of the spec's rewards for each completion."""
         hypotheses = [c.strip() for c in completions]
         totals = [0.0] * len(hypotheses)
+        parts = []
         for term in self.reward_terms:
             scores = self._scores(term.name, hypotheses, examples)
+            parts.append(scores)
             totals = [t + term.weight * s for t, s in zip(totals, scores, strict=True)]
+        weights = [term.weight for term in self.reward_terms]
+        self.last_components = (parts, weights) if len(parts) > 1 else None
         return totals
+
+    def reward_components(self) -> tuple[list[list[float]], list[float]] | None:
+        """Each term's scores and weight in the last `reward` call (several terms only)."""
+        return getattr(self, "last_components", None)
 
     def metrics(self, completions: list[str], examples: list[Example]) -> dict[str, float]:
         """Corpus chrF and BLEU, mean embed cosine x 100, and mean BERTScore F1 x 100 and COMET

@@ -19,6 +19,7 @@ class TokenScores(NamedTuple):
     logprobs: Tensor  # [N, Tc] log-probabilities of the completion tokens
     entropy: Tensor | None  # [N, Tc] policy entropy at each position (detached unless asked)
     values: Tensor | None  # [N, Tc] value-head estimate of the state before each token
+    sq_probs: Tensor | None = None  # [N, Tc] sum_v pi(v)^2 at each position (detached; if asked)
 
 
 def token_logprobs(
@@ -28,6 +29,7 @@ def token_logprobs(
     with_entropy: bool = False,
     value_head: torch.nn.Module | None = None,
     entropy_grad: bool = False,
+    with_sq_probs: bool = False,
 ) -> TokenScores:
     """Log-probabilities [N, Tc] of the completion tokens given the prompts.
 
@@ -35,7 +37,8 @@ def token_logprobs(
     the distribution that was sampled. Only the logits of completion positions are computed.
     Position ids follow the attention mask, as in generation, so left padding does not shift
     them. With `value_head`, it is applied to the last hidden state. The entropy is detached
-    unless `entropy_grad` (an entropy bonus back-propagates through it).
+    unless `entropy_grad` (an entropy bonus back-propagates through it). `with_sq_probs` adds
+    sum_v pi(v)^2 at each position, detached (the optimal token baseline's gradient-norm proxy).
     """
     logits, hidden = completion_logits(model, rollout, value_head is not None)
     logits = logits.float()  # [N, Tc, V]: predicts token t
@@ -50,7 +53,11 @@ def token_logprobs(
             entropy = log_norm - (probs * logits).sum(dim=-1)  # H = logZ - E_p[logit]
     if value_head is not None:
         values = value_head(hidden.float()).squeeze(-1)
-    return TokenScores(chosen - log_norm, entropy, values)
+    sq_probs = None
+    if with_sq_probs:
+        with torch.no_grad():  # sum_v p_v^2 = exp(logsumexp(2 logits) - 2 logZ), in log space
+            sq_probs = ((2 * logits).logsumexp(dim=-1) - 2 * log_norm).exp()
+    return TokenScores(chosen - log_norm, entropy, values, sq_probs)
 
 
 def completion_logits(
@@ -118,6 +125,7 @@ def token_logprobs_chunked(
     chunk_rows: int,
     temperature: float = 1.0,
     value_head: torch.nn.Module | None = None,
+    with_sq_probs: bool = False,
 ) -> TokenScores:
     """`token_logprobs` without gradients, `chunk_rows` rows at a time so the full-vocabulary
     logits of the whole batch are never held at once."""
@@ -127,8 +135,10 @@ def token_logprobs_chunked(
             rollout.rows(slice(start, start + chunk_rows)),
             temperature,
             value_head=value_head,
+            with_sq_probs=with_sq_probs,
         )
         for start in range(0, len(rollout.texts), chunk_rows)
     ]
     values = torch.cat([p.values for p in parts]) if value_head is not None else None
-    return TokenScores(torch.cat([p.logprobs for p in parts]), None, values)
+    sq_probs = torch.cat([p.sq_probs for p in parts]) if with_sq_probs else None
+    return TokenScores(torch.cat([p.logprobs for p in parts]), None, values, sq_probs)

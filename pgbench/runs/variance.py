@@ -60,6 +60,8 @@ class Draw:
     rollout: Rollout
     rewards: torch.Tensor  # [P, K]
     baseline: torch.Tensor | None = None  # [P] greedy completions' rewards (if asked for)
+    components: torch.Tensor | None = None  # [C, P, K] the task's reward terms (several)
+    component_weights: torch.Tensor | None = None  # [C] their weights
 
 
 def draw_batches(
@@ -73,7 +75,15 @@ def draw_batches(
     for batch in tqdm(range(count), desc="rollouts", unit="batch", leave=False):
         torch.manual_seed(step_seed(cfg.seed, offset + batch))
         collected = collect_rollout(cfg, policy, examples, policy.model.device, greedy=greedy)
-        draws.append(Draw(collected.rollout, collected.rewards, collected.baseline))
+        draws.append(
+            Draw(
+                collected.rollout,
+                collected.rewards,
+                collected.baseline,
+                collected.components,
+                collected.component_weights,
+            )
+        )
     return draws
 
 
@@ -94,6 +104,8 @@ def policy_gradient(
         rewards=draw.rewards,
         value_head=value_head,
         baseline=draw.baseline,
+        components=draw.components,
+        component_weights=draw.component_weights,
     )
     rows = torch.arange(len(draw.rollout.texts), device=model.device)
     accumulate_gradients(

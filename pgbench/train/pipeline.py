@@ -101,6 +101,8 @@ class RolloutQueue:
                 "rewards": collected.rewards,
                 "baseline": collected.baseline,
                 "baseline_tokens": collected.baseline_tokens,
+                "components": collected.components,
+                "component_weights": collected.component_weights,
             }
             for step, (sampled_at, collected) in sorted(self.pending.items())
         ]
@@ -117,6 +119,8 @@ class RolloutQueue:
                     {},
                     move(item["baseline"]),
                     item["baseline_tokens"],
+                    components=move(item.get("components")),  # absent before issue 43
+                    component_weights=move(item.get("component_weights")),
                 ),
             )
             for item in saved

@@ -11,6 +11,7 @@ reward: `baseline` [P]. Its time is part of `seconds["generate"]`; its policy to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ class Collected:
     baseline: torch.Tensor | None = None  # [P] task reward of each prompt's greedy completion
     baseline_tokens: int = 0  # policy tokens of the greedy completions (0 without them)
     reward_metrics: dict[str, float] = field(default_factory=dict)  # task.reward_metrics()
+    components: torch.Tensor | None = None  # [C, P, K] the task's reward terms (several)
+    component_weights: torch.Tensor | None = None  # [C] their weights
 
 
 def decode(
@@ -91,8 +94,14 @@ def collect_rollout(
         repeated = [example for example in examples for _ in range(samples)]
         scores = config.task.reward(rollout.texts, repeated)
         extra = config.task.reward_metrics()  # before the greedy baseline's reward call
+        terms = config.task.reward_components()
         rewards = torch.tensor(scores, device=device).view(-1, samples)  # [P, K]
+        collected = Collected(rollout, rewards, seconds, reward_metrics=extra)
+        if terms is not None:
+            parts = torch.tensor(terms[0], device=device).view(len(terms[0]), -1, samples)
+            weights = torch.tensor(terms[1], device=device)
+            collected = dataclasses.replace(collected, components=parts, component_weights=weights)
         if best is None:
-            return Collected(rollout, rewards, seconds, reward_metrics=extra)
+            return collected
         baseline = torch.tensor(config.task.reward(best.texts, examples), device=device)  # [P]
-    return Collected(rollout, rewards, seconds, baseline, best.tokens, extra)
+    return dataclasses.replace(collected, baseline=baseline, baseline_tokens=best.tokens)

@@ -182,6 +182,8 @@ class Trainer:
                 rollout=collected.rollout,
                 rewards=collected.rewards,
                 baseline=collected.baseline,
+                components=collected.components,
+                component_weights=collected.component_weights,
             )
             # 4. advantages: the KL penalty folded in, then the only place estimators differ
             prepared = advantages(cfg, cfg.estimator, scored, state.estimator)

@@ -64,6 +64,8 @@ class Scored:
     rollout: Rollout
     rewards: Tensor  # [P, K] task reward + overlong penalty
     baseline: Tensor | None  # [P] the greedy completions' reward (estimators with needs_greedy)
+    components: Tensor | None  # [C, P, K] the task's reward components (several rewards)
+    component_weights: Tensor | None  # [C] their weights: `rewards` = weighted sum + penalties
     mask: Tensor  # [N, T] the policy's own tokens
     scores: TokenScores  # rollout-time log-probs (and values), without graph
     ref_logprobs: Tensor | None
@@ -74,10 +76,15 @@ class Scored:
 
 
 def _shaped(
-    config: Config, rollout: Rollout, rewards: Tensor, baseline: Tensor | None
-) -> tuple[Rollout, Tensor, Tensor | None, Tensor]:
+    config: Config,
+    rollout: Rollout,
+    rewards: Tensor,
+    baseline: Tensor | None,
+    components: Tensor | None,
+) -> tuple[Rollout, Tensor, Tensor | None, Tensor | None, Tensor]:
     """Rewards with DAPO's overlong penalty, and the batch without its uniform groups when
-    rollout.drop_uniform_groups is set; with the [P] mask of uniform groups."""
+    rollout.drop_uniform_groups is set (baseline [P] and components [C, P, K] with it); with
+    the [P] mask of uniform groups."""
     cfg = config.rollout
     # uniform groups are judged once, on the rewards the estimator sees before the KL: task
     # reward plus overlong penalty (a group whose lengths differ still carries a signal)
@@ -88,8 +95,9 @@ def _shaped(
     rewards = rewards + overlong.view_as(rewards)
     uniform = uniform_groups(rewards)  # [P]
     if cfg.drop_uniform_groups and not uniform.all():  # an all-uniform batch stays
-        rollout, rewards, baseline = _keep_groups(~uniform, rollout, rewards, baseline)
-    return rollout, rewards, baseline, uniform
+        kept = _keep_groups(~uniform, rollout, rewards, baseline, components)
+        rollout, rewards, baseline, components = kept
+    return rollout, rewards, baseline, components, uniform
 
 
 def score(
@@ -101,18 +109,25 @@ def score(
     rollout: Rollout,
     rewards: Tensor,
     baseline: Tensor | None = None,
+    components: Tensor | None = None,
+    component_weights: Tensor | None = None,
+    sq_probs: bool | None = None,
 ) -> Scored:
     """Overlong penalty, uniform groups dropped (if configured), and the rollout scored:
     rollout-time log-probs and values, reference log-probs and the per-token KL. A single
     update pass (trainer.epochs = minibatches = 1) keeps the scoring forward's graph when the
-    rows fit a micro-batch."""
+    rows fit a micro-batch. `sq_probs` (default: the estimator's `needs_sq_probs`) adds
+    sum_v pi(v)^2 per token, from the same forward. `components` [C, P, K] and
+    `component_weights` [C] are the task's reward components (gdpo), if it has several."""
     micro, temperature = config.trainer.micro_batch_size, config.rollout.temperature
-    rollout, rewards, baseline, uniform = _shaped(config, rollout, rewards, baseline)
+    shaped = _shaped(config, rollout, rewards, baseline, components)
+    rollout, rewards, baseline, components, uniform = shaped
     mask = rollout.policy_mask.float()  # tool results are the environment's: no loss, no KL
     live, device = None, mask.device
     phases = ("old_logprobs", "reference", "advantages", "update", "optimizer")
     seconds = dict.fromkeys(phases, 0.0)
     one_pass = config.trainer.epochs == config.trainer.minibatches == 1
+    sq_probs = config.estimator.needs_sq_probs if sq_probs is None else sq_probs
     if one_pass and len(rollout.texts) <= micro:
         with hardware.timed(seconds, "update", device):  # the update's own forward
             live = token_logprobs(
@@ -122,12 +137,15 @@ def score(
                 with_entropy=True,
                 value_head=value_head,
                 entropy_grad=config.loss.entropy_coef > 0,
+                with_sq_probs=sq_probs,
             )
         values = live.values.detach() if live.values is not None else None
-        scores = TokenScores(live.logprobs.detach(), None, values)
+        scores = TokenScores(live.logprobs.detach(), None, values, live.sq_probs)
     else:
         with hardware.timed(seconds, "old_logprobs", device):
-            scores = token_logprobs_chunked(model, rollout, micro, temperature, value_head)
+            scores = token_logprobs_chunked(
+                model, rollout, micro, temperature, value_head, with_sq_probs=sq_probs
+            )
     kl, ref_logprobs = torch.zeros_like(mask), None
     if reference is not None:
         with hardware.timed(seconds, "reference", device):
@@ -137,6 +155,8 @@ def score(
         rollout=rollout,
         rewards=rewards,
         baseline=baseline,
+        components=components,
+        component_weights=component_weights,
         mask=mask,
         scores=scores,
         ref_logprobs=ref_logprobs,
@@ -155,7 +175,17 @@ def advantages(
     behaviour log-probs (or their correction)."""
     mask, kl = scored.mask, scored.kl
     penalty = config.kl.coef * kl if config.kl.placement == "reward" else torch.zeros_like(kl)
-    batch = Batch.shaped(scored.rewards, mask, penalty, scored.scores.values, scored.baseline)
+    batch = Batch.shaped(
+        scored.rewards,
+        mask,
+        penalty,
+        scored.scores.values,
+        scored.baseline,
+        components=scored.components,
+        component_weights=scored.component_weights,
+        logprobs=scored.scores.logprobs,
+        sq_probs=scored.scores.sq_probs,
+    )
     with hardware.timed(scored.seconds, "advantages", mask.device):
         result = estimator.token_advantages(batch, state)
     prepared = Prepared(
@@ -185,6 +215,8 @@ def prepare(
     value_head: torch.nn.Module | None = None,
     state: dict[str, Any] | None = None,
     baseline: Tensor | None = None,
+    components: Tensor | None = None,
+    component_weights: Tensor | None = None,
 ) -> Prepared:
     """`score` then `advantages`, in one call (gradient variance, tests)."""
     scored = score(
@@ -195,6 +227,9 @@ def prepare(
         rollout=rollout,
         rewards=rewards,
         baseline=baseline,
+        components=components,
+        component_weights=component_weights,
+        sq_probs=estimator.needs_sq_probs,
     )
     return advantages(config, estimator, scored, {} if state is None else state)
 
@@ -220,10 +255,16 @@ def _behaviour(prepared: Prepared, config: Config) -> Prepared:
 
 
 def _keep_groups(
-    keep: Tensor, rollout: Rollout, rewards: Tensor, baseline: Tensor | None
-) -> tuple[Rollout, Tensor, Tensor | None]:
+    keep: Tensor,
+    rollout: Rollout,
+    rewards: Tensor,
+    baseline: Tensor | None,
+    components: Tensor | None,
+) -> tuple[Rollout, Tensor, Tensor | None, Tensor | None]:
     """The prompts where `keep` [P] is true, with their K rows each."""
     groups = keep.nonzero().flatten()
     samples = rewards.shape[1]
     rows = (groups[:, None] * samples + torch.arange(samples, device=groups.device)).flatten()
-    return rollout.rows(rows), rewards[groups], None if baseline is None else baseline[groups]
+    baseline = None if baseline is None else baseline[groups]
+    components = None if components is None else components[:, groups]
+    return rollout.rows(rows), rewards[groups], baseline, components

@@ -38,5 +38,5 @@ def test_the_default_token_advantages_broadcast_the_sequences_over_the_mask():
 
 def test_get_builds_a_registered_estimator_with_checked_fields():
     assert estimators.get("reinforce", baseline="ema").baseline == "ema"
-    with pytest.raises(ConfigError, match="^unknown estimator 'ppo2'; registered: gpg, grpo"):
+    with pytest.raises(ConfigError, match="^unknown estimator 'ppo2'; registered: gdpo, gpg, grpo"):
         estimators.get("ppo2")

@@ -29,7 +29,10 @@ def test_ema_needs_state():
 
 
 def test_registry_errors_name_valid_choices():
-    names = "gpg, grpo, opo, ppo, reinforce, reinforce_pp, reinforce_pp_baseline, remax, rloo"
+    names = (
+        "gdpo, gpg, grpo, grpo_passk, maxrl, opo, otb, ppo, reinforce, reinforce_pp, "
+        "reinforce_pp_baseline, remax, rloo"
+    )
     with pytest.raises(ConfigError, match=f"registered: {names}$"):
         estimators.get("reinforse")
     with pytest.raises(ConfigError, match="did you mean estimator.baseline"):

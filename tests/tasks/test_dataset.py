@@ -211,6 +211,7 @@ def test_none_rewards_take_their_group_mean_and_get_no_advantage(tmp_path, rewar
     scores = task.reward(["skip", "1", "0", "skip", "skip", "skip"], examples)
     # group 1: None -> mean(1, 0) = 0.5; group 2: all None -> 0
     assert scores == [0.5, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert task.reward_components() is None  # one reward function: no components
     # RLOO: A_1 = 0.5 - mean(1, 0) = 0; A_2 = 1 - mean(0.5, 0) = 0.75; A_3 = 0 - 0.75 = -0.75
     advantages = estimators.get("rloo").advantages(torch.tensor(scores).view(2, 3))
     expected = torch.tensor([[0.0, 0.75, -0.75], [0.0, 0.0, 0.0]])
@@ -234,6 +235,7 @@ def test_weighted_rewards_and_each_component(tmp_path, rewards):
     # exact: 1, 0; length: len(answer), 6 -> 0.7 * 1 + 0.3 * len(answer), 0.3 * 6
     expected = [0.7 + 0.3 * len(answer), 0.3 * 6]
     assert task.reward(texts, [example, example]) == pytest.approx(expected)
+    assert task.reward_components() == ([[1.0, 0.0], [len(answer), 6]], [0.7, 0.3])  # gdpo
     assert task.reward_metrics() == pytest.approx(
         {
             "train/reward/exact": 0.5,

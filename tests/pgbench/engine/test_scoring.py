@@ -13,7 +13,7 @@ def test_logprobs_match_a_naive_unpadded_forward(micro_policy, micro_task, tempe
     policy = load(micro_policy)
     torch.manual_seed(1)
     rollout = sample(policy.model, policy.tokenizer, prompts(micro_task, policy, 4), 2, 10, 1.0)
-    logprobs, entropy, _ = token_logprobs(policy.model, rollout, temperature, with_entropy=True)
+    logprobs, entropy, *_ = token_logprobs(policy.model, rollout, temperature, with_entropy=True)
     for row in range(len(rollout.texts)):
         prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()]
         completion = rollout.completion_ids[row][rollout.completion_mask[row].bool()]
@@ -28,7 +28,7 @@ def test_logprobs_match_a_naive_unpadded_forward(micro_policy, micro_task, tempe
         torch.testing.assert_close(
             entropy[row][rollout.completion_mask[row].bool()], naive_entropy, atol=1e-4, rtol=1e-4
         )
-    chunked, _, _ = token_logprobs_chunked(
+    chunked, *_ = token_logprobs_chunked(
         policy.model, rollout, chunk_rows=3, temperature=temperature
     )
     torch.testing.assert_close(chunked, logprobs.detach(), atol=1e-6, rtol=0)
@@ -82,3 +82,25 @@ def test_logprobs_under_gradient_checkpointing_match_the_shared_prompt_forward(
     whole = token_logprobs(policy.model, rollout).logprobs
     assert whole.requires_grad
     torch.testing.assert_close(whole.detach(), shared, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sq_probs_are_the_naive_sum_of_squared_probabilities(micro_policy, micro_task, temperature):
+    # the optimal token baseline's proxy needs sum_v pi(v)^2 of the sampled distribution
+    policy = load(micro_policy)
+    torch.manual_seed(2)
+    rollout = sample(policy.model, policy.tokenizer, prompts(micro_task, policy, 2), 2, 8, 1.0)
+    assert token_logprobs(policy.model, rollout, temperature).sq_probs is None  # only if asked
+    scores = token_logprobs(policy.model, rollout, temperature, with_sq_probs=True)
+    assert not scores.sq_probs.requires_grad
+    for row in range(len(rollout.texts)):
+        prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()]
+        completion = rollout.completion_ids[row][rollout.completion_mask[row].bool()]
+        with torch.no_grad():
+            logits = policy.model(torch.cat([prompt, completion])[None]).logits
+        probs = (logits[0, len(prompt) - 1 : -1] / temperature).softmax(-1)
+        got = scores.sq_probs[row][rollout.completion_mask[row].bool()]
+        torch.testing.assert_close(got, (probs**2).sum(-1), atol=1e-5, rtol=1e-5)
+    chunked = token_logprobs_chunked(policy.model, rollout, 3, temperature, with_sq_probs=True)
+    torch.testing.assert_close(chunked.sq_probs, scores.sq_probs, atol=1e-6, rtol=0)
+    assert token_logprobs_chunked(policy.model, rollout, 3, temperature).sq_probs is None
