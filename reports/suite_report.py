@@ -19,6 +19,7 @@ from pgbench import tasks
 from pgbench.reports import (
     collect,
     findings,
+    probes,
     render,
     scaling,
     sequential,
@@ -202,6 +203,7 @@ def write_report(
     failed: dict[str, str] | None = None,
     margins: dict[str, float] | None = None,
     design: sequential.Design | None = None,
+    known: tuple[list[probes.Probe], dict[str, tuple[str, str]]] = ([], {}),
 ) -> dict[str, Any]:
     """Write the tables, findings, Markdown, HTML and figures of these runs into `out`.
 
@@ -210,7 +212,8 @@ def write_report(
     `proxy`: the same protocol's output folder on a cheaper policy (reports/transfer.py);
     `failed`: the cells given up after their last attempt, with their last error;
     `margins`: each task's equivalence margin (verdicts.margins; None: the defaults);
-    `design`: an adaptive suite's looks (reports/sequential.py), judged as it decided."""
+    `design`: an adaptive suite's looks (reports/sequential.py), judged as it decided;
+    `known`: the protocol's probes and its reward-transform columns (reports/probes.py)."""
     curves, quantities = per_run_frame(MlflowClient(uri), runs)
     scores = _scores(quantities, "metric")
     pair_table = stats.pairs(scores)
@@ -218,6 +221,7 @@ def write_report(
     if margins is None:
         margins = verdicts.margins(list(scores.task.unique()))
     judged, adaptive = _verdicts(out, scores, start, margins, design)
+    known_sections, known_figures = probes.write(out, known[0], scores, margins, known[1])
     auc_board, auc_pairs = _speed(quantities)
     transfer_section, transfer_rows = _transfer_sections(out, runs, pair_table, proxy)
     found = findings.findings(quantities, variance, extra=transfer_rows)
@@ -232,7 +236,7 @@ def write_report(
     for name, table in (tables | {"pairs": pair_table, "findings": found}).items():
         table.to_csv(out / f"{name}.csv", index=False)
     figures = _figures(out, board, pair_table, scores, start, curves) + extra_figures + fit_figures
-    figures += judged["figures"]
+    figures += judged["figures"] + known_figures
     sections = [
         title,
         f"## {FINAL}",
@@ -241,7 +245,7 @@ def write_report(
         *transfer_section,
         f"## {SPEED}",
         render.leaderboard_markdown(auc_board),
-        *_analyses(fits, pair_table, judged["sections"] + adaptive, found),
+        *_analyses(fits, pair_table, judged["sections"] + adaptive + known_sections, found),
         "\n".join(f"![{p.stem}]({p.name})" for p in figures),
         *failed_section(failed or {}),
     ]

@@ -92,16 +92,23 @@ class EngineConfig:
 class KLConfig:
     coef: float = knob(0.05, "weight beta of KL(policy || reference); 0 = no reference", ge=0.0)
     estimator: KLEstimator = knob(
-        "k1", "per-token KL: k1 log ratio, k2 squared/2, k3 Schulman's, k3_plus k3 with k2's grad"
+        "k1",
+        "per-token KL: k1 log ratio, k2 squared/2, k3 Schulman's; k1_plus, k3_plus: k1's or "
+        "k3's value with k2's gradient (verl k1+, k3+)",
     )
     placement: Literal["reward", "loss"] = knob("reward", "beta*KL off the reward, or in the loss")
+    is_correction: bool = knob(
+        False, "kl.placement=loss: KL times rho = pi/pi_old (DeepSeek-V3.2; TRL bias correction)"
+    )
 
 
 @dataclass(frozen=True)
 class LossConfig:
     aggregation: Aggregation = knob("token_mean", "how per-token losses become one number")
     policy: PolicyForm = knob(
-        "ppo_clip", "policy-loss form (cispo, gmpo, sapo, clip_cov, kl_cov: docs/estimators)"
+        "ppo_clip",
+        "policy-loss form (cispo, gmpo, sapo, clip_cov, kl_cov, dppo_tv, dppo_kl, m2po, topr, "
+        "kimi, vespo, luspo: docs/estimators)",
     )
     ratio: RatioLevel = knob("token", "importance ratio per token, or per sequence (GSPO)")
     clip_low: float = knob(0.2, "ratio clipped below at 1 - clip_low (0 = unclipped)", ge=0.0)
@@ -114,12 +121,40 @@ class LossConfig:
     clip_cov_ub: float = knob(5.0, "clip_cov: upper bound of the covariance band")
     kl_cov_coef: float = knob(1.0, "kl_cov: weight of |log rho| on those tokens", ge=0.0)
     entropy_coef: float = knob(0.0, "entropy bonus: minus coef * entropy per token", ge=0.0)
+    dppo_ratio_cap: float = knob(
+        20.0, "dppo_tv/dppo_kl: truncation C of the weight rho (0 = none)", ge=0.0
+    )
+    m2po_threshold: float = knob(0.04, "m2po: bound tau on the mean (log rho)^2 kept", gt=0.0)
+    kimi_tau: float = knob(0.1, "kimi: weight tau of the (log rho)^2 / 2 penalty", ge=0.0)
+    vespo_k_pos: float = knob(2.0, "vespo: Gamma shape k for A >= 0", ge=0.0)
+    vespo_lambda_pos: float = knob(3.0, "vespo: Gamma rate lambda for A >= 0", gt=0.0)
+    vespo_k_neg: float = knob(3.0, "vespo: Gamma shape k for A < 0", ge=0.0)
+    vespo_lambda_neg: float = knob(2.0, "vespo: Gamma rate lambda for A < 0", gt=0.0)
+    top_entropy_quantile: float = knob(
+        1.0,
+        "train on the top share of tokens by entropy (1 = all; 0.2 in the paper)",
+        gt=0.0,
+        le=1.0,
+    )
+    off_policy_mask: float = knob(
+        0.0,
+        "drop A < 0 sequences whose mean log(mu/pi) exceeds this (DeepSeek-V3.2; 0 = off)",
+        ge=0.0,
+    )
     rollout_correction: Correction = knob(
-        "none", "stale rollouts: none, tis (truncated weight pi_old/mu), mis (mask outside bounds)"
+        "none",
+        "stale rollouts: none, tis (truncated weight pi_old/mu), mis (mask outside bounds), "
+        "icepop (masked token weight), seq_mask_tis (masked by the geometric mean), "
+        "reject_token_k1, reject_seq_sum_k1, reject_seq_mean_k3 (verl rollout_rs)",
     )
     rollout_correction_level: Level = knob("token", "weight per token, or per sequence (product)")
-    rollout_correction_high: float = knob(2.0, "TIS truncation C, and MIS upper bound", gt=1.0)
-    rollout_correction_low: float = knob(0.0, "MIS lower bound (0 = 1/high)", ge=0.0, le=1.0)
+    rollout_correction_high: float = knob(
+        2.0, "TIS truncation C; upper bound of mis, icepop, seq_mask_tis, reject_*_k1", gt=1.0
+    )
+    rollout_correction_low: float = knob(0.0, "lower bound of those (0 = 1/high)", ge=0.0, le=1.0)
+    rollout_correction_kl_max: float = knob(
+        0.01, "reject_seq_mean_k3: largest mean k3 of a kept sequence", gt=0.0
+    )
 
 
 @dataclass(frozen=True)
@@ -141,11 +176,19 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
+    """The reward models' settings, and the probes' transforms of training rewards."""
+
     model: str = knob(
         "", f"embed/comet model: folder or hub id (empty = all-MiniLM-L6-v2 / {DEFAULT_COMET})"
     )
     device: Device = knob("auto", "reward models' device (auto = run's)")
     batch_size: int = knob(DEFAULT_BATCH_SIZE, "sentences per reward-model batch", ge=1)
+    # probes (pgbench.train.reward_transforms), in the order applied; evaluation never sees them
+    flip: float = knob(0.0, "flip each 0/1 training reward with probability p", ge=0.0, le=1.0)
+    noise_std: float = knob(0.0, "std of Gaussian noise added to each training reward", ge=0.0)
+    permute: bool = knob(False, "shuffle the step's training rewards across prompts (a control)")
+    scale: float = knob(1.0, "training rewards r -> scale * r + offset (after the above)")
+    offset: float = knob(0.0, "training rewards r -> scale * r + offset (after the above)")
 
 
 @dataclass(frozen=True)

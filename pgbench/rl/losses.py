@@ -1,4 +1,5 @@
-"""Shared loss knobs: KL estimators, KL placement (reward shaping) and loss aggregation.
+"""Shared loss knobs: KL estimators (and DeepSeek-V3.2's importance-corrected KL), KL placement
+(reward shaping), loss aggregation and the high-entropy token mask.
 
 Every estimator goes through these functions, so changing `estimator=` changes only
 the advantages. Tensors are `[N, T]`: N sequences, T completion tokens, with a 0/1 mask.
@@ -22,9 +23,11 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator)
     gradient of KL(pi || ref); with kl.placement=loss it is differentiated, which is not the
     gradient of the KL for k1 (zero in expectation) or k3 (the reverse KL's); only k2 in the
     loss gives E[log(p/q) grad log p], the gradient of KL(pi || ref).
-    k3_plus (verl's `k3+`): k3's value with k2's gradient, by a straight-through estimator
-    k2 - sg(k2) + sg(k3): in the loss, the low-variance k3 is what is logged and k2's correct
-    gradient is what trains. In the reward it is k3 (a reward carries no gradient).
+    k1_plus, k3_plus (verl's `k1+`, `k3+`): k1's or k3's value with k2's gradient, by a
+    straight-through estimator k2 - sg(k2) + sg(k): in the loss, the unbiased k1 or k3 is what
+    is logged and k2's correct gradient is what trains. In the reward it is k1 or k3 (a reward
+    carries no gradient). Unlike verl, k3 is not clamped (verl: log ratio to [-20, 20], k3 to
+    [-10, 10]).
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
@@ -32,10 +35,33 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator)
     k2 = 0.5 * log_ratio**2
     if estimator == "k2":
         return k2
+    if estimator == "k1_plus":
+        return k2 - k2.detach() + log_ratio.detach()
     k3 = torch.expm1(-log_ratio) + log_ratio
     if estimator == "k3_plus":
         return k2 - k2.detach() + k3.detach()
     return k3
+
+
+def high_entropy_mask(entropy: Tensor, mask: Tensor, quantile: float) -> Tensor:
+    """[N, T] float: the valid tokens whose entropy is at least the (1 - quantile) quantile of
+    the valid tokens' entropies (linear interpolation, torch.quantile's default, as TRL): the
+    top `quantile` share by entropy (Wang et al. 2025, arXiv:2506.01939). quantile = 1 keeps
+    every valid token; 0 only the highest-entropy one(s)."""
+    valid = mask > 0
+    values = entropy.detach()[valid].float()
+    if values.numel() == 0 or quantile >= 1:
+        return mask
+    threshold = torch.quantile(values, 1 - quantile)
+    return mask * (entropy.detach() >= threshold)
+
+
+def importance_corrected_kl(kl: Tensor, logprobs: Tensor, old_logprobs: Tensor) -> Tensor:
+    """DeepSeek-V3.2's unbiased KL estimate (arXiv:2512.02556, eq. 7): the per-token KL [N, T]
+    of samples drawn by pi_old, times rho = pi / pi_old with its gradient (TRL's
+    `use_bias_correction_kl`). The value is unchanged at rho = 1, the gradient is not: it gains
+    KL * grad log pi, the score-function term of the KL's own gradient."""
+    return kl * torch.exp(logprobs - old_logprobs)
 
 
 def uniform_groups(rewards: Tensor) -> Tensor:

@@ -27,16 +27,29 @@ binds; verl's geo_mean counts every clamped token.
 GMPO clips log rho in [log(1 - lo), log(1 + hi)] (the paper's e^-0.4, e^0.4 is lo = 0.33,
 hi = 0.49) and its per-sequence loss is repeated on each token, so seq_mean_token_mean
 averages sequences as the paper does.
+
+The forms added in 2026 are registered in FORMS: dppo_tv, dppo_kl and m2po (a mask on a
+divergence in place of the clip, pgbench.rl.divergence_masks), topr, kimi and vespo
+(REINFORCE-style weights, pgbench.rl.reinforce_forms), and
+
+    luspo     GSPO's clipped sequence-ratio loss l_i times the length |o_i| on each token;
+              with loss.aggregation=seq_mean_token_mean that is 1/N sum_i |o_i| l_i, TRL's
+              `luspo`                                    Length-unbiased SPO, arXiv:2602.05261
+
+LUSPO takes the sequence ratio whatever loss.ratio, VESPO and DPPO the token ratios. All but
+LUSPO give the plain gradient at rho = 1; LUSPO weighs each sequence by its length there too.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from pgbench.rl import divergence_masks, reinforce_forms
 from pgbench.rl.choices import PolicyForm, RatioLevel
 
 
@@ -51,7 +64,8 @@ class Clip:
 
 @dataclass(frozen=True)
 class FormKnobs:
-    """The settings of the forms that have them (defaults: TRL's SAPO, verl's Clip/KL-Cov)."""
+    """The settings of the forms that have them (defaults: TRL's SAPO and VESPO, verl's
+    Clip/KL-Cov and DPPO, ROLL's Kimi, M2PO's paper); each is the `loss.` knob of its name."""
 
     sapo_tau_pos: float = 1.0
     sapo_tau_neg: float = 1.05
@@ -59,6 +73,13 @@ class FormKnobs:
     clip_cov_lb: float = 1.0
     clip_cov_ub: float = 5.0
     kl_cov_coef: float = 1.0
+    dppo_ratio_cap: float = 20.0  # C of DPPO's truncated weight (verl's fallback; 0 = none)
+    m2po_threshold: float = 0.04  # M2PO's tau (AReaL's example and the paper)
+    kimi_tau: float = 0.1  # Kimi 1.5's tau (ROLL's default)
+    vespo_k_pos: float = 2.0  # VESPO's Gamma shape for A >= 0 and A < 0 (TRL's defaults)
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
 
 
 def log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, level: RatioLevel) -> Tensor:
@@ -153,6 +174,84 @@ def _kl_cov(
     return torch.where(chosen, loss + penalty, loss), torch.zeros_like(chosen)
 
 
+@dataclass(frozen=True)
+class FormInputs:
+    """What a registered form reads: the arguments of `policy_loss`."""
+
+    logprobs: Tensor  # [N, T] log pi, with gradient
+    old: Tensor  # [N, T] log pi_old (or log mu: rollout.staleness with no correction)
+    advantages: Tensor  # [N, T]
+    mask: Tensor  # [N, T]
+    clip: Clip
+    ratio: RatioLevel
+    knobs: FormKnobs
+
+    def log_rho(self, level: RatioLevel | None = None) -> Tensor:
+        """log rho at `level` (default: loss.ratio's)."""
+        return log_ratio(self.logprobs, self.old, self.mask, level or self.ratio)
+
+
+FormFn = Callable[[FormInputs], tuple[Tensor, Tensor]]
+FORMS: dict[str, FormFn] = {}  # the forms added in 2026, by loss.policy name
+
+
+def register(name: str) -> Callable[[FormFn], FormFn]:
+    """Add a form to FORMS under `name` (refused twice)."""
+
+    def add(fn: FormFn) -> FormFn:
+        if name in FORMS:
+            raise ValueError(f"policy-loss form {name!r} is registered twice")
+        FORMS[name] = fn
+        return fn
+
+    return add
+
+
+@register("dppo_tv")
+def _dppo_tv(x: FormInputs) -> tuple[Tensor, Tensor]:
+    return _dppo(x, "tv")
+
+
+@register("dppo_kl")
+def _dppo_kl(x: FormInputs) -> tuple[Tensor, Tensor]:
+    return _dppo(x, "kl")
+
+
+def _dppo(x: FormInputs, divergence: str) -> tuple[Tensor, Tensor]:
+    bounds, cap = (x.clip.low, x.clip.high), x.knobs.dppo_ratio_cap
+    log_rho = x.log_rho("token")  # DPPO is per token (verl, prime-rl)
+    return divergence_masks.dppo(log_rho, x.logprobs, x.old, x.advantages, bounds, cap, divergence)
+
+
+@register("m2po")
+def _m2po(x: FormInputs) -> tuple[Tensor, Tensor]:
+    return divergence_masks.m2po(x.log_rho(), x.advantages, x.mask, x.knobs.m2po_threshold)
+
+
+@register("topr")
+def _topr(x: FormInputs) -> tuple[Tensor, Tensor]:
+    return reinforce_forms.topr(x.log_rho(), x.advantages)
+
+
+@register("kimi")
+def _kimi(x: FormInputs) -> tuple[Tensor, Tensor]:
+    return reinforce_forms.kimi(x.log_rho(), x.advantages, x.knobs.kimi_tau)
+
+
+@register("vespo")
+def _vespo(x: FormInputs) -> tuple[Tensor, Tensor]:
+    k = x.knobs
+    shape = (k.vespo_k_pos, k.vespo_lambda_pos, k.vespo_k_neg, k.vespo_lambda_neg)
+    # W_i is built from the token ratios, whatever loss.ratio
+    return reinforce_forms.vespo(x.log_rho("token"), x.advantages, x.mask, shape)
+
+
+@register("luspo")
+def _luspo(x: FormInputs) -> tuple[Tensor, Tensor]:
+    loss, binds = _ppo_clip(torch.exp(x.log_rho("sequence")), x.advantages, x.clip)
+    return loss * x.mask.sum(dim=1, keepdim=True), binds
+
+
 def policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -165,7 +264,10 @@ def policy_loss(
 ) -> tuple[Tensor, Tensor]:
     """Per-token policy loss [N, T] and where the clip binds [N, T] (bool): the tokens whose
     gradient the clip changes, as verl's pg_clipfrac and TRL's clip_ratio count them (SAPO and
-    KL-Cov have no hard clip: none; Clip-Cov adds the tokens it cuts)."""
+    KL-Cov have no hard clip: none; Clip-Cov adds the tokens it cuts; the 2026 forms, see
+    FORMS, count the tokens their mask drops or their truncation lowers)."""
+    if form in FORMS:
+        return FORMS[form](FormInputs(logprobs, old_logprobs, advantages, mask, clip, ratio, knobs))
     log_rho = log_ratio(logprobs, old_logprobs, mask, ratio)
     if form == "gmpo":
         return _gmpo(log_rho, advantages, mask, clip)

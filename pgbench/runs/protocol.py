@@ -9,17 +9,13 @@ command line. A protocol's `[variant.NAME]` tables are extra columns; its `[tune
 Cells: `<task>-<column>-s<seed>` runs a column at the shared defaults;
 `<task>-<column>-t<p>-s<seed>` runs it at tuning point p, on a tuning seed (tuning phase) or
 on a test seed (test phase, the selected point only). A point whose config is the defaults'
-is the defaults cell. A suite id and a variant name are folder names: one path component of
-[A-Za-z0-9_.-] without '..'; a variant name holds no -t<N> or -s<N> part and is not `variance`,
-so that it names no other cell.
+is the defaults cell. The protocol file's tables: pgbench/runs/protocol_file.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,21 +26,20 @@ from pgbench.config.urls import redact_values
 from pgbench.config.verbs import Config, SuiteArgs, VarianceArgs, resolve
 from pgbench.errors import ConfigError
 from pgbench.estimators import CATALOG as ESTIMATORS
-from pgbench.reports import sequential, verdicts
-from pgbench.runs.tuning import Tune, read_tune
+from pgbench.reports import probes, sequential, verdicts
+from pgbench.runs.protocol_file import (
+    VARIANCE,
+    Protocol,
+    check_name,
+    protocol_path,
+    read_protocol,
+    reward_transforms,
+)
+from pgbench.runs.tuning import Tune
 from pgbench.tasks import CATALOG as TASKS
 
-PROTOCOLS = Path(__file__).parents[1] / "protocols"
 ALIASES = {"suite": "suite.protocol", "tasks": "suite.tasks"}  # short CLI keys
-# keys of a protocol's [suite] table
-SUITE_TABLE = {"tasks", "estimators", "seeds", "id", "variance"}
-TABLES = {"suite", "overrides", "task", "variant", "tune", "stats", "seeds"}
-# a protocol's [seeds] table (adaptive seeds, reports/sequential.py) as the suite's keys
-SEEDS_TABLE = {"initial": "seeds", "max": "suite.seeds_max", "batch": "suite.seeds_batch"}
 NOT_PASSED = ("output_dir", "resume")  # the suite's own keys, not its cells'
-VARIANCE = "variance"  # the column name of a task's `pgbench variance` cell
-SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a suite id or variant name: one path component
-GENERATED = re.compile(r"(^|-)[ts][0-9]+(-|$)")  # the -t<point> and -s<seed> parts of cell names
 
 
 @dataclass(frozen=True)
@@ -89,6 +84,10 @@ class Plan:
     design: sequential.Design | None = None  # adaptive seeds: the looks; None: fixed seeds
     # adaptive seeds: (task, column at the defaults) -> its cells past the first look's seeds
     reserve: dict[tuple[str, str], list[Cell]] = field(default_factory=dict)
+    probes: list[probes.Probe] = field(default_factory=list)  # [probe.NAME]: known effects
+    # the property card: a variant that only transforms its estimator's reward -> (its
+    # estimator, the transform)
+    properties: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def all_cells(self) -> list[Cell]:
         """Every cell the suite may run, each once."""
@@ -96,96 +95,6 @@ class Plan:
         for group in [*self.candidates.values(), *self.reserve.values()]:
             cells.update({c.name: c for c in group})
         return list(cells.values())
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A protocol file's tables: keys for every run, keys per task, variants, tuning."""
-
-    common: dict[str, Any]
-    per_task: dict[str, dict]
-    variants: dict[str, dict]
-    tune: Tune | None = None
-    margins: dict[str, float] = field(default_factory=dict)  # [stats] margin.<task> = x
-
-
-def protocol_path(name: str) -> Path:
-    """A shipped protocol by name, or the user's TOML file."""
-    shipped = PROTOCOLS / f"{name}.toml"
-    if shipped.is_file():
-        return shipped
-    path = Path(name).expanduser()
-    if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in PROTOCOLS.glob("*.toml")))
-        raise ConfigError(f"suite={name}: no such protocol; shipped: {names}, or a .toml file")
-    return path
-
-
-def read_protocol(path: Path) -> Protocol:
-    """The tables of a protocol TOML file, checked for form."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    extra = sorted(set(data) - TABLES)
-    bad = sorted(set(data.get("suite", {})) - SUITE_TABLE)
-    if extra or bad:
-        wrong = ", ".join([f"[{t}]" for t in extra] + [f"suite.{k}" for k in bad])
-        raise ConfigError(
-            f"{path}: unknown {wrong}; valid: [suite] {sorted(SUITE_TABLE)}, "
-            "[overrides], [task.NAME], [variant.NAME], [tune], [stats], [seeds]"
-        )
-    stats = data.get("stats", {})
-    if set(stats) - {"margin"} or not isinstance(stats.get("margin", {}), dict):
-        raise ConfigError(f"{path}: [stats] takes margin.<task> = <number> only (got {stats})")
-    suite = {
-        k if k in ("estimators", "seeds") else f"suite.{k}": v
-        for k, v in data.get("suite", {}).items()
-    }
-    for key in ("suite.tasks", "estimators"):
-        if isinstance(suite.get(key), list):
-            suite[key] = ",".join(suite[key])
-    variants = _variants(data.get("variant", {}), path)
-    tune = read_tune(data["tune"], str(path)) if "tune" in data else None
-    common = suite | _seeds(data.get("seeds", {}), path) | data.get("overrides", {})
-    return Protocol(common, data.get("task", {}), variants, tune, stats.get("margin", {}))
-
-
-def _seeds(table: Any, path: Path) -> dict[str, Any]:
-    """A protocol's [seeds] table (initial, max, batch) as the suite's keys."""
-    if not isinstance(table, dict) or set(table) - set(SEEDS_TABLE):
-        raise ConfigError(
-            f"{path}: [seeds] takes initial, max and batch (adaptive seeds), got {table}"
-        )
-    return {SEEDS_TABLE[key]: value for key, value in table.items()}
-
-
-def check_name(name: str, what: str) -> None:
-    """A suite id or variant name becomes a folder name: one safe path component."""
-    if not SAFE_NAME.fullmatch(name) or ".." in name:
-        raise ConfigError(
-            f"{what}={name!r} is not a valid name; use letters, digits, '_', '-' and '.' "
-            "(no '..', no '/')"
-        )
-
-
-def _variants(tables: Any, path: Path) -> dict[str, dict]:
-    """The protocol's [variant.NAME] tables, each checked: a safe name that no generated cell
-    name can take, and a table with its estimator."""
-    if not isinstance(tables, dict) or not all(isinstance(k, dict) for k in tables.values()):
-        raise ConfigError(
-            f'{path}: write each variant as a table, [variant.NAME] with estimator = "<estimator>"'
-        )
-    for name, keys in tables.items():
-        check_name(name, f"{path}: [variant.NAME] name")
-        if GENERATED.search(name) or name == VARIANCE:
-            raise ConfigError(
-                f"{path}: [variant.{name}] would collide with generated cell names "
-                f"(-t<N>, -s<N>, {VARIANCE}); rename it"
-            )
-        if "estimator" not in keys:
-            raise ConfigError(f'{path}: [variant.{name}] needs estimator = "<estimator>"')
-    return tables
 
 
 def _checked(values: dict[str, Any], where: str, verb: type = Config) -> Any:
@@ -318,7 +227,26 @@ def plan_suite(overrides: dict[str, Any]) -> Plan:
         margins,
         _design(config, protocol, names),
         reserve,
+        _probes(config, protocol, names, where),
+        reward_transforms(protocol.variants),
     )
+
+
+def _probes(
+    config: SuiteArgs, protocol: Protocol, names: list[str], where: str
+) -> list[probes.Probe]:
+    """The protocol's probes, each naming a task of the suite and two of its columns."""
+    for probe in protocol.probes:
+        if probe.task not in names:
+            raise ConfigError(f"{where}: [probe.{probe.name}] task {probe.task} is not in {names}")
+        columns = _columns(config, protocol.variants, probe.task)
+        for column in (probe.a, probe.b):
+            if column not in columns:
+                raise ConfigError(
+                    f"{where}: [probe.{probe.name}] names {column}, not a column of "
+                    f"{probe.task}: {sorted(columns)}"
+                )
+    return protocol.probes
 
 
 def _design(config: SuiteArgs, protocol: Protocol, names: list[str]) -> sequential.Design | None:

@@ -383,5 +383,6 @@ def _report(
         failed,
         plan.margins,
         plan.design,
+        (plan.probes, plan.properties),
     )
     return report["leaderboard"]

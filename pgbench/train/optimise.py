@@ -25,7 +25,14 @@ from pgbench.config.verbs import Config
 from pgbench.engine.scoring import TokenScores, token_logprobs
 from pgbench.estimators import Estimator
 from pgbench.parallel import Processes
-from pgbench.rl.losses import aggregate, kl_per_token, prompt_groups
+from pgbench.rl.correction import off_policy_mask
+from pgbench.rl.losses import (
+    aggregate,
+    high_entropy_mask,
+    importance_corrected_kl,
+    kl_per_token,
+    prompt_groups,
+)
 from pgbench.rl.policy_losses import Clip, FormKnobs, policy_loss
 from pgbench.train.parts import Parts
 from pgbench.train.update import Prepared
@@ -42,14 +49,14 @@ def token_loss(
     """Per-token loss of the micro-batch `chunk` (rows of `prepared`, scored as `scores`): the
     policy-loss form, the rollout-correction weight, the entropy bonus, the KL when placed in
     the loss and the value loss; with where the clip binds and the value loss alone."""
-    lc, old = config.loss, prepared.old_logprobs[chunk]
+    lc, old, mask = config.loss, prepared.old_logprobs[chunk], prepared.mask[chunk]
     clip = Clip(lc.clip_low, lc.clip_high, lc.dual_clip)
     knobs = FormKnobs(**{f.name: getattr(lc, f.name) for f in fields(FormKnobs)})
     per_token, binds = policy_loss(
         scores.logprobs,
         old,
         prepared.advantages[chunk],
-        prepared.mask[chunk],
+        mask,
         clip,
         lc.policy,
         lc.ratio,
@@ -57,10 +64,20 @@ def token_loss(
     )
     if prepared.weight is not None:  # rollout correction: TIS's truncated weight
         per_token = per_token * prepared.weight[chunk]
+    if lc.off_policy_mask > 0:  # DeepSeek-V3.2: drop A < 0 sequences far from the sampler
+        behaviour = prepared.rollout.behaviour
+        sampling = old if behaviour is None else behaviour[chunk]
+        per_token = per_token * off_policy_mask(
+            scores.logprobs, sampling, prepared.advantages[chunk], mask, lc.off_policy_mask
+        )
+    if lc.top_entropy_quantile < 1:  # train on the high-entropy tokens only
+        per_token = per_token * high_entropy_mask(scores.entropy, mask, lc.top_entropy_quantile)
     if lc.entropy_coef > 0:  # the bonus: higher entropy, lower loss
         per_token = per_token - lc.entropy_coef * scores.entropy
     if prepared.ref_logprobs is not None and config.kl.placement == "loss":
         kl = kl_per_token(scores.logprobs, prepared.ref_logprobs[chunk], config.kl.estimator)
+        if config.kl.is_correction:  # DeepSeek-V3.2's unbiased KL: times rho = pi / pi_old
+            kl = importance_corrected_kl(kl, scores.logprobs, old)
         per_token = per_token + config.kl.coef * kl
     value_loss = None
     if estimator.uses_value_head and with_value_loss:

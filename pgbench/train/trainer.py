@@ -146,7 +146,10 @@ class Trainer:
         cfg = self.config
         settings = {"max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size}
         if self.state.step == 0:  # the starting policy: the same for every run that uses it
-            settings["reward"] = dataclasses.asdict(cfg.reward)
+            models = ("model", "device", "batch_size")  # not the training-only transforms
+            settings["reward"] = {
+                k: v for k, v in dataclasses.asdict(cfg.reward).items() if k in models
+            }
             cache = Path(cfg.cache_dir).expanduser()
             metrics, texts = evaluate_start(self.policy, self.task, examples, settings, cache)
         else:

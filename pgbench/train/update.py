@@ -250,6 +250,7 @@ def _behaviour(prepared: Prepared, config: Config) -> Prepared:
         level=lc.rollout_correction_level,
         high=lc.rollout_correction_high,
         low=lc.rollout_correction_low,
+        kl_max=lc.rollout_correction_kl_max,
     )
     return dataclasses.replace(prepared, mask=kept, weight=weight, drift=drift)
 

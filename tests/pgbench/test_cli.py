@@ -19,11 +19,14 @@ RUN_KEYS = """
     trainer.gradient_checkpointing rollout.samples_per_prompt rollout.max_new_tokens
     rollout.temperature rollout.drop_uniform_groups rollout.overlong_buffer
     rollout.overlong_penalty rollout.staleness engine.backend engine.sync_every
-    engine.gpu_memory_utilization kl.coef kl.estimator kl.placement loss.aggregation
-    loss.policy loss.ratio loss.clip_low loss.clip_high loss.dual_clip loss.sapo_tau_pos
-    loss.sapo_tau_neg loss.cov_ratio loss.clip_cov_lb loss.clip_cov_ub loss.kl_cov_coef
-    loss.entropy_coef loss.rollout_correction loss.rollout_correction_level
-    loss.rollout_correction_high loss.rollout_correction_low lora.r lora.alpha lora.dropout
+    engine.gpu_memory_utilization kl.coef kl.estimator kl.placement kl.is_correction
+    loss.aggregation loss.policy loss.ratio loss.clip_low loss.clip_high loss.dual_clip
+    loss.sapo_tau_pos loss.sapo_tau_neg loss.cov_ratio loss.clip_cov_lb loss.clip_cov_ub
+    loss.kl_cov_coef loss.entropy_coef loss.dppo_ratio_cap loss.m2po_threshold loss.kimi_tau
+    loss.vespo_k_pos loss.vespo_lambda_pos loss.vespo_k_neg loss.vespo_lambda_neg
+    loss.top_entropy_quantile loss.off_policy_mask loss.rollout_correction
+    loss.rollout_correction_level loss.rollout_correction_high loss.rollout_correction_low
+    loss.rollout_correction_kl_max lora.r lora.alpha lora.dropout
     lora.target_modules eval.every eval.size eval.batch_size eval.max_new_tokens eval.test
     reward.model reward.device reward.batch_size checkpoint.every tracking.uri
     tracking.experiment

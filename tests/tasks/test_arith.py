@@ -236,6 +236,21 @@ LOSS_VARIANTS = [
     {"rollout.staleness": "2", "loss.rollout_correction": "tis"},
     {"rollout.staleness": "1", "loss.rollout_correction": "mis"},
     {"rollout.staleness": "1", "loss.rollout_correction": "tis", "loss.ratio": "sequence"},
+    # the 2026 zoo (issue 43)
+    {"loss.policy": "dppo_tv", "loss.top_entropy_quantile": "0.2", "loss.off_policy_mask": "0.001"},
+    {"loss.policy": "luspo", "loss.aggregation": "seq_mean_token_mean"},
+    {"loss.policy": "m2po", "rollout.staleness": "1", "loss.rollout_correction": "icepop"},
+    {
+        "loss.policy": "vespo",
+        "rollout.staleness": "1",
+        "loss.rollout_correction": "reject_seq_mean_k3",
+    },
+    {
+        "loss.policy": "topr",
+        "kl.estimator": "k1_plus",
+        "kl.placement": "loss",
+        "kl.is_correction": "true",
+    },
 ]
 
 

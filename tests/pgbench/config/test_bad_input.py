@@ -38,7 +38,7 @@ CASES = [
         "applies to loss.policy=ppo_clip or clip_cov only",
     ),
     (["eval", "eval.test=false"], "does not apply to pgbench eval"),
-    (["run", "loss.policy=vespo"], "choose one of: ppo_clip, cispo, gmpo, sapo, clip_cov, kl_cov"),
+    (["run", "loss.policy=vespa"], "choose one of: ppo_clip, cispo, gmpo, sapo, clip_cov, kl_cov"),
     (["run", "device=tpu"], "choose one of: auto, cpu, cuda"),
     (["run", "estimator.baseline=ema"], "belongs to estimator=reinforce, not rloo"),
     (["run", "estimator=grpo", "rollout.samples_per_prompt=1"], "must be >= 2"),

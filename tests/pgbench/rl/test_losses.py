@@ -5,6 +5,8 @@ import torch
 
 from pgbench.rl.losses import (
     aggregate,
+    high_entropy_mask,
+    importance_corrected_kl,
     kl_per_token,
     overlong_penalty,
     prompt_groups,
@@ -40,6 +42,52 @@ def test_k3_plus_has_k3s_value_and_k2s_gradient():
     )
     value.sum().backward()
     torch.testing.assert_close(logp.grad, torch.tensor([[math.log(2), -math.log(2)]]))
+
+
+def test_k1_plus_has_k1s_value_and_k2s_gradient():
+    # value log p/q = [log 2, log 0.5]; gradient of k2 = (log p/q)^2 / 2: log p/q again
+    logp = torch.tensor([[math.log(0.5), math.log(0.2)]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25), math.log(0.4)]])
+    value = kl_per_token(logp, ref, "k1_plus")
+    torch.testing.assert_close(value.detach(), torch.tensor([[math.log(2), -math.log(2)]]))
+    value.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[math.log(2), -math.log(2)]]))
+    # k1's own gradient would be 1 per token
+    logp.grad = None
+    kl_per_token(logp, ref, "k1").sum().backward()
+    assert logp.grad.tolist() == [[1.0, 1.0]]
+
+
+def test_importance_corrected_kl_keeps_k3s_value_and_adds_the_score_term():
+    # on-policy (old = log p): p = 0.5, q = 0.25; k3 = q/p - 1 - log(q/p) = -0.5 + log 2
+    # gradient in log p: dk3 = 1 - q/p = 0.5, plus k3 * d rho = k3: 0.5 - 0.5 + log 2 = log 2
+    logp = torch.tensor([[math.log(0.5)]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25)]])
+    kl = importance_corrected_kl(kl_per_token(logp, ref, "k3"), logp, logp.detach())
+    torch.testing.assert_close(kl.detach(), torch.tensor([[-0.5 + math.log(2)]]))
+    kl.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[math.log(2)]]))
+    # off-policy, rho = e^0.1: the value is rho k3
+    kl = importance_corrected_kl(torch.tensor([[0.2]]), torch.tensor([[0.1]]), torch.zeros(1, 1))
+    torch.testing.assert_close(kl, torch.tensor([[0.2 * math.exp(0.1)]]))
+
+
+ENTROPY = torch.tensor([[0.1, 0.5, 0.9], [0.3, 5.0, 5.0]])
+ENTROPY_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    ("quantile", "kept"),
+    [
+        # valid entropies sorted [0.1, 0.3, 0.5, 0.9]; the (1 - quantile) quantile, linear:
+        (0.5, [[0, 1, 1], [0, 0, 0]]),  # median 0.4: 0.5 and 0.9 (the padded 5.0s never)
+        (0.25, [[0, 0, 1], [0, 0, 0]]),  # 0.75 quantile: 0.5 + 0.25 * 0.4 = 0.6: only 0.9
+        (1.0, [[1, 1, 1], [1, 0, 0]]),  # every valid token
+    ],
+)
+def test_high_entropy_mask_keeps_the_top_quantile_of_valid_tokens(quantile, kept):
+    mask = high_entropy_mask(ENTROPY, ENTROPY_MASK, quantile)
+    assert mask.int().tolist() == kept
 
 
 # Two sequences: lengths 2 and 1 (third slot masked), values x = [[1, 3, 99], [4, 99, 99]]

@@ -1,16 +1,25 @@
 """The shared policy-loss forms (pgbench.rl.policy_losses) against hand computations."""
 
 import math
+from dataclasses import fields
+from typing import get_args
 
 import pytest
 import torch
 
-from pgbench.rl.policy_losses import Clip, FormKnobs, log_ratio, policy_loss
+from pgbench.config.sections import LossConfig
+from pgbench.rl.choices import PolicyForm
+from pgbench.rl.losses import aggregate
+from pgbench.rl.policy_losses import FORMS, Clip, FormKnobs, log_ratio, policy_loss, register
 
 ONE = torch.ones(1, 2)
 
 
-@pytest.mark.parametrize("form", ["ppo_clip", "cispo", "gmpo", "sapo", "kl_cov"])
+ON_POLICY_FORMS = ["ppo_clip", "cispo", "gmpo", "sapo", "kl_cov"]
+ON_POLICY_FORMS += ["dppo_tv", "dppo_kl", "m2po", "topr", "kimi", "vespo"]
+
+
+@pytest.mark.parametrize("form", ON_POLICY_FORMS)
 @pytest.mark.parametrize("ratio", ["token", "sequence"])
 def test_at_ratio_one_every_form_is_the_plain_policy_gradient(form, ratio):
     # rho = 1 (one pass): -A grad log pi per token, for each form and ratio level
@@ -163,3 +172,46 @@ def test_clip_cov_cuts_the_gradient_of_a_token_in_the_covariance_band():
         logprobs.grad, torch.tensor([[0.0, 0.0, 1.34986, 0.0]]), atol=1e-5, rtol=0
     )
     assert binds.tolist() == [[True, True, False, False]]
+
+
+def test_every_policy_form_choice_is_dispatched_and_registration_refuses_duplicates():
+    older = {"ppo_clip", "cispo", "gmpo", "sapo", "clip_cov", "kl_cov"}
+    assert set(FORMS) | older == set(get_args(PolicyForm)) and not older & set(FORMS)
+    with pytest.raises(ValueError, match="registered twice"):
+        register("topr")(FORMS["topr"])
+
+
+def test_luspo_is_gspo_scaled_by_length():
+    # row 0: log rho [0.1, 0.3] -> s = e^0.2 = 1.2214 > 1.2, A = 1: clipped, -1.2 x length 2
+    # row 1: log rho [-0.1, (padding)] -> s = e^-0.1 = 0.9048, A = 1: -0.9048 x length 1,
+    #   gradient -s on its token (GSPO-token), none on row 0 (clipped)
+    logprobs = torch.tensor([[0.1, 0.3], [-0.1, 4.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    loss, binds = policy_loss(
+        logprobs, torch.zeros(2, 2), torch.ones(2, 2), mask, Clip(0.2, 0.2), "luspo"
+    )
+    s = math.exp(-0.1)
+    torch.testing.assert_close(loss * mask, torch.tensor([[-2.4, -2.4], [-s, 0.0]]))
+    assert binds.tolist() == [[True, True], [False, False]]
+    # with seq_mean_token_mean: 1/N sum_i |o_i| l_i = (2 * -1.2 + 1 * -s) / 2
+    total = aggregate(loss, mask, "seq_mean_token_mean", 2, 3, 2)
+    torch.testing.assert_close(total, torch.tensor((-2.4 - s) / 2))
+    total.backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[0.0, 0.0], [-s / 2, 0.0]]))
+
+
+def test_luspo_on_policy_weighs_each_token_gradient_by_its_sequence_length():
+    # rho = 1: gradient -A |o_i| grad log pi per token; lengths 2 and 1, A = [2, -1]
+    logprobs = torch.zeros(2, 2, requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    advantages = torch.tensor([[2.0, 2.0], [-1.0, -1.0]])
+    loss, _ = policy_loss(logprobs, torch.zeros(2, 2), advantages, mask, Clip(0.2, 0.2), "luspo")
+    (loss * mask).sum().backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[-4.0, -4.0], [1.0, 0.0]]))
+
+
+def test_every_form_knob_is_a_loss_knob_with_the_same_default():
+    # the trainer builds FormKnobs from the loss.* knobs of the same names
+    loss = LossConfig()
+    for field in fields(FormKnobs):
+        assert getattr(loss, field.name) == field.default, field.name

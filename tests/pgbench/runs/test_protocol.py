@@ -212,3 +212,18 @@ def test_margins_come_from_stats_then_suite_margin_and_stay_out_of_the_suite_id(
     protocol.write_text('[suite]\ntasks = ["fr_en"]\nestimators = ["rloo"]\n[stats]\nalpha = 0.1\n')
     with pytest.raises(ConfigError, match=r"\[stats\] takes margin.<task> = <number> only"):
         plan_suite(values)
+
+
+def test_the_probes_protocol_plans_its_probes_and_property_columns(tmp_path):
+    plan = plan_suite({"suite": "probes", "output_dir": str(tmp_path / "o")})
+    assert len(plan.cells) == 21 * 10 and len(plan.probes) == 11
+    assert plan.properties["rloo_offset5"] == ("rloo", "offset=5.0")
+    assert plan.properties["grpo_permute"] == ("grpo", "permute=True")
+    assert len(plan.properties) == 18  # every variant only transforms its estimator's reward
+    probe = plan.probes[0]
+    assert (probe.a, probe.b, probe.expect) == ("rloo_offset5", "reinforce_offset5", "a better")
+    protocol = tmp_path / "mine.toml"
+    table = '[probe.p]\ntask = "arith"\na = "rloo"\nb = "ppo"\nexpect = "a better"\nsource = "s"\n'
+    protocol.write_text('[suite]\ntasks = ["arith"]\nestimators = ["rloo", "grpo"]\n' + table)
+    with pytest.raises(ConfigError, match=r"\[probe.p\] names ppo, not a column of arith"):
+        plan_suite({"suite": str(protocol), "output_dir": str(tmp_path / "o")})
