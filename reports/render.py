@@ -29,9 +29,8 @@ SIGNIFICANT = 0.05  # Holm-corrected p below which a pair is drawn filled
 def colours(names: Iterable[str] = ()) -> dict[str, str]:
     """One colour per registered estimator and per extra label in `names`, fixed per label.
 
-    Registered estimators take tab10 in registry order; other labels (variants such as
-    "dr_grpo"), sorted, take the colours after them: the rest of tab10, then tab20, tab20b and
-    tab20c without repeats.
+    Registered estimators, in registry order, then other labels (variants such as "dr_grpo"),
+    sorted, take tab10's colours, then tab20's, tab20b's and tab20c's, without repeats.
     """
     registered = estimators.REGISTRY.names()
     extra = sorted(set(names) - set(registered))

@@ -28,14 +28,16 @@ RUN_KEYS = """
     loss.rollout_correction_level loss.rollout_correction_high loss.rollout_correction_low
     loss.rollout_correction_kl_max lora.r lora.alpha lora.dropout
     lora.target_modules eval.every eval.size eval.batch_size eval.max_new_tokens eval.test
-    reward.model reward.device reward.batch_size checkpoint.every tracking.uri
+    reward.model reward.device reward.batch_size reward.flip reward.noise_std reward.permute
+    reward.scale reward.offset checkpoint.every tracking.uri
     tracking.experiment
 """.split()
 EVAL_KEYS = """
     task model seed output_dir cache_dir device threads task.source task.train_file
     task.test_file task.limit task.reward task.valid_size task.test_size task.split_seed
     task.system eval.every eval.size eval.batch_size eval.max_new_tokens eval.test
-    reward.model reward.device reward.batch_size
+    reward.model reward.device reward.batch_size reward.flip reward.noise_std reward.permute
+    reward.scale reward.offset
 """.split()
 
 

@@ -49,10 +49,13 @@ def ax():
 
 
 def test_colours_extend_the_registered_ones_for_variant_labels():
-    tab10 = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab10").colors]
+    maps = ("tab10", "tab20", "tab20b", "tab20c")
+    colours = [matplotlib.colors.to_hex(c) for m in maps for c in plt.get_cmap(m).colors]
+    colours = list(dict.fromkeys(colours))  # tab10's colours recur in tab20
     names = estimators.REGISTRY.names()
     palette = render.colours(["dr_grpo", "rloo"])
-    assert palette["rloo"] == tab10[names.index("rloo")] == render.colours()["rloo"]
+    assert palette["rloo"] == colours[names.index("rloo")] == render.colours()["rloo"]
+    assert palette[names[0]] == colours[0]  # tab10 first
     assert palette["dr_grpo"] not in render.colours().values()  # a new, distinct colour
     assert render.colours(["rloo", "dr_grpo"]) == palette  # order of the labels does not matter
     many = render.colours([f"variant_{i}" for i in range(30)])
