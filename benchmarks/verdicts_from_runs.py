@@ -64,7 +64,8 @@ def main() -> None:
     for folder in args.folders:
         runs = pd.read_csv(folder / "runs.csv")
         scores = runs[["task", "estimator", "seed", "value"]]
-        start = start_from_leaderboard(scores, pd.read_csv(folder / "leaderboard.csv"))
+        board = folder / "leaderboard.csv"  # absent for joined runs: give --start
+        start = start_from_leaderboard(scores, pd.read_csv(board)) if board.is_file() else {}
         start |= pairs_of(args.start)
         margin = verdicts.margins(sorted(scores.task.unique()), pairs_of(args.margin))
         result = verdicts.write(folder, scores, start, margin)
