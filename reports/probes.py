@@ -84,9 +84,10 @@ def _needed(diffs: np.ndarray, expect: str, margin: float, alpha: float) -> tupl
     power = TTestPower()
     mde = sd * power.solve_power(nobs=n, alpha=alpha, power=POWER)
     if expect == "equivalent":  # TOST: the interval at 1 - 2 alpha inside ±margin
-        gap = margin - abs(mean)
-        fits = [m for m in range(2, MAX_SEEDS) if _tost_ok(gap, sd, m, alpha)]
-        return mde, float(fits[0]) if fits else math.inf
+        seeds = np.arange(2, MAX_SEEDS)
+        half = sps.t.ppf(1 - alpha, seeds - 1) * sd / np.sqrt(seeds)
+        fits = seeds[half < margin - abs(mean)]
+        return mde, float(fits[0]) if len(fits) else math.inf
     if not abs(mean) > 0:
         return mde, math.inf
     with warnings.catch_warnings():  # a large effect needs fewer than 2 seeds: no root
@@ -95,10 +96,6 @@ def _needed(diffs: np.ndarray, expect: str, margin: float, alpha: float) -> tupl
     if not seeds < MAX_SEEDS:  # NaN: no root (an effect clear with the fewest seeds)
         return mde, math.inf if seeds >= MAX_SEEDS else 2.0
     return mde, float(math.ceil(seeds))
-
-
-def _tost_ok(gap: float, sd: float, n: int, alpha: float) -> bool:
-    return gap > 0 and sps.t.ppf(1 - alpha, n - 1) * sd / math.sqrt(n) < gap
 
 
 def judge(

@@ -82,7 +82,7 @@ class Plan:
     max_attempts: int = 3  # suite.max_attempts: failed attempts after which a cell is given up
     margins: dict[str, float] = field(default_factory=dict)  # task -> equivalence margin
     design: sequential.Design | None = None  # adaptive seeds: the looks; None: fixed seeds
-    # adaptive seeds: (task, column at the defaults) -> its cells past the first look's seeds
+    # adaptive seeds: (task, column at the defaults) -> its cells up to the most seeds
     reserve: dict[tuple[str, str], list[Cell]] = field(default_factory=dict)
     probes: list[probes.Probe] = field(default_factory=list)  # [probe.NAME]: known effects
     # the property card: a variant that only transforms its estimator's reward -> (its
@@ -299,8 +299,8 @@ def _plan_cells(
     config: SuiteArgs, protocol: Protocol, names: list[str], out: Path, where: str, cli: dict
 ) -> tuple[list[Cell], dict, dict, dict]:
     """Every cell of every task (tuning cells, test candidates, default cells), the tuned
-    columns' candidates, each tuning point's values and, with adaptive seeds, the untuned
-    columns' cells past the first look (`Plan.reserve`)."""
+    columns' candidates, each tuning point's values and the untuned columns' cells up to the
+    most seeds (`Plan.reserve`: with adaptive seeds, the seeds a look may add)."""
     common, tune = protocol.common, protocol.tune
     cells, candidates, points, reserve = [], {}, {}, {}
     seeds = max(config.seeds, config.suite.seeds_max)  # adaptive: up to the max
@@ -331,5 +331,5 @@ def _plan_cells(
         if not tuned or tune.defaults:  # seed-major: every column's first seeds finish first
             cells += [defaults[label][s] for s in range(config.seeds) for label in columns]
         if not tuned:
-            reserve |= {(task, label): defaults[label][config.seeds :] for label in columns}
+            reserve |= {(task, label): defaults[label] for label in columns}
     return cells, candidates, points, reserve

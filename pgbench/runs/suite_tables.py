@@ -99,18 +99,11 @@ def phases(plan: Plan, chosen: pd.DataFrame) -> tuple[list[Cell], list[Cell], li
 def board_columns(plan: Plan, chosen: pd.DataFrame) -> dict[tuple[str, str], list[Cell]]:
     """Every test cell each (task, column) of the leaderboard may run, up to the most seeds:
     a tuned column's at its selected point (`chosen`), any other's at the defaults."""
-    columns: dict[tuple[str, str], list[Cell]] = {}
-    for row in chosen.itertuples():
-        columns[(row.task, row.estimator)] = plan.candidates[(row.task, row.estimator, row.point)]
-    tuned = {(c.task, c.estimator) for c in plan.cells if c.tuning}
-    for cell in plan.cells:
-        key = (cell.task, cell.estimator)
-        if cell.point is None and cell.estimator != VARIANCE and key not in tuned:
-            columns.setdefault(key, []).append(cell)
-    for key, cells in plan.reserve.items():
-        known = {c.name for c in columns.get(key, [])}
-        columns.setdefault(key, []).extend(c for c in cells if c.name not in known)
-    return columns
+    columns = {
+        (row.task, row.estimator): plan.candidates[(row.task, row.estimator, row.point)]
+        for row in chosen.itertuples()
+    }
+    return columns | plan.reserve
 
 
 def notes(plan: Plan, missing: list[str], failed: dict[str, str], waiting: list[str]) -> str:
