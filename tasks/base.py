@@ -49,6 +49,10 @@ class Task:
     def splits(self) -> Splits:
         raise NotImplementedError
 
+    def sft_examples(self) -> list[Example]:
+        """What a tiny policy's SFT learns from: the train split."""
+        return self.splits().train
+
     def messages(self, example: Example) -> list[dict[str, str]]:
         """Chat messages that ask for the answer to `example`."""
         raise NotImplementedError

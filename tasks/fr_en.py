@@ -4,6 +4,10 @@ similarity (`embed`), COMET, or a weighted sum of them (`task.reward=chrf+0.5*em
 Data: Tatoeba pairs shipped with pgbench (default), the fr-en rows of the hub dataset
 `haoranxu/X-ALMA-Preference` (`task.source=hub`, needs network), or your own TSV files
 (`task.source=file`, header `fr<TAB>en`, ` ||| ` between several references).
+
+500 Tatoeba pairs (UNSEEN_FILE, benchmarks/unseen_slice.py) are kept out of every split: no run
+trains, tunes or selects on them, and the shipped policy's SFT never drew them.
+`task.test_split=unseen` scores them instead of the test split, to check that a gain holds.
 """
 
 from __future__ import annotations
@@ -29,11 +33,19 @@ from pgbench.tasks.rewards import (
 from pgbench.tasks.tsv import read_pairs, split
 
 HUB_DATASET = "haoranxu/X-ALMA-Preference"
+DATA_FILE = "tatoeba_fr_en.tsv.gz"
+UNSEEN_FILE = "tatoeba_fr_en_unseen.tsv.gz"
 # task.system=auto for pretrained chat models: measured on SmolLM2-135M-Instruct (greedy chrF,
 # first 100 valid pairs) 20.9 against 17.1 with its template's default system prompt
 SYSTEM = (
     "Translate the user's French sentence into English. Reply with the English translation only."
 )
+
+
+def shipped_pairs(name: str) -> list[Example]:
+    """The pairs of a data file shipped in pgbench.tasks/data."""
+    with resources.as_file(resources.files("pgbench.tasks") / "data" / name) as path:
+        return read_pairs(path)
 
 
 def load_hub_pairs(limit: int) -> list[Example]:
@@ -69,6 +81,11 @@ class FrEn(Task):
     valid_size: int = knob(500, "held-out pairs for evaluation during training", ge=1)
     test_size: int = knob(500, "held-out pairs for the final evaluation", ge=1)
     split_seed: int = knob(0, "seed of the train/valid/test split (fixed across run seeds)")
+    test_split: Literal["test", "unseen"] = knob(
+        "test",
+        "what the before/after evaluation scores: the test split, or unseen (500 Tatoeba pairs "
+        "no run trains or selects on, to confirm a gain; never for choosing settings)",
+    )
     system: str = knob(
         "auto",
         "system message: auto (a translation instruction, none for pgbench's tiny policy whose "
@@ -90,6 +107,12 @@ class FrEn(Task):
         self.model_rewards = ModelRewards()
         if self.source == "file" and not self.train_file:
             raise ConfigError("task.source=file needs task.train_file=<path to a fr<TAB>en TSV>")
+        if self.test_split == "unseen" and (self.source != "tatoeba" or self.test_file):
+            raise ConfigError(
+                "task.test_split=unseen scores pgbench's unseen Tatoeba slice: it needs "
+                f"task.source=tatoeba and no task.test_file (got task.source={self.source}"
+                f"{', task.test_file=' + self.test_file if self.test_file else ''})"
+            )
         if self.train_file and self.source != "file":
             raise ConfigError(
                 "task.train_file is only read with task.source=file "
@@ -102,10 +125,18 @@ class FrEn(Task):
         if self.source == "file":
             pairs = read_pairs(self.train_file)
         else:
-            data = resources.files("pgbench.tasks") / "data" / "tatoeba_fr_en.tsv.gz"
-            with resources.as_file(data) as path:
-                pairs = read_pairs(path)
+            pairs = shipped_pairs(DATA_FILE)
         return pairs[: self.limit] if self.limit else pairs
+
+    def unseen(self) -> list[Example]:
+        """The never-used Tatoeba slice (none for other sources)."""
+        return shipped_pairs(UNSEEN_FILE) if self.source == "tatoeba" else []
+
+    def sft_examples(self) -> list[Example]:
+        """The train split with the unseen slice in its place: what the shipped policy was
+        built from (its seeded draws never picked the slice; a build with another spec may)."""
+        self.splits()
+        return self._sft_examples
 
     def splits(self) -> Splits:
         """Train, valid and test of the source; `task.test_file` replaces the test split only,
@@ -114,6 +145,14 @@ class FrEn(Task):
         if self._splits is not None:
             return self._splits
         default = split(self._pairs(), self.valid_size, self.test_size, self.split_seed)
+        self._sft_examples = default.train
+        unseen = self.unseen()
+        kept = {example.source for example in unseen}
+        train, valid, test = (
+            [ex for ex in part if ex.source not in kept]
+            for part in (default.train, default.valid, default.test)
+        )
+        default = Splits(train, valid, unseen if self.test_split == "unseen" else test)
         self._splits = default
         if self.test_file:
             seen = {example.source for example in default.train + default.valid}

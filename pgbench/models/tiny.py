@@ -83,8 +83,8 @@ def task_spec(task: Task) -> TinySpec:
 
 
 def train_pairs(task: Task) -> list[tuple[list[dict[str, str]], str]]:
-    """(chat messages, answer) of every train example: what SFT learns from."""
-    return [(task.messages(example), task.target(example)) for example in task.splits().train]
+    """(chat messages, answer) of every SFT example (`Task.sft_examples`, the train split)."""
+    return [(task.messages(example), task.target(example)) for example in task.sft_examples()]
 
 
 def cache_key(task: Task, pairs: list[tuple[list[dict[str, str]], str]], spec: TinySpec) -> str:

@@ -25,9 +25,14 @@ pgbench.suite, .task, .estimator (the column), .seed, .phase (tune or test) and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
+import os
+import signal
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -247,14 +252,37 @@ def advance(plan: Plan, study: optuna.Study) -> Plan:
     return extend(promote(plan, study), study)
 
 
-def _run_workers(plan: Plan) -> None:
+def _helper(target: Callable[[Plan, int], None], plan: Plan, worker: int) -> None:
+    """A spawned worker; the interrupt that the main process forwards ends it quietly."""
+    with contextlib.suppress(KeyboardInterrupt):
+        target(plan, worker)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_workers(plan: Plan, target: Callable[[Plan, int], None] = work) -> None:
+    """Worker 0 here, the others spawned. Ctrl-C or SIGTERM (kill, a scheduler's stop) here
+    interrupts every worker, each marking its run KILLED, so the same command resumes them."""
     context = multiprocessing.get_context("spawn")
-    helpers = [context.Process(target=work, args=(plan, w)) for w in range(1, plan.workers)]
+    helpers = [
+        context.Process(target=_helper, args=(target, plan, w)) for w in range(1, plan.workers)
+    ]
     for process in helpers:
         process.start()
+    here = threading.current_thread() is threading.main_thread()  # where handlers may be set
+    previous = signal.signal(signal.SIGTERM, _interrupt) if here else None
     try:
-        work(plan, 0)
+        target(plan, 0)
+    except BaseException:
+        for process in helpers:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
+        raise
     finally:
+        if here:
+            signal.signal(signal.SIGTERM, previous)
         for process in helpers:
             process.join()
 
