@@ -1,14 +1,16 @@
 """Time a new user's first `pgbench run` of each task, and a second identical one.
 
     python benchmarks/first_run.py [--tasks fr_en,arith,poet] [--emulate-avx2] [--threads N]
+        [--once]
 
-Each task runs `pgbench run task=<task> estimator=<default>` twice in its own process with a
-fresh cache folder: the first run starts from the shipped tiny policy (no SFT) and decodes
-the start evaluation, the second reads it from the cache. `--emulate-avx2` makes PyTorch,
-oneDNN and MKL use AVX2 kernels only (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
-MKL_ENABLE_INSTRUCTIONS), as on a CPU without native bfloat16. Prints one JSON line per task
-with the CPU capability, each run's wall time, the seconds from launch to the start of the
-first training step (from MLflow's first `train/step_time_s`), peak RSS and test metrics.
+Each task runs `pgbench run task=<task> estimator=<default>` twice (once with `--once`) in
+its own process with a fresh cache folder: the first run starts from the shipped tiny policy
+(no SFT) and decodes the start evaluation, the second reads it from the cache.
+`--emulate-avx2` makes PyTorch, oneDNN and MKL use AVX2 kernels only (ATEN_CPU_CAPABILITY,
+ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS), as on a CPU without native bfloat16. Prints one
+JSON line per task with the CPU capability, each run's wall time, the seconds from launch to
+the start of the first training step (MLflow's first `train/step_time_s`), peak RSS and test
+metrics.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="fr_en,arith,poet")
     parser.add_argument("--emulate-avx2", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="threads= of the runs (0 = auto)")
+    parser.add_argument("--once", action="store_true", help="the first run only, not a second")
     args = parser.parse_args()
     env = os.environ | (AVX2_ONLY if args.emulate_avx2 else {})
     probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
@@ -81,16 +84,15 @@ def main() -> None:
             f"threads={args.threads}",
         ]
         first = measure(common, folder / "first", env, uri)
-        second = measure(common, folder / "second", env, uri)
-        summary = second.pop("summary")
-        first.pop("summary")
-        result = {
-            "task": task,
-            "cpu_capability": capability,
+        summary = first.pop("summary")
+        result = {"task": task, "cpu_capability": capability, "first": first}
+        if not args.once:
+            second = measure(common, folder / "second", env, uri)
+            summary = second.pop("summary")
+            result["second"] = second
+            result["second_over_first"] = round(second["wall_s"] / first["wall_s"], 3)
+        result |= {
             "model_sha256": summary["model_sha256"][:16],
-            "first": first,
-            "second": second,
-            "second_over_first": round(second["wall_s"] / first["wall_s"], 3),
             "test_before": summary["eval_before"],
             "test_after": summary["eval_after"],
         }
