@@ -60,7 +60,8 @@ def one_seed(seed: int, out: Path, overrides: list[str], threads: int) -> dict[s
             "estimator=rloo",
             f"seed={seed}",
             f"output_dir={run}",
-            f"tracking.uri=sqlite:///{out.resolve()}/mlflow.db",
+            # a store per seed: runs that start at once would race to create one's tables
+            f"tracking.uri=sqlite:///{out.resolve()}/mlflow-s{seed}.db",
             f"threads={threads}",
         ]
         out.mkdir(parents=True, exist_ok=True)
