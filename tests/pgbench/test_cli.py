@@ -12,7 +12,8 @@ ESTIMATORS = ", ".join(estimators.REGISTRY.names())
 RUN_KEYS = """
     task estimator model seed output_dir resume cache_dir device threads task.source
     task.train_file task.test_file task.limit task.reward task.valid_size task.test_size
-    task.split_seed task.system estimator.baseline estimator.ema_decay trainer.steps
+    task.split_seed task.test_split task.system estimator.baseline estimator.ema_decay
+    trainer.steps
     trainer.lr trainer.prompts_per_step trainer.warmup_ratio trainer.grad_clip
     trainer.weight_decay trainer.micro_batch_size trainer.epochs trainer.minibatches
     trainer.max_skipped trainer.precision
@@ -35,7 +36,7 @@ RUN_KEYS = """
 EVAL_KEYS = """
     task model seed output_dir cache_dir device threads task.source task.train_file
     task.test_file task.limit task.reward task.valid_size task.test_size task.split_seed
-    task.system eval.every eval.size eval.batch_size eval.max_new_tokens eval.test
+    task.test_split task.system eval.every eval.size eval.batch_size eval.max_new_tokens eval.test
     reward.model reward.device reward.batch_size reward.flip reward.noise_std reward.permute
     reward.scale reward.offset
 """.split()

@@ -36,11 +36,6 @@ def test_task_run_defaults_apply_unless_set():
     assert variance.trainer.prompts_per_step == 32 and not hasattr(variance, "eval")
     rows = {row[0]: row for row in help_rows(task="fr_en")}
     assert rows["trainer.prompts_per_step"][2] == "32 (fr_en)"
-    assert rows["trainer.lr"][2] == "0.0002 (fr_en)"  # chosen on valid (docs/performance.md)
-    assert rows["rollout.temperature"][2] == "0.3 (fr_en)"
-    fr_en = resolve({"task": "fr_en"})
-    assert (fr_en.trainer.lr, fr_en.rollout.temperature) == (2e-4, 0.3)
-    assert (arith.trainer.lr, arith.rollout.temperature) == (1e-4, 0.5)
     assert {row[0]: row for row in help_rows(task="arith")}["trainer.prompts_per_step"][2] == "8"
 
 

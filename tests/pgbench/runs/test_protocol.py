@@ -62,18 +62,13 @@ def test_shipped_cpu_protocol_resolves_every_cell():
     assert {
         (v["trainer.steps"], v["trainer.prompts_per_step"], v["eval.every"]) for v in fr_en
     } == {(75, 32, 25)}
-    # the shared defaults it ran at, pinned since fr_en has its own (2e-4, temperature 0.3)
-    assert {(v["trainer.lr"], v["rollout.temperature"]) for v in fr_en} == {(1e-4, 0.5)}
     dr_grpo = next(c.values for c in plan.cells if c.estimator == "dr_grpo")
     assert (dr_grpo["estimator"], dr_grpo["estimator.scale"]) == ("grpo", "none")
     assert dr_grpo["loss.aggregation"] == "seq_mean_token_sum_norm"
     k3 = next(c.values for c in plan.cells if c.estimator == "rloo_k3" and not c.tuning)
     assert (k3["estimator"], k3["kl.estimator"], k3["kl.placement"]) == ("rloo", "k3", "loss")
     assert k3["output_dir"].endswith("arith-rloo_k3-s0")
-    gpu = plan_suite({"suite": "gpu"}).cells
-    assert len(gpu) == 3 * 5 * 10
-    gpu_fr_en = {(c.values["trainer.lr"], c.values["rollout.temperature"]) for c in gpu[:10]}
-    assert gpu[0].task == "fr_en" and gpu_fr_en == {(1e-4, 0.5)}
+    assert len(plan_suite({"suite": "gpu"}).cells) == 3 * 5 * 10
 
 
 def test_a_variant_needs_an_estimator(tmp_path):
@@ -123,7 +118,6 @@ def test_shipped_smollm2_protocol_tunes_nine_columns_on_the_lora_recipe():
     cell = tuning[0].values
     assert (cell["model"], cell["lora.r"], cell["trainer.steps"]) == ("smollm2", 8, 30)
     assert (cell["trainer.prompts_per_step"], cell["rollout.samples_per_prompt"]) == (4, 4)
-    assert cell["rollout.temperature"] == 0.5  # as it ran, not fr_en's own default since
 
 
 def test_every_column_gets_the_same_tuning_budget():
