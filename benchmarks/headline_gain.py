@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
+
+from pgbench.reports.tables import mean_ci
 
 METRICS = ("chrf", "bleu", "embed")
-EVAL_KEYS = ("model=", "task.")  # the overrides `pgbench eval` shares with `pgbench run`
 
 
 def pgbench(args: list[str], threads: int, log: Path) -> None:
@@ -43,15 +43,18 @@ def pgbench(args: list[str], threads: int, log: Path) -> None:
 def unseen(model: str, out: Path, overrides: list[str], threads: int) -> dict[str, float]:
     """`model`'s metrics on the unseen slice (cached in out/eval.json)."""
     if not (out / "eval.json").is_file():
-        shared = [o for o in overrides if o.startswith(EVAL_KEYS) and not o.startswith("model=")]
+        shared = [o for o in overrides if o.startswith("task.")]  # what eval shares with run
         args = ["eval", "task=fr_en", f"model={model}", "task.test_split=unseen", *shared]
         out.mkdir(parents=True, exist_ok=True)
         pgbench([*args, f"output_dir={out}", f"threads={threads}"], threads, out / "eval.log")
     return json.loads((out / "eval.json").read_text())
 
 
-def one_seed(seed: int, out: Path, overrides: list[str], threads: int) -> dict[str, float]:
-    """Train seed `seed` (unless finished) and return its before/after metrics."""
+def one_seed(
+    seed: int, out: Path, overrides: list[str], threads: int, start: dict[str, float]
+) -> dict[str, float]:
+    """Train seed `seed` (unless finished) and return its before/after metrics; `start` is
+    the starting policy's on the unseen slice."""
     run = out / f"s{seed}"
     if not (run / "final").is_dir():
         args = [
@@ -72,14 +75,14 @@ def one_seed(seed: int, out: Path, overrides: list[str], threads: int) -> dict[s
     for name in METRICS:
         row[f"test_{name}_before"] = summary["eval_before"][name]
         row[f"test_{name}_after"] = summary["eval_after"][name]
+        row[f"unseen_{name}_before"] = start[name]
         row[f"unseen_{name}_after"] = after[name]
     return row
 
 
 def interval(changes: pd.Series) -> str:
     """Mean change and its Student-t 95% interval."""
-    mean, sem = changes.mean(), changes.sem()
-    half = stats.t.ppf(0.975, len(changes) - 1) * sem if len(changes) > 1 else float("nan")
+    mean, half = mean_ci(changes)
     return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
 
 
@@ -93,9 +96,11 @@ def main() -> None:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
     model = next((o[6:] for o in args.overrides if o.startswith("model=")), "tiny")
-    before = unseen(model, args.out / "unseen-before", args.overrides, threads)
+    start = unseen(model, args.out / "unseen-before", args.overrides, threads)
     with ThreadPoolExecutor(args.parallel) as pool:
-        rows = list(pool.map(lambda s: one_seed(s, args.out, args.overrides, threads), seeds))
+        rows = list(
+            pool.map(lambda s: one_seed(s, args.out, args.overrides, threads, start), seeds)
+        )
     table = pd.DataFrame(rows)
     lines = [
         "| metric | before | after (mean) | change, mean [95% t interval] |",
@@ -103,8 +108,6 @@ def main() -> None:
     ]
     for split in ("test", "unseen"):
         for name in METRICS:
-            if split == "unseen":
-                table[f"unseen_{name}_before"] = before[name]
             change = table[f"{split}_{name}_after"] - table[f"{split}_{name}_before"]
             table[f"{split}_{name}_change"] = change
             lines.append(

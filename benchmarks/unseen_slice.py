@@ -37,6 +37,7 @@ def never_drawn(pool_size: int, seed: int, steps: int, batch_size: int) -> list[
 def unseen_slice(size: int, seed: int) -> list[Example]:
     """`size` pairs of the shipped policy's SFT pool that its SFT never drew."""
     task = FrEn()
+    # the pool as FrEn.sft_examples() holds it, split here: FrEn reads the file this writes
     pool = split(shipped_pairs(DATA_FILE), task.valid_size, task.test_size, task.split_seed).train
     spec = task_spec(task)
     candidates = never_drawn(len(pool), spec.seed, spec.sft_steps, spec.sft_batch_size)
