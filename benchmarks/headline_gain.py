@@ -41,10 +41,12 @@ def pgbench(args: list[str], threads: int, log: Path) -> None:
 
 
 def unseen(model: str, out: Path, overrides: list[str], threads: int) -> dict[str, float]:
-    """`model`'s metrics on the unseen slice (cached in out/eval.json)."""
+    """`model`'s metrics on the unseen slice (cached in out/eval.json); an empty `model`
+    is fr_en's default model."""
     if not (out / "eval.json").is_file():
         shared = [o for o in overrides if o.startswith("task.")]  # what eval shares with run
-        args = ["eval", "task=fr_en", f"model={model}", "task.test_split=unseen", *shared]
+        chosen = [f"model={model}"] if model else []
+        args = ["eval", "task=fr_en", *chosen, "task.test_split=unseen", *shared]
         out.mkdir(parents=True, exist_ok=True)
         pgbench([*args, f"output_dir={out}", f"threads={threads}"], threads, out / "eval.log")
     return json.loads((out / "eval.json").read_text())
@@ -95,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
-    model = next((o[6:] for o in args.overrides if o.startswith("model=")), "tiny")
+    model = next((o[6:] for o in args.overrides if o.startswith("model=")), "")
     start = unseen(model, args.out / "unseen-before", args.overrides, threads)
     with ThreadPoolExecutor(args.parallel) as pool:
         rows = list(

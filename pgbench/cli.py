@@ -55,7 +55,7 @@ def verb_help(name: str, overrides: dict[str, str]) -> str:
     if name not in VERB_ARGS:
         return f"usage: pgbench {name} <run dir> [tracking.uri=URL]\n\n{SUMMARIES[name]}."
     task, estimator = overrides.get("task", "fr_en"), overrides.get("estimator", "rloo")
-    rows = help_rows(VERB_ARGS[name], task, estimator)
+    rows = help_rows(VERB_ARGS[name], task, estimator, overrides.get("model", ""))
     width = max(len(r[0]) for r in rows) + 2
     lines = [
         f"usage: pgbench {name} [key=value ...]\n\n{SUMMARIES[name]}.\n\nkeys (type, default):"

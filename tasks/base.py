@@ -45,6 +45,9 @@ class Task:
     # Shared-knob defaults this task changes (e.g. {"trainer.prompts_per_step": 32}): applied by
     # config.resolve unless the command line sets the key, and shown by --help.
     run_defaults: ClassVar[dict[str, Any]] = {}
+    # Defaults for one model, over run_defaults (e.g. {"smollm2": {"lora.r": 8}}): applied when
+    # `model=` (given, or this task's run_defaults' "model") names that model.
+    model_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def splits(self) -> Splits:
         raise NotImplementedError

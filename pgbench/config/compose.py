@@ -160,11 +160,23 @@ def accepts(verb: type[Resolved], key: str) -> bool:
     return prefix in prefixes(verb) if dot else key in knobs(verb)
 
 
-def run_defaults(found: Mapping[str, type[Any]]) -> dict[str, tuple[Any, str]]:
-    """key -> (default, the task or estimator that sets it): the run_defaults of the
-    components among `found` (Task.run_defaults, Estimator.run_defaults)."""
-    chosen = [cls for prefix, cls in found.items() if prefix in COMPONENTS]
-    return {k: (v, cls.name) for cls in chosen for k, v in cls.run_defaults.items()}
+def run_defaults(
+    verb: type[Resolved], found: Mapping[str, type[Any]], values: Mapping[str, Any]
+) -> dict[str, tuple[Any, str]]:
+    """key -> (default, what sets it): the run_defaults of the components among `found` that
+    `verb` chooses (Task.run_defaults, Estimator.run_defaults; a suite's runs take their own
+    task's), then the task's model_defaults for the model `values` names (else the task's
+    default model): `4 (fr_en, model=smollm2)`."""
+    chosen = [
+        cls for prefix, cls in found.items() if prefix in COMPONENTS and prefix in knobs(verb)
+    ]
+    changed = {k: (v, cls.name) for cls in chosen for k, v in cls.run_defaults.items()}
+    task = found.get("task") if "task" in knobs(verb) else None
+    if task is not None and task.model_defaults:
+        model = str(values.get("model") or changed.get("model", (Knobs().model,))[0])
+        own = task.model_defaults.get(model, {})
+        changed |= {k: (v, f"{task.name}, model={model}") for k, v in own.items()}
+    return changed
 
 
 def _own_rows(verb: type[Resolved]) -> dict[str, Row]:
@@ -181,12 +193,13 @@ def _own_rows(verb: type[Resolved]) -> dict[str, Row]:
 
 def rows(verb: type[Resolved], selected: Mapping[str, Any]) -> list[Row]:
     """(key, type, default, help) of every key of `verb`, the selected components' included;
-    a default the task or estimator changes (their run_defaults) shows as `32 (fr_en)`."""
+    a default the task or estimator changes (their run_defaults) shows as `32 (fr_en)`, one
+    the task changes for the model `selected` names as `8 (fr_en, model=smollm2)`."""
     found = classes(verb, selected)
     own = _own_rows(verb)
     listed = [own[k] for k in knobs(verb)]
     listed += [row for prefix, cls in found.items() for row in describe(cls, f"{prefix}.")]
-    changed = run_defaults(found)
+    changed = run_defaults(verb, found, selected)
     return [
         (key, kind, f"{changed[key][0]!r} ({changed[key][1]})" if key in changed else default, text)
         for key, kind, default, text in listed
@@ -242,7 +255,7 @@ def arguments(
     ConfigError."""
     check_keys(verb, values, verbs)
     values, found = dict(values), classes(verb, values)
-    for key, (value, _) in run_defaults(found).items():
+    for key, (value, _) in run_defaults(verb, found, values).items():
         if accepts(verb, key):
             values.setdefault(key, value)
     selected = {prefix: cls for prefix, cls in found.items() if prefix in COMPONENTS}

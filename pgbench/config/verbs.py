@@ -358,10 +358,11 @@ VERBS: dict[str, Verb] = {name: cls.spec for name, cls in VERB_ARGS.items()}
 
 
 def help_rows(
-    verb: type[Resolved] = Config, task: str = "fr_en", estimator: str = "rloo"
+    verb: type[Resolved] = Config, task: str = "fr_en", estimator: str = "rloo", model: str = ""
 ) -> list[Row]:
-    """(key, type, default, help) for every key of `verb`, with this task's and estimator's."""
-    return rows(verb, {"task": task, "estimator": estimator})
+    """(key, type, default, help) for every key of `verb`, with this task's and estimator's
+    (and the task's defaults for `model`, else for its default model)."""
+    return rows(verb, {"task": task, "estimator": estimator, "model": model})
 
 
 def all_keys(

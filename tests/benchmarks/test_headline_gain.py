@@ -34,8 +34,8 @@ def fake_pgbench(calls):
             summary["train"] = {"train/wall_clock_s": 300.0 + seed}
             (out / "summary.json").write_text(json.dumps(summary))
         else:
-            model = keys["model"]
-            chrf = 40.0 if model == "tiny" else UNSEEN_AFTER[int(Path(model).name[1:])]
+            model = keys.get("model")  # none: fr_en's default model, the start
+            chrf = 40.0 if model is None else UNSEEN_AFTER[int(Path(model).name[1:])]
             (out / "eval.json").write_text(json.dumps({"chrf": chrf, "bleu": 1.0, "embed": 2.0}))
 
     return run
@@ -61,6 +61,7 @@ def test_runs_each_seed_once_evals_the_slice_and_tables_the_gains(tmp_path, monk
     assert all("trainer.lr=2e-4" in args for args in runs)
     assert all("task.test_split=unseen" in args and "task.reward=chrf" in args for args in evals)
     assert not any("trainer.lr=2e-4" in args for args in evals)  # eval has no trainer keys
+    assert sum(not any(a.startswith("model=") for a in args) for args in evals) == 1
 
     table = pd.read_csv(tmp_path / "gains.csv")
     assert table["test_chrf_change"].tolist() == [1.0, 2.0, 3.5]
