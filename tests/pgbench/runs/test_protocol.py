@@ -68,7 +68,15 @@ def test_shipped_cpu_protocol_resolves_every_cell():
     k3 = next(c.values for c in plan.cells if c.estimator == "rloo_k3" and not c.tuning)
     assert (k3["estimator"], k3["kl.estimator"], k3["kl.placement"]) == ("rloo", "k3", "loss")
     assert k3["output_dir"].endswith("arith-rloo_k3-s0")
-    assert len(plan_suite({"suite": "gpu"}).cells) == 3 * 5 * 10
+    gpu = plan_suite({"suite": "gpu"}).cells
+    assert len(gpu) == 3 * 5 * 10
+    keys = ("trainer.prompts_per_step", "rollout.samples_per_prompt", "trainer.lr", "eval.size")
+    by_task = {c.task: tuple(c.values[k] for k in keys) for c in gpu if c.estimator == "rloo"}
+    assert by_task == {
+        "fr_en": (32, 8, 1e-4, 500),
+        "arith": (8, 4, 1e-4, 500),
+        "poet": (8, 4, 1e-4, 500),
+    }
 
 
 def test_a_variant_needs_an_estimator(tmp_path):
