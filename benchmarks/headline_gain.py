@@ -65,8 +65,7 @@ def one_seed(
             "estimator=rloo",
             f"seed={seed}",
             f"output_dir={run}",
-            # a store per seed: runs that start at once would race to create one's tables
-            f"tracking.uri=sqlite:///{out.resolve()}/mlflow-s{seed}.db",
+            f"tracking.uri=sqlite:///{out.resolve()}/mlflow.db",
             f"threads={threads}",
         ]
         out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Protocol
 
+from filelock import FileLock
+
 from pgbench.config.urls import (
     check_database,
     is_database,
@@ -91,6 +93,21 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         )
 
 
+def open_store(uri: str) -> Any:
+    """An MlflowClient of `uri`; a local SQLite store's tables are made (or found) first under
+    a file lock beside it: processes opening a new store at once would race to make them, and
+    all but one fail (`duplicate column name`)."""
+    from mlflow import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+    with FileLock(f"{db}.lock"):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # the store's tables exist from here on
+    return client
+
+
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """Keep artifacts of a local SQLite store beside the database file."""
     if uri.startswith("sqlite:///"):
@@ -134,9 +151,7 @@ class MLflowTracker:
         A resumed run first uploads what its last attempt left in `spool`, in order, and tags
         the time it resumed (`pgbench.resumed_ms`): a sync never sets an older status over it.
         """
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = open_store(uri)
         self.spool = spool
         self.offline = False
         self.last_steps: dict[str, int] | None = {} if run_id and once_per_step else None
@@ -298,8 +313,6 @@ def sync(run_dir: Path, uri: str | None = None) -> int:
     """Upload a run's buffered tracking records to its MLflow run; returns how many.
 
     `uri` is the tracking URI again, for a saved one whose password was hidden."""
-    from mlflow import MlflowClient
-
     info_path = run_dir / "run.json"
     if not info_path.is_file():
         raise DataError(f"{run_dir} is not a pgbench run directory ({info_path} is missing)")
@@ -308,7 +321,7 @@ def sync(run_dir: Path, uri: str | None = None) -> int:
     info = json.loads(info_path.read_text())
     uri = restore("tracking.uri", info["tracking_uri"], uri, str(info_path))
     check_reachable(uri)
-    return upload_spool(MlflowClient(tracking_uri=uri), info["run_id"], run_dir / SPOOL)
+    return upload_spool(open_store(uri), info["run_id"], run_dir / SPOOL)
 
 
 def sync_pending(run_dir: Path, uri: str | None = None) -> int:
@@ -320,9 +333,7 @@ def sync_pending(run_dir: Path, uri: str | None = None) -> int:
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of every logged point of one run's metric, by step."""
-    from mlflow import MlflowClient
-
-    points = MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)
+    points = open_store(uri).get_metric_history(run_id, key)
     return sorted((p.step, p.value) for p in points)
 
 

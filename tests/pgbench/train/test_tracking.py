@@ -1,5 +1,8 @@
 import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -282,3 +285,35 @@ def test_a_kill_during_an_outage_is_not_replayed_over_the_resumed_finish(
     run = MlflowClient(uri).get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
     assert [step for step, _ in _steps(uri, tracker.run_id, "train/loss")] == [1, 2, 3]
+
+
+OPENER = """
+import os, sys, time
+from pathlib import Path
+from pgbench.train.tracking import MLflowTracker
+go = Path(sys.argv[2])
+(go.parent / f"ready-{os.getpid()}").touch()
+while not go.exists():  # every process has imported mlflow: start together
+    time.sleep(0.01)
+MLflowTracker(sys.argv[1], "race").finish()
+"""
+
+
+def test_runs_that_start_at_once_on_a_new_sqlite_store_all_open_it(tmp_path):
+    # without the lock all but one die making the tables (`duplicate column name: step`)
+    uri, go = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}", tmp_path / "go"
+    (tmp_path / "new").mkdir()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", OPENER, uri, str(go)], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    errors = [proc.communicate(timeout=120)[1].decode()[-300:] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, errors
+    runs = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("race").experiment_id]
+    )
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
