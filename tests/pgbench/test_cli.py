@@ -60,6 +60,24 @@ def test_help_lists_every_key_with_default(capsys):
     assert "default 'none'" in out and "default 0.05" in out
 
 
+def test_help_shows_fr_ens_defaults_for_the_model_named(capsys):
+    def defaults(*args: str) -> dict[str, str]:
+        _, out, _ = run_cli(capsys, "run", *args, "--help")
+        rows = [line.split()[0:1] + line.rsplit("default ", 1)[1:] for line in out.splitlines()]
+        return {row[0]: row[1].rstrip("]") for row in rows if len(row) == 2}
+
+    smollm2 = defaults()
+    assert smollm2["model"] == "'smollm2' (fr_en)"
+    assert smollm2["lora.r"] == "8 (fr_en, model=smollm2)"
+    assert smollm2["trainer.lr"] == "0.0003 (fr_en, model=smollm2)"
+    assert smollm2["rollout.samples_per_prompt"] == "4 (fr_en, model=smollm2)"
+    tiny = defaults("model=tiny")
+    assert (tiny["lora.r"], tiny["trainer.lr"], tiny["trainer.steps"]) == ("0", "0.0001", "150")
+    assert tiny["rollout.samples_per_prompt"] == "8 (fr_en)"
+    arith = defaults("task=arith")
+    assert (arith["model"], arith["lora.r"]) == ("'tiny'", "0")
+
+
 @pytest.mark.parametrize("verb", list(VERB_ARGS))
 def test_every_verbs_help_lists_exactly_its_keys(capsys, verb):
     code, out, _ = run_cli(capsys, verb, "--help")
