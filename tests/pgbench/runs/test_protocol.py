@@ -45,19 +45,20 @@ def test_shipped_cpu_protocol_resolves_every_cell():
     plan = plan_suite({"suite": "cpu"})
     columns = {"reinforce", "rloo", "grpo", "reinforce_pp", "ppo", "rloo_k3", "variance"}
     zoo = {"grpo_seq", "dr_grpo", "reinforce_pp_baseline", "remax", "opo", "gpg"}
-    # arith: 12 columns x 4 lr x 2 tuning seeds, then 10 seeds at defaults; fr_en untuned
+    zoo_2026 = {"maxrl", "grpo_passk", "otb", "gdpo", "luspo", "top_entropy", "rloo_k3_is"}
+    # arith: 19 columns x 4 lr x 2 tuning seeds, then 10 seeds at defaults; fr_en untuned
     tuning = [c for c in plan.cells if c.tuning]
-    assert len(tuning) == 12 * 4 * 2 and {c.task for c in tuning} == {"arith"}
+    assert len(tuning) == 19 * 4 * 2 and {c.task for c in tuning} == {"arith"}
     assert {c.seed for c in tuning} == {100, 101} and not any(c.values["eval.test"] for c in tuning)
     assert {c.values["trainer.lr"] for c in tuning} == {3e-5, 1e-4, 3e-4, 1e-3}
-    assert plan.id == "cpu" and len(plan.cells) == 96 + (12 + 6) * 10 + 2  # + a variance cell each
+    assert plan.id == "cpu" and len(plan.cells) == 152 + (19 + 6) * 10 + 2  # + a variance cell each
     variance = [c for c in plan.cells if c.estimator == "variance"]
     assert [c.task for c in variance] == ["arith", "fr_en"]
     assert variance[0].values["estimators"] == "reinforce,rloo,grpo,reinforce_pp,ppo"
     # a variance cell holds the keys of `pgbench variance`: no eval.*, no kl.*
     assert variance[1].values["trainer.steps"] == 75 and "eval.every" not in variance[1].values
     assert {c.estimator for c in plan.cells if c.task == "fr_en"} == columns
-    assert {c.estimator for c in plan.cells if c.task == "arith"} == columns | zoo
+    assert {c.estimator for c in plan.cells if c.task == "arith"} == columns | zoo | zoo_2026
     fr_en = [c.values for c in plan.cells if c.task == "fr_en" and c.estimator != "variance"]
     assert {
         (v["trainer.steps"], v["trainer.prompts_per_step"], v["eval.every"]) for v in fr_en
@@ -68,6 +69,14 @@ def test_shipped_cpu_protocol_resolves_every_cell():
     k3 = next(c.values for c in plan.cells if c.estimator == "rloo_k3" and not c.tuning)
     assert (k3["estimator"], k3["kl.estimator"], k3["kl.placement"]) == ("rloo", "k3", "loss")
     assert k3["output_dir"].endswith("arith-rloo_k3-s0")
+    k3_is = next(c.values for c in plan.cells if c.estimator == "rloo_k3_is")
+    assert (k3_is["kl.estimator"], k3_is["kl.placement"], k3_is["kl.is_correction"]) == (
+        "k3",
+        "loss",
+        True,
+    )
+    luspo = next(c.values for c in plan.cells if c.estimator == "luspo")
+    assert (luspo["loss.policy"], luspo["loss.aggregation"]) == ("luspo", "seq_mean_token_mean")
     gpu = plan_suite({"suite": "gpu"}).cells
     assert len(gpu) == 3 * 5 * 10
     keys = ("trainer.prompts_per_step", "rollout.samples_per_prompt", "trainer.lr", "eval.size")
@@ -88,23 +97,21 @@ def test_a_variant_needs_an_estimator(tmp_path):
 
 def test_shipped_off_policy_protocol_resolves_every_cell():
     plan = plan_suite({"suite": "cpu_offpolicy"})
-    assert plan.id == "cpu_offpolicy" and len(plan.cells) == 23 * 10
+    assert plan.id == "cpu_offpolicy" and len(plan.cells) == (23 + 9) * 10
     by_column = {c.estimator: c.values for c in plan.cells if c.seed == 0}
     assert {v["estimator"] for v in by_column.values()} == {"grpo"}
     assert {v["trainer.minibatches"] for v in by_column.values()} == {2}
     staleness = {name: v.get("rollout.staleness", 0) for name, v in by_column.items()}
-    assert sorted(n for n, k in staleness.items() if k == 0) == [
-        "cispo",
-        "clip_higher",
-        "gmpo",
-        "grpo",
-        "gspo",
-        "lite_ppo",
-        "sapo",
-    ]
-    for k in (2, 4):
+    zoo_2026 = ["dppo_tv", "m2po", "topr", "vespo"]  # issue 43: at staleness 0 and 4
+    assert sorted(n for n, k in staleness.items() if k == 0) == sorted(
+        ["cispo", "clip_higher", "gmpo", "grpo", "gspo", "lite_ppo", "sapo", *zoo_2026]
+    )
+    forms = ["cispo", "clip_higher", "gmpo", "gspo", "mis", "ppo_clip", "sapo", "tis"]
+    for k, new in ((2, []), (4, [*zoo_2026, "icepop"])):
         columns = sorted(n.removeprefix(f"stale{k}_") for n, s in staleness.items() if s == k)
-        assert columns == ["cispo", "clip_higher", "gmpo", "gspo", "mis", "ppo_clip", "sapo", "tis"]
+        assert columns == sorted(forms + new)
+    assert by_column["stale4_icepop"]["loss.rollout_correction"] == "icepop"
+    assert by_column["stale4_vespo"]["loss.policy"] == "vespo"
     assert by_column["stale4_tis"]["loss.rollout_correction"] == "tis"
     assert by_column["stale2_gspo"]["loss.ratio"] == "sequence"
     # every claim of the off-policy findings names columns of this protocol
