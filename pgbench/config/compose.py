@@ -167,11 +167,13 @@ def run_defaults(
     `verb` chooses (Task.run_defaults, Estimator.run_defaults; a suite's runs take their own
     task's), then the task's model_defaults for the model `values` names (else the task's
     default model): `4 (fr_en, model=smollm2)`."""
-    chosen = [
-        cls for prefix, cls in found.items() if prefix in COMPONENTS and prefix in knobs(verb)
-    ]
-    changed = {k: (v, cls.name) for cls in chosen for k, v in cls.run_defaults.items()}
-    task = found.get("task") if "task" in knobs(verb) else None
+    chosen = {
+        prefix: cls
+        for prefix, cls in found.items()
+        if prefix in COMPONENTS and prefix in knobs(verb)
+    }
+    changed = {k: (v, cls.name) for cls in chosen.values() for k, v in cls.run_defaults.items()}
+    task = chosen.get("task")
     if task is not None and task.model_defaults:
         model = str(values.get("model") or changed.get("model", (Knobs().model,))[0])
         own = task.model_defaults.get(model, {})

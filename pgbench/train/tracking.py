@@ -65,6 +65,13 @@ class NullTracker:
         self.status = status
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a local SQLite store (`sqlite:///<path>`); None for other URIs."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Raise a ConfigError now if the URI cannot work (MLflow itself retries for minutes)."""
     shown = redact(uri)
@@ -80,10 +87,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                 f"tracking.uri={shown} is unreachable ({redact(str(err))}); start the MLflow "
                 "server or use tracking.uri=sqlite:///mlflow.db for a local file"
             ) from None
-    elif uri.startswith("sqlite:///"):
-        parent = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise ConfigError(f"tracking.uri={shown}: folder {parent} does not exist")
+    elif (db := _sqlite_file(uri)) is not None:
+        if not db.parent.is_dir():
+            raise ConfigError(f"tracking.uri={shown}: folder {db.parent} does not exist")
     elif is_database(uri):
         check_database("tracking.uri", uri, round(timeout_s))
     elif uri.startswith("file:") or "://" not in uri:
@@ -99,9 +105,9 @@ def open_store(uri: str) -> Any:
     all but one fail (`duplicate column name`)."""
     from mlflow import MlflowClient
 
-    if not uri.startswith("sqlite:///"):
+    db = _sqlite_file(uri)
+    if db is None:
         return MlflowClient(tracking_uri=uri)
-    db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
     with FileLock(f"{db}.lock"):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # the store's tables exist from here on
@@ -110,10 +116,8 @@ def open_store(uri: str) -> Any:
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """Keep artifacts of a local SQLite store beside the database file."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
-        return (db.parent / "mlartifacts" / experiment).as_uri()
-    return None
+    db = _sqlite_file(uri)
+    return None if db is None else (db.parent / "mlartifacts" / experiment).as_uri()
 
 
 def _experiment_id(client: Any, uri: str, experiment: str) -> str:
